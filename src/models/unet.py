@@ -1,0 +1,135 @@
+"""Encoder-decoder UNet that predicts the denoising target for a segmentation mask.
+
+The network knows nothing about noise: it maps (noisy mask, conditioning image, timestep) to
+`out_channels` feature maps, and the diffusion wrapper decides what those mean (eps, x0 or v).
+"""
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Downsample, ResnetBlock, SelfAttention, SinusoidalTimeEmbedding, Upsample, group_norm
+
+
+class UNet(nn.Module):
+    """UNet with ResNet blocks, time conditioning and self-attention at the low resolutions.
+
+    Args:
+        in_channels: channels of the input (noisy mask channels + conditioning image channels).
+        out_channels: channels of the output (the mask channels).
+        base_channels: width of the first level; level i has base_channels * channel_mults[i].
+        channel_mults: one entry per level; there are len(channel_mults) - 1 downsamplings.
+        num_res_blocks: ResNet blocks per level on the way down (the way up mirrors it).
+        attention_resolutions: downsampling factors (1, 2, 4, ...) at which self-attention is
+            used; the middle of the network always has it.
+        dropout: dropout inside the ResNet blocks.
+        num_heads: attention heads.
+
+    forward(x: (B, in_channels, H, W), timesteps: (B,)) -> (B, out_channels, H, W), with H and W
+    divisible by 2 ** (len(channel_mults) - 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 4, 8),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (8,),
+        dropout: float = 0.0,
+        num_heads: int = 4,
+    ):
+        super().__init__()
+        self.size_multiple = 2 ** (len(channel_mults) - 1)
+        time_dim = base_channels * 4
+        self.time_embedding = nn.Sequential(
+            SinusoidalTimeEmbedding(base_channels),
+            nn.Linear(base_channels, time_dim),
+            nn.SiLU(),
+            nn.Linear(time_dim, time_dim),
+        )
+        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        widths = [base_channels * m for m in channel_mults]
+        self.down_levels = nn.ModuleList()
+        skip_widths = []
+        width = base_channels
+        for level, level_width in enumerate(widths):
+            downsample_factor = 2**level
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(ResnetBlock(width, level_width, time_dim, dropout))
+                width = level_width
+                skip_widths.append(width)
+            self.down_levels.append(
+                nn.ModuleDict(
+                    {
+                        "blocks": blocks,
+                        "attention": self._attention_or_identity(width, downsample_factor, attention_resolutions, num_heads),
+                        "downsample": Downsample(width) if level < len(widths) - 1 else nn.Identity(),
+                    }
+                )
+            )
+
+        self.mid_block1 = ResnetBlock(width, width, time_dim, dropout)
+        self.mid_attention = SelfAttention(width, num_heads)
+        self.mid_block2 = ResnetBlock(width, width, time_dim, dropout)
+
+        self.up_levels = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            level_width = widths[level]
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(ResnetBlock(width + skip_widths.pop(), level_width, time_dim, dropout))
+                width = level_width
+            self.up_levels.append(
+                nn.ModuleDict(
+                    {
+                        "blocks": blocks,
+                        "attention": self._attention_or_identity(width, 2**level, attention_resolutions, num_heads),
+                        "upsample": Upsample(width) if level > 0 else nn.Identity(),
+                    }
+                )
+            )
+
+        self.output = nn.Sequential(group_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1))
+
+    @staticmethod
+    def _attention_or_identity(width, downsample_factor, attention_resolutions, num_heads) -> nn.Module:
+        if downsample_factor in attention_resolutions:
+            return SelfAttention(width, num_heads)
+        return nn.Identity()
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise a ValueError naming the sizes when the UNet cannot downsample them evenly."""
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by {self.size_multiple} "
+                f"(2^{len(self.down_levels) - 1} for {len(self.down_levels)} UNet levels); "
+                f"use e.g. {max(self.size_multiple, height // self.size_multiple * self.size_multiple)}"
+                f"x{max(self.size_multiple, width // self.size_multiple * self.size_multiple)}"
+            )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.check_size(x.shape[-2], x.shape[-1])
+        time_emb = self.time_embedding(timesteps)
+        h = self.input_conv(x)
+        skips = []
+        for level in self.down_levels:
+            for block in level["blocks"]:
+                h = block(h, time_emb)
+                skips.append(h)
+            h = level["attention"](h)
+            h = level["downsample"](h)
+
+        h = self.mid_block2(self.mid_attention(self.mid_block1(h, time_emb)), time_emb)
+
+        for level in self.up_levels:
+            for block in level["blocks"]:
+                h = block(torch.cat([h, skips.pop()], dim=1), time_emb)
+            h = level["attention"](h)
+            h = level["upsample"](h)
+        return self.output(h)

@@ -1,0 +1,205 @@
+"""Diffusion math (schedules, q_sample, posterior, conversions), samplers and the training loss."""
+
+import math
+
+import pytest
+import torch
+
+from src.models import DiffusionConfig, DiffusionSegmentation
+from src.models.diffusion_model import cosine_beta_schedule, linear_beta_schedule, soft_dice_loss
+
+TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2)
+
+
+def tiny_model(**overrides) -> DiffusionSegmentation:
+    torch.manual_seed(0)
+    return DiffusionSegmentation(DiffusionConfig(**{**TINY, **overrides}))
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_alphas_cumprod_is_decreasing_from_one_to_near_zero(schedule):
+    model = tiny_model(schedule=schedule)
+    abar = model.alphas_cumprod
+    assert abar.shape == (1000,)
+    assert torch.all(abar[1:] < abar[:-1])
+    assert 0.99 < abar[0] <= 1.0
+    assert abar[-1] < 1e-3
+
+
+def test_linear_schedule_matches_ho_et_al():
+    betas = linear_beta_schedule(1000)
+    assert betas[0].item() == pytest.approx(1e-4)
+    assert betas[-1].item() == pytest.approx(0.02)
+    abar = torch.cumprod(1 - betas, 0)
+    # closed form of the product at t = 1: (1 - b0)(1 - b1)
+    assert abar[1].item() == pytest.approx((1 - betas[0].item()) * (1 - betas[1].item()))
+
+
+def test_cosine_schedule_matches_closed_form():
+    T, s = 1000, 0.008
+    abar = torch.cumprod(1 - cosine_beta_schedule(T), 0)
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 100, 500, 900):
+        assert abar[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-6)
+
+
+def test_q_sample_statistics_match_forward_process():
+    model = tiny_model()
+    t = torch.full((20000,), 300)
+    x0 = torch.full((20000, 1, 1, 1), 0.7)
+    x_t = model.q_sample(x0, t, torch.randn_like(x0))
+    abar = model.alphas_cumprod[300].item()
+    assert x_t.mean().item() == pytest.approx(math.sqrt(abar) * 0.7, abs=0.02)
+    assert x_t.var().item() == pytest.approx(1 - abar, rel=0.05)
+
+
+def test_posterior_mean_and_variance_formulas():
+    model = tiny_model(schedule="linear")
+    betas = model.betas.double()
+    abar = torch.cumprod(1 - betas, 0)
+    t = 400
+    x0, x_t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    mean, variance, _ = model.q_posterior(x0, x_t, torch.tensor([t, t]))
+    # Ho et al. eq. 7
+    expected_mean = (abar[t - 1].sqrt() * betas[t] / (1 - abar[t])) * x0 + ((1 - betas[t]).sqrt() * (1 - abar[t - 1]) / (1 - abar[t])) * x_t
+    expected_var = (1 - abar[t - 1]) / (1 - abar[t]) * betas[t]
+    torch.testing.assert_close(mean, expected_mean.float(), rtol=1e-5, atol=1e-6)
+    assert variance.flatten()[0].item() == pytest.approx(expected_var.item(), rel=1e-5)
+
+
+def test_x0_eps_v_conversions_round_trip():
+    model = tiny_model()
+    x0, eps = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    # x0 from eps divides by sqrt(abar_t) ~ 1e-3 at t = T-1 and eps from x0 by sqrt(1/abar - 1) ~ 1e-2
+    # at t = 0: both ill-conditioned in float32 there, which is why x0 and v targets are preferred.
+    t = torch.tensor([1, 10, 500, 900])
+    x_t = model.q_sample(x0, t, eps)
+    torch.testing.assert_close(model.predict_x0_from_eps(x_t, t, eps), x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.predict_eps_from_x0(x_t, t, x0), eps, rtol=1e-3, atol=1e-3)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = model.q_sample(x0, t, eps)
+    v = model.predict_v(x0, t, eps)
+    torch.testing.assert_close(model.predict_x0_from_v(x_t, t, v), x0, rtol=1e-4, atol=1e-4)
+
+
+# -- samplers with an oracle denoiser -------------------------------------------------------------
+
+
+def oracle_for(model: DiffusionSegmentation, x0: torch.Tensor):
+    """A perfect denoiser: knows the true mask and answers in the model's prediction type."""
+
+    def predict(x_t, t):
+        eps = model.predict_eps_from_x0(x_t, t, x0)
+        kind = model.config.prediction_type
+        return {"eps": eps, "x0": x0, "v": model.predict_v(x0, t, eps)}[kind]
+
+    return predict
+
+
+def random_mask(shape=(2, 1, 16, 16), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) > 0.5).float() * 2 - 1
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_ddim_with_oracle_recovers_mask_exactly(prediction_type, steps):
+    model = tiny_model(prediction_type=prediction_type)
+    x0 = random_mask()
+    images = torch.rand(2, 3, 16, 16)
+    out = model.sample(images, steps=steps, seed=1, predict_fn=oracle_for(model, x0))
+    torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
+
+
+def test_ddpm_with_oracle_recovers_mask():
+    model = tiny_model(timesteps=200)
+    x0 = random_mask()
+    out = model.sample(torch.rand(2, 3, 16, 16), sampler="ddpm", seed=1, predict_fn=oracle_for(model, x0))
+    assert (out - x0).abs().max().item() < 1e-2
+
+
+def test_ddim_visits_requested_number_of_steps_and_reports_them():
+    model = tiny_model()
+    seen = []
+    model.sample(torch.rand(1, 3, 8, 8), steps=7, seed=0, callback=lambda i, t, x_t, x0: seen.append(t))
+    assert len(seen) == 7 and seen[0] == 999 and seen[-1] == 0
+    assert model.sample_timesteps(1) == [999]
+    with pytest.raises(ValueError, match="steps must be between 1 and 1000"):
+        model.sample_timesteps(0)
+
+
+def test_same_seed_gives_same_sample_and_other_seed_differs():
+    model = tiny_model().eval()
+    images = torch.rand(2, 3, 16, 16)
+    a = model.sample(images, steps=5, seed=123)
+    b = model.sample(images, steps=5, seed=123)
+    c = model.sample(images, steps=5, seed=124)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+    d = model.sample(images, sampler="ddim", steps=5, eta=1.0, seed=7)
+    e = model.sample(images, sampler="ddim", steps=5, eta=1.0, seed=7)
+    torch.testing.assert_close(d, e, rtol=0, atol=0)
+
+
+# -- losses and segment ---------------------------------------------------------------------------
+
+
+def test_soft_dice_loss_is_zero_for_perfect_and_one_for_disjoint():
+    truth = torch.zeros(1, 1, 4, 4)
+    truth[..., :2, :] = 1
+    assert soft_dice_loss(truth, truth, eps=0).item() == pytest.approx(0.0)
+    assert soft_dice_loss(1 - truth, truth, eps=0).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+@pytest.mark.parametrize("dice_weight", [0.0, 1.0])
+def test_training_loss_is_finite_and_has_gradients(prediction_type, dice_weight):
+    model = tiny_model(prediction_type=prediction_type, dice_weight=dice_weight)
+    loss = model(torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float())
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_multiclass_masks_are_one_hot_in_minus_one_one():
+    model = tiny_model(num_classes=3)
+    ids = torch.tensor([[[0, 1], [2, 1]]])
+    x0 = model.masks_to_x0(ids)
+    assert x0.shape == (1, 3, 2, 2)
+    assert x0[0, :, 1, 0].tolist() == [-1.0, -1.0, 1.0]
+    probs = model.x0_to_probabilities(x0)
+    assert probs.argmax(1).tolist() == ids.tolist()
+
+
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_segment_shapes_and_uncertainty(num_classes):
+    model = tiny_model(num_classes=num_classes).eval()
+    out = model.segment(torch.rand(2, 3, 8, 12), steps=3, ensemble=3, seed=0)
+    assert out.probabilities.shape == (2, num_classes, 8, 12)
+    assert out.mask.shape == (2, 8, 12) and out.mask.dtype == torch.long
+    assert out.mask.max() < max(num_classes, 2)
+    assert out.uncertainty.shape == (2, 8, 12) and (out.uncertainty >= 0).all()
+    single = model.segment(torch.rand(1, 3, 8, 8), steps=2, ensemble=1, seed=0)
+    assert single.uncertainty.abs().max() == 0
+
+
+def test_bad_config_and_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionConfig(prediction_type="noise")
+    with pytest.raises(ValueError, match="schedule"):
+        DiffusionConfig(schedule="quadratic")
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, H, W\)"):
+        model.sample(torch.rand(1, 1, 8, 8), steps=2)
+    with pytest.raises(ValueError, match="not divisible by 2"):
+        model.sample(torch.rand(1, 3, 9, 8), steps=2)
+
+
+def test_config_round_trips_through_dict():
+    config = DiffusionConfig(**TINY, num_classes=3, image_size=64)
+    assert DiffusionConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        DiffusionConfig.from_dict({**config.to_dict(), "bogus": 1})

@@ -1,0 +1,70 @@
+"""UNet and blocks: shapes for any channel count and size, clear size errors, attention placement."""
+
+import pytest
+import torch
+
+from src.models.blocks import ResnetBlock, SelfAttention, SinusoidalTimeEmbedding
+from src.models.unet import UNet
+
+
+def tiny_unet(**overrides) -> UNet:
+    kwargs = dict(in_channels=4, out_channels=1, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
+                  attention_resolutions=(4,), num_heads=2)
+    return UNet(**{**kwargs, **overrides})
+
+
+@pytest.mark.parametrize("in_channels, out_channels", [(4, 1), (2, 1), (5, 3), (7, 5)])
+@pytest.mark.parametrize("size", [(16, 16), (8, 24), (32, 12)])
+def test_output_shape_for_any_channels_and_non_square_sizes(in_channels, out_channels, size):
+    net = tiny_unet(in_channels=in_channels, out_channels=out_channels)
+    out = net(torch.randn(2, in_channels, *size), torch.tensor([0, 999]))
+    assert out.shape == (2, out_channels, *size)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", [(15, 16), (16, 18), (6, 8)])
+def test_size_not_divisible_by_downsampling_gives_clear_error(size):
+    net = tiny_unet()  # 3 levels -> multiple of 4
+    with pytest.raises(ValueError, match=rf"image size {size[0]}x{size[1]} is not divisible by 4"):
+        net(torch.randn(1, 4, *size), torch.tensor([1]))
+
+
+def test_attention_only_at_requested_resolutions_and_middle():
+    net = tiny_unet(attention_resolutions=(2,))
+    down_attention = [isinstance(level["attention"], SelfAttention) for level in net.down_levels]
+    assert down_attention == [False, True, False]
+    assert isinstance(net.mid_attention, SelfAttention)
+
+
+def test_time_embedding_distinguishes_timesteps():
+    emb = SinusoidalTimeEmbedding(16)(torch.tensor([0, 1, 500]))
+    assert emb.shape == (3, 16)
+    assert emb[0, :8].abs().max() == 0 and torch.allclose(emb[0, 8:], torch.ones(8))
+    assert not torch.allclose(emb[1], emb[2])
+
+
+def test_resnet_block_uses_time_embedding():
+    block = ResnetBlock(8, 16, time_dim=12)
+    torch.nn.init.normal_(block.conv2.weight)  # undo the identity init so the time path is visible
+    x = torch.randn(1, 8, 4, 4)
+    a = block(x, torch.zeros(1, 12))
+    b = block(x, torch.ones(1, 12))
+    assert a.shape == (1, 16, 4, 4) and not torch.allclose(a, b)
+
+
+def test_self_attention_mixes_all_positions():
+    attention = SelfAttention(8, num_heads=2)
+    torch.nn.init.normal_(attention.to_out.weight)
+    x = torch.randn(1, 8, 4, 4)
+    y = x.clone()
+    y[..., 0, 0] += 1.0  # change one position: every output position should move
+    delta = (attention(x) - attention(y)).abs().sum(1)
+    assert (delta[0, 1:, 1:] > 0).all()
+
+
+def test_channels_last_gives_same_output():
+    net = tiny_unet().eval()
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([3, 700])
+    reference = net(x, t)
+    net = net.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(net(x.to(memory_format=torch.channels_last), t), reference, rtol=1e-4, atol=1e-5)
