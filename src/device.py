@@ -91,6 +91,11 @@ class Runtime:
         return f"{self.device} {self.precision} {layout}"
 
 
-def select_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Runtime:
+def select_runtime(device: str = "auto", precision: str = "auto", channels_last: Optional[bool] = None) -> Runtime:
+    """channels_last None = auto: on for CUDA; off on CPU, where GroupNorm's backward in bf16 is ~25x
+    slower on channels_last tensors than on contiguous ones (torch 2.14, measured in BENCHMARKS.md),
+    which costs more than the faster channels_last convolutions win."""
     resolved = resolve_device(device)
+    if channels_last is None:
+        channels_last = resolved.type == "cuda"
     return Runtime(resolved, resolve_precision(resolved, precision), channels_last)

@@ -1,0 +1,313 @@
+"""The training loop: AdamW with warm-up + cosine lr, autocast, EMA, validation Dice, exact resume.
+
+`train(TrainConfig, DiffusionConfig)` runs everything; `train.py` only turns flags into these two.
+Files in `output_dir`: last.pth (every epoch and when a budget stops the run), best.pth (highest
+validation Dice), checkpoint_epoch_N.pth (every `save_every` epochs and the last one),
+history.json, training_curves.png and val_predictions.png after each validation.
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from src.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from src.device import select_runtime
+from src.models import DiffusionConfig, DiffusionSegmentation
+from src.training.config import TrainConfig
+from src.training.data import build_training_data
+from src.training.distributed import cleanup_distributed, distributed_device, setup_distributed
+from src.training.ema import EMA
+from src.training.lr_schedule import learning_rate
+from src.training.rng import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
+from src.training.tracking import NullTracker, WandbTracker
+from src.training.validation import evaluate
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, bad resume); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    last_checkpoint: Optional[Path]
+    best_checkpoint: Optional[Path]
+    best_val_dice: Optional[float]
+    history: list = field(default_factory=list)
+    steps: int = 0
+    stopped_early: bool = False
+    model: Optional[DiffusionSegmentation] = None  # the EMA model, in eval mode
+
+
+@dataclass
+class _Progress:
+    """Where the run is: saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch being trained (0-based)
+    batch_in_epoch: int = 0  # batches of `epoch` already trained
+    step: int = 0  # optimizer steps over the whole run
+    best_val_dice: Optional[float] = None
+    history: list = field(default_factory=list)
+    epoch_loss_sum: float = 0.0  # over the batches of `epoch` trained so far, so a resumed epoch's mean is exact
+
+
+def train(config: TrainConfig, model_config: Optional[DiffusionConfig] = None) -> TrainResult:
+    """Train (or resume, with config.resume) and return where the results went."""
+    resume_state = load_checkpoint(config.resume) if config.resume else None
+    if resume_state is not None:
+        model_config = DiffusionConfig.from_dict(dict(resume_state["model_config"]))
+    model_config = model_config or DiffusionConfig()
+
+    context = setup_distributed(config.device)
+    try:
+        return _Trainer(config, model_config, context, resume_state).run()
+    finally:
+        cleanup_distributed(context)
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, model_config: DiffusionConfig, context, resume_state):
+        self.config = config
+        self.context = context
+        self.output_dir = Path(config.output_dir)
+        self.runtime = select_runtime(distributed_device(context, config.device), config.precision)
+        seed_everything(config.seed)  # the same initial weights on every rank and every run
+
+        self.model = self.runtime.prepare_model(DiffusionSegmentation(model_config))
+        self.ema = EMA(self.model, config.ema_decay)
+        if config.compile:
+            self.model.unet.compile()
+        self.train_model = self.model
+        if context.enabled:
+            device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.needs_grad_scaler)
+
+        self.data = build_training_data(config, model_config, context.world_size)
+        self.steps_per_epoch = len(self.data.train_loader)
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"no training batches: {len(self.data.train_loader.dataset)} samples, batch size {config.batch_size}")
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.progress = _Progress()
+        self.resume_rng = None
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.tracker = NullTracker()
+        if config.wandb and context.is_main:
+            self.tracker = WandbTracker(config.wandb_project, {**config.to_dict(), **model_config.to_dict()}, self.output_dir)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        config, progress = self.config, self.progress
+        if self.context.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            params = sum(p.numel() for p in self.model.parameters())
+            print(f"training on {self.runtime.describe()} x{self.context.world_size}: {params / 1e6:.2f}M parameters, "
+                  f"{len(self.data.train_loader.dataset)} train / {len(self.data.val_dataset or [])} val samples, "
+                  f"{self.steps_per_epoch} steps per epoch")
+        start_time = time.monotonic()
+        stopped_early = False
+        last_path = None
+        try:
+            while progress.epoch < config.epochs and not stopped_early:
+                epoch_loss, stopped_early = self._train_epoch(start_time)
+                if stopped_early:
+                    last_path = self._save("last.pth")
+                    break
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                self._end_of_epoch(epoch_loss)
+                last_path = self.output_dir / "last.pth"
+        finally:
+            self.tracker.finish()
+        if self.context.is_main and stopped_early:
+            print(f"stopped by budget at step {progress.step} (epoch {progress.epoch + 1}); resume with --resume {last_path}")
+        best = self.output_dir / "best.pth"
+        return TrainResult(
+            output_dir=self.output_dir,
+            last_checkpoint=last_path,
+            best_checkpoint=best if best.exists() else None,
+            best_val_dice=progress.best_val_dice,
+            history=progress.history,
+            steps=progress.step,
+            stopped_early=stopped_early,
+            model=self.ema.model,
+        )
+
+    def _train_epoch(self, start_time: float):
+        """Train the rest of the current epoch; returns (mean loss, whether a budget stopped it)."""
+        config, progress, loader = self.config, self.progress, self.data.train_loader
+        seed_everything(epoch_seed(config.seed, progress.epoch, self.context.rank))
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(progress.epoch)
+        batches = iter(loader)
+        if progress.batch_in_epoch:  # resumed mid-epoch: replay the shuffle, then the saved RNG
+            for _ in range(progress.batch_in_epoch):
+                next(batches)
+            # the state saved after those batches: the next augmentation and noise draws match
+            restore_rng_state(self.resume_rng)
+        self.resume_rng = None
+
+        self.model.train()
+        bar = tqdm(total=self.steps_per_epoch, initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}/{config.epochs}",
+                   disable=not (config.progress and self.context.is_main), dynamic_ncols=True, leave=False)
+        seen, epoch_start = 0, time.monotonic()
+        if progress.batch_in_epoch == 0:
+            progress.epoch_loss_sum = 0.0
+        for images, masks in batches:
+            loss = self._train_step(images, masks)
+            progress.epoch_loss_sum += loss
+            seen += images.shape[0] * self.context.world_size
+            progress.batch_in_epoch += 1
+            images_per_second = seen / max(time.monotonic() - epoch_start, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.1f}")
+            bar.update(1)
+            if self._budget_reached(start_time):
+                bar.close()
+                return None, True
+        bar.close()
+        self.last_images_per_second = seen / max(time.monotonic() - epoch_start, 1e-9)
+        return progress.epoch_loss_sum / progress.batch_in_epoch, False
+
+    def _train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
+        config, progress = self.config, self.progress
+        lr = learning_rate(progress.step, config.lr, self.total_steps, config.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = self.runtime.to_device(images)
+        masks = self.runtime.to_device(masks)
+        with self.runtime.autocast():
+            loss = self.train_model(images, masks)
+        loss_value = loss.item()
+        if not math.isfinite(self.context.mean(loss_value)):
+            raise TrainingError(
+                f"loss became {loss_value} at step {progress.step} (epoch {progress.epoch + 1}); "
+                f"stopping with the last good checkpoint kept in {self.output_dir} — try a lower --lr or --precision fp32"
+            )
+        self.scaler.scale(loss).backward()
+        if config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        progress.step += 1
+        return loss_value
+
+    def _budget_reached(self, start_time: float) -> bool:
+        config = self.config
+        over_steps = config.max_steps is not None and self.progress.step >= config.max_steps
+        over_time = config.max_minutes is not None and (time.monotonic() - start_time) / 60 >= config.max_minutes
+        # every rank must agree, or one would wait forever in the next all-reduce
+        return self.context.mean(float(over_steps or over_time)) > 0
+
+    def _end_of_epoch(self, epoch_loss: float) -> None:
+        config, progress = self.config, self.progress
+        entry = {"epoch": progress.epoch, "step": progress.step, "loss": epoch_loss,
+                 "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": getattr(self, "last_images_per_second", None),
+                 "val_dice": None, "val_iou": None}
+        validate = self.data.val_dataset is not None and (progress.epoch % config.val_every == 0 or progress.epoch == config.epochs)
+        improved = False
+        if validate and self.context.is_main:
+            scores = evaluate(self.ema.model, self.data.val_dataset, self.runtime, steps=config.val_steps,
+                              batch_size=config.batch_size, seed=config.seed, max_images=config.val_max_images)
+            entry.update(val_dice=scores["dice"], val_iou=scores["iou"])
+            improved = progress.best_val_dice is None or scores["dice"] > progress.best_val_dice
+            if improved:
+                progress.best_val_dice = scores["dice"]
+            self._save_figures(scores["examples"])
+        progress.history.append(entry)
+        if not self.context.is_main:
+            self.context.barrier()
+            return
+        message = f"epoch {progress.epoch}/{config.epochs}: loss {epoch_loss:.4f}, lr {entry['lr']:.2e}"
+        if entry["val_dice"] is not None:
+            message += f", val Dice {entry['val_dice']:.4f}, IoU {entry['val_iou']:.4f}"
+        tqdm.write(message) if config.progress else print(message)
+        self._write_history()
+        self._save("last.pth")
+        if improved:
+            self._save("best.pth")
+        if progress.epoch % config.save_every == 0 or progress.epoch == config.epochs:
+            self._save(f"checkpoint_epoch_{progress.epoch}.pth")
+        self.tracker.log({k: v for k, v in entry.items() if k != "epoch"} | {"epoch": progress.epoch}, step=progress.step)
+        if validate:
+            self.tracker.log_images({"curves": self.output_dir / "training_curves.png",
+                                     "predictions": self.output_dir / "val_predictions.png"}, step=progress.step)
+        self.context.barrier()
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _save_figures(self, examples: dict) -> None:
+        from utils.visualization import save_prediction_grid
+
+        if examples:
+            save_prediction_grid(examples["images"], examples["truths"], examples["preds"], self.output_dir / "val_predictions.png",
+                                 uncertainty=None, num_classes=self.model.config.num_classes)
+
+    def _write_history(self) -> None:
+        path = self.output_dir / "history.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.progress.history, indent=1))
+        os.replace(tmp, path)
+        from utils.visualization import save_training_curves
+
+        save_training_curves(self.progress.history, self.output_dir / "training_curves.png")
+
+    def _save(self, name: str) -> Path:
+        progress = self.progress
+        state = {
+            "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "ema_updates": self.ema.num_updates,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": progress.step, "total_steps": self.total_steps},
+            "scaler": self.scaler.state_dict(),
+            "epoch": progress.epoch,
+            "batch_in_epoch": progress.batch_in_epoch,
+            "step": progress.step,
+            "best_val_dice": progress.best_val_dice,
+            "epoch_loss_sum": progress.epoch_loss_sum,
+            "history": progress.history,
+            "rng": capture_rng_state(),
+            "train_config": self.config.to_dict(),
+            "data_split": self.data.split,
+        }
+        try:
+            return save_checkpoint(state, self.output_dir / name)
+        except CheckpointError as error:
+            raise TrainingError(str(error)) from None
+
+    def _restore(self, state: dict) -> None:
+        path = self.config.resume
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.model.load_state_dict(state["ema"])
+            self.ema.num_updates = int(state.get("ema_updates", 0))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            progress = self.progress
+            progress.epoch, progress.batch_in_epoch, progress.step = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"])
+            progress.best_val_dice = state.get("best_val_dice")
+            progress.history = list(state.get("history", []))
+            progress.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))
+            self.resume_rng = state["rng"]
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"{path}: cannot resume from it: {str(error).splitlines()[0][:200]}") from None
+        if state.get("data_split") and state["data_split"] != self.data.split and self.context.is_main:
+            print(f"warning: the data split differs from the one saved in {path} (files added or removed?)")
+        if self.context.is_main:
+            print(f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step}")
+

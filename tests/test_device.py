@@ -1,0 +1,44 @@
+"""The device/precision helper: the one place that decides where and how the model runs."""
+
+import pytest
+import torch
+
+from src.device import Runtime, cpu_supports_bf16, resolve_precision, select_runtime
+
+
+def test_auto_on_cpu_uses_bf16_only_with_native_support():
+    runtime = select_runtime("cpu", "auto")
+    assert runtime.device == torch.device("cpu")
+    assert runtime.precision == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert runtime.channels_last is False  # slow GroupNorm backward on CPU channels_last
+
+
+def test_explicit_precisions_and_errors():
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "fp32") == "fp32"
+    assert resolve_precision(cpu, "bf16") == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        resolve_precision(cpu, "fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision(cpu, "int8")
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        select_runtime("cuda")
+
+
+def test_autocast_runs_matmul_in_the_chosen_dtype():
+    a = torch.randn(4, 4)
+    with Runtime(torch.device("cpu"), "bf16").autocast():
+        assert (a @ a).dtype == torch.bfloat16
+    with Runtime(torch.device("cpu"), "fp32").autocast():
+        assert (a @ a).dtype == torch.float32
+
+
+def test_prepare_model_applies_memory_format():
+    conv = torch.nn.Conv2d(3, 8, 3)
+    Runtime(torch.device("cpu"), "fp32", channels_last=True).prepare_model(conv)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
