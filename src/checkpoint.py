@@ -53,12 +53,16 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; anything else (cut short, an image, text) would reach the
+        # legacy unpickler and fail in arbitrary ways
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): not a PyTorch zip archive")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "disallowed content"
         raise CheckpointError(f"{path}: refused to load: not a plain-weights checkpoint ({first_line[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 - any other failure of a damaged archive is the same problem for the user
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): {str(error).splitlines()[0][:160]}") from None
     if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
         raise CheckpointError(f"{path}: not a Diffusion Segmentation checkpoint (no model_config/model entries)")

@@ -91,7 +91,7 @@ def test_truncated_checkpoint_gives_clean_error(tmp_path):
     broken = tmp_path / "broken.pth"
     broken.write_bytes(data[: len(data) // 2])
     result = run_cli("--resume", str(broken), "--no-progress")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert "broken.pth" in result.stderr and "truncated or corrupt" in result.stderr

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from src.checkpoint import CheckpointError
+from src.cli import ArgumentParser
 from src.device import PRECISIONS
 from src.models import DiffusionConfig
 from src.models.diffusion_model import PREDICTION_TYPES, SCHEDULES
@@ -47,7 +48,7 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     d, m = TrainConfig(), DiffusionConfig()
-    p = argparse.ArgumentParser(description="Train the diffusion segmentation model.")
+    p = ArgumentParser(prog="train.py", description="Train the diffusion segmentation model.")
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", help="dataset with train/{images,masks} and val/{images,masks}")
     data.add_argument("--image-dir", help="folder of images")
@@ -135,7 +136,10 @@ def configs_from_args(parser, args, argv) -> tuple:
     if args.resume:
         from src.checkpoint import load_checkpoint
 
-        state = load_checkpoint(args.resume)
+        try:
+            state = load_checkpoint(args.resume)
+        except CheckpointError as error:
+            parser.error(str(error))
         saved = dict(state.get("train_config") or {})
         for key in MODEL_FLAGS:
             if key in explicit:

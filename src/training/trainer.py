@@ -110,7 +110,7 @@ class _Trainer:
     def run(self) -> TrainResult:
         config, progress = self.config, self.progress
         if self.context.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.output_dir)
             params = sum(p.numel() for p in self.model.parameters())
             print(f"training on {self.runtime.describe()} x{self.context.world_size}: {params / 1e6:.2f}M parameters, "
                   f"{len(self.data.train_loader.dataset)} train / {len(self.data.val_dataset or [])} val samples, "
@@ -259,8 +259,11 @@ class _Trainer:
     def _write_history(self) -> None:
         path = self.output_dir / "history.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.progress.history, indent=1))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.progress.history, indent=1))
+            os.replace(tmp, path)
+        except OSError as error:
+            raise TrainingError(f"{path}: cannot write: {error.strerror or error}") from None
         from utils.visualization import save_training_curves
 
         save_training_curves(self.progress.history, self.output_dir / "training_curves.png")
@@ -311,3 +314,13 @@ class _Trainer:
         if self.context.is_main:
             print(f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step}")
 
+
+def _check_writable(output_dir: Path) -> None:
+    """Fail before training, not after the first epoch, when results could not be saved."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise TrainingError(f"{output_dir}: output directory is not writable: {error.strerror or error}") from None
