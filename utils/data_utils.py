@@ -1,0 +1,445 @@
+"""Segmentation datasets and data loaders.
+
+Data contract (what the model and trainer rely on): ``dataset[i]`` returns ``(image, mask)``
+    image: (C, H, W) float32 in [0, 1], C = in_channels (3 RGB, 1 grayscale). Not
+           normalised further: the model maps [0, 1] to [-1, 1] itself.
+    mask:  num_classes == 1: (1, H, W) float32 with values exactly {0., 1.};
+           num_classes == K > 1: (H, W) int64 class ids in 0..K-1.
+
+Decoded, resized images and masks are cached in memory as uint8, so after the first
+epoch a sample costs only its augmentation. ``load_dataset`` fills the cache up front
+(``preload``), which also decodes every file once, so bad data stops the run before
+training starts, never mid-epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from utils.augmentations import (
+    AUGMENTATION_MODES,
+    ColorJitter,
+    DualRandomHorizontalFlip,
+    DualRandomResizedCrop,
+    DualRandomRotation,
+    DualRandomVerticalFlip,
+    build_augmentations,
+)
+from utils.dataset_checks import check_pairs, resolve_issues
+from utils.errors import DatasetError, DatasetWarning, Issue, display_path, format_issues
+from utils.image_io import IMAGE_EXTENSIONS, as_size, load_image, load_labels, resize_labels
+from utils.pairing import MASK_SUFFIXES, Pair, find_pairs, read_split_file, split_pairs
+from utils.synthetic import SyntheticSegmentationDataset, make_synthetic_pair, write_synthetic_dataset
+
+__all__ = [
+    "AUGMENTATION_MODES", "IMAGE_EXTENSIONS", "MASK_SUFFIXES",
+    "ColorJitter", "DualRandomHorizontalFlip", "DualRandomResizedCrop", "DualRandomRotation",
+    "DualRandomVerticalFlip", "build_augmentations",
+    "DatasetError", "DatasetWarning", "Issue",
+    "SegmentationDataset", "SyntheticSegmentationDataset", "discover_pairs", "find_pairs",
+    "load_dataset", "load_synthetic_dataset", "make_synthetic_pair", "read_split_file",
+    "split_pairs", "write_synthetic_dataset",
+]
+
+# Use at most this share of the currently available memory for the in-memory cache.
+CACHE_MEMORY_SHARE = 0.5
+
+Augmentations = str | Sequence[Callable] | Callable | None
+
+
+def discover_pairs(
+    image_dir: str | Path, mask_dir: str | Path, stems: list[str] | None = None, skip_invalid: bool = False
+) -> list[Pair]:
+    """Valid (image_path, mask_path) pairs of two folders, sorted by stem.
+
+    Pairs by name (see ``utils.pairing``), then checks every file header. Problems raise
+    one DatasetError naming every bad file, or with ``skip_invalid`` are skipped with a
+    DatasetWarning. Raises DatasetError when no pair remains.
+    """
+    pairing = find_pairs(image_dir, mask_dir, stems)
+    pairs = resolve_issues(pairing.pairs, pairing.issues + check_pairs(pairing.pairs), skip_invalid)
+    if not pairs:
+        raise DatasetError(f"no usable image/mask pairs in {image_dir} and {mask_dir}")
+    return pairs
+
+
+def _compose(augmentations: Augmentations, color_jitter: bool, image_size: tuple[int, int]) -> v2.Compose | None:
+    """One callable ``(image, mask) -> (image, mask)`` from a mode name, a list or a transform."""
+    if isinstance(augmentations, str):
+        transforms = build_augmentations(augmentations, image_size)
+    elif augmentations is None:
+        transforms = []
+    elif callable(augmentations):
+        transforms = [augmentations]
+    else:
+        transforms = list(augmentations)
+    if color_jitter and not any(isinstance(t, v2.ColorJitter) for t in transforms):
+        transforms.append(ColorJitter())
+    return v2.Compose(transforms) if transforms else None
+
+
+def _available_memory_bytes() -> int | None:
+    """Memory the cache may take without swapping: MemAvailable on Linux, free pages elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no estimate on this platform
+        return None
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs from disk, resized to ``image_size``, optionally augmented.
+
+    Args:
+        image_dir, mask_dir: folders of images and masks (may be the same folder when masks
+            are named ``<stem>_mask`` / ``<stem>_gt``). Not needed when ``pairs`` is given.
+        image_size: int or (H, W) every sample is resized to (images bilinear, masks nearest).
+        augmentations: None, a mode name ("none", "light", "medium", "heavy"), a list of
+            joint transforms (e.g. DualRandomHorizontalFlip(p=0.7)) or one transform.
+        color_jitter: add ColorJitter (images only) if the augmentations lack one.
+        mask_threshold: binary masks: foreground where value > mask_threshold * the file's
+            maximum value (255 for 8-bit, 65535 for 16-bit). Ignored for multi-class masks,
+            whose pixel values are the class ids.
+        num_classes: 1 for binary masks, K > 1 for class-id masks.
+        in_channels: 3 (RGB; grayscale is repeated, alpha dropped) or 1 (grayscale).
+        stems: keep only these image stems (e.g. the lines of splits/train.txt).
+        pairs: explicit (image_path, mask_path) pairs instead of folders.
+        skip_invalid: skip bad pairs with a warning instead of raising DatasetError.
+        cache: keep decoded, resized uint8 samples in memory (skipped with a warning when
+            they would not fit).
+
+    Attributes: pairs (sorted by stem), num_classes, in_channels, image_size (H, W).
+    Items: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path | None = None,
+        mask_dir: str | Path | None = None,
+        image_size: int | tuple[int, int] = (256, 256),
+        augmentations: Augmentations = None,
+        color_jitter: bool = False,
+        mask_threshold: float = 0.5,
+        num_classes: int = 1,
+        in_channels: int = 3,
+        *,
+        stems: list[str] | None = None,
+        pairs: list[Pair] | None = None,
+        skip_invalid: bool = False,
+        cache: bool = True,
+    ):
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
+        self.image_size = as_size(image_size)
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.mask_threshold = mask_threshold
+        self.skip_invalid = skip_invalid
+
+        if pairs is None:
+            if image_dir is None or mask_dir is None:
+                raise ValueError("give image_dir and mask_dir, or pairs")
+            self.pairs = discover_pairs(image_dir, mask_dir, stems, skip_invalid)
+        else:
+            pairs = [(Path(image), Path(mask)) for image, mask in pairs]
+            if stems is not None:
+                wanted = set(stems)
+                pairs = [pair for pair in pairs if pair[0].stem in wanted]
+            if not pairs:
+                raise DatasetError("no image/mask pairs given")
+            pairs = sorted(pairs, key=lambda pair: pair[0].stem)
+            self.pairs = resolve_issues(pairs, check_pairs(pairs), skip_invalid)
+            if not self.pairs:
+                raise DatasetError("no usable image/mask pairs left after skipping invalid ones")
+
+        self.transform = _compose(augmentations, color_jitter, self.image_size)
+        self.cache = cache and self._cache_fits()
+        self._images: np.ndarray | None = None  # (N, C, H, W) uint8, filled on first use
+        self._labels: np.ndarray | None = None  # (N, H, W) class ids
+        self._is_cached = np.zeros(len(self.pairs), dtype=bool)
+        self._empty_masks: set[Path] = set()
+        self._unreported: list[Issue] = []  # warnings found while decoding, not yet shown
+
+    @classmethod
+    def from_pairs(cls, pairs: list[Pair], **kwargs) -> "SegmentationDataset":
+        """A dataset over explicit (image_path, mask_path) pairs, e.g. one side of ``split_pairs``."""
+        return cls(pairs=pairs, **kwargs)
+
+    @property
+    def stems(self) -> list[str]:
+        return [image_path.stem for image_path, _ in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __repr__(self) -> str:
+        return (f"SegmentationDataset({len(self)} pairs, image_size={self.image_size}, "
+                f"num_classes={self.num_classes}, in_channels={self.in_channels}, cache={self.cache})")
+
+    # ---- decoding and caching -------------------------------------------------------------
+
+    def _label_dtype(self) -> type:
+        return np.uint8 if self.num_classes <= 256 else np.int64
+
+    def _cache_fits(self) -> bool:
+        height, width = self.image_size
+        label_bytes = np.dtype(self._label_dtype()).itemsize
+        needed = len(self.pairs) * height * width * (self.in_channels + label_bytes)
+        available = _available_memory_bytes()
+        if available is not None and needed > CACHE_MEMORY_SHARE * available:
+            warnings.warn(
+                f"sample cache would need {needed / 2**30:.1f} GiB of {available / 2**30:.1f} GiB available memory: "
+                "decoding every epoch instead (reduce image_size to cache)",
+                DatasetWarning, stacklevel=3,
+            )
+            return False
+        return True
+
+    def _decode(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``idx`` from disk: image (C, H, W) uint8 and mask (H, W) class ids, both at image_size."""
+        image_path, mask_path = self.pairs[idx]
+        # Channels first and contiguous, as the transforms and the model want them.
+        image = np.ascontiguousarray(load_image(image_path, self.in_channels, self.image_size).transpose(2, 0, 1))
+        labels = self.load_original_mask(idx)
+        if not labels.any() and mask_path not in self._empty_masks:
+            # Legal data, but often a mistake: reported once per file, in one warning per preload.
+            self._empty_masks.add(mask_path)
+            self._unreported.append(Issue("empty_mask", f"{display_path(mask_path)}: mask is all background",
+                                          (mask_path,), fatal=False))
+        return image, resize_labels(labels, self.image_size)
+
+    def _sample(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded pair ``idx``, from the cache when it is there."""
+        if not self.cache:
+            return self._decode(idx)
+        if self._images is None:
+            height, width = self.image_size
+            self._images = np.zeros((len(self), self.in_channels, height, width), dtype=np.uint8)
+            self._labels = np.zeros((len(self), height, width), dtype=self._label_dtype())
+        if not self._is_cached[idx]:
+            self._images[idx], self._labels[idx] = self._decode(idx)
+            self._is_cached[idx] = True
+        return self._images[idx], self._labels[idx]
+
+    def preload(self, progress: bool = True) -> "SegmentationDataset":
+        """Decode every pair now, in this process, and cache it (when ``cache`` is on).
+
+        Finds truncated files and bad mask values before training starts: raises one
+        DatasetError naming them all, or with ``skip_invalid`` drops them with a warning.
+        DataLoader workers forked afterwards share the filled cache. Returns self.
+        """
+        issues: list[Issue] = []
+        for idx in tqdm(range(len(self)), desc="Loading dataset", disable=None if progress else True):
+            try:
+                self._sample(idx)
+            except DatasetError as error:
+                issues += error.issues
+        issues, self._unreported = self._unreported + issues, []
+        if issues:
+            keep = resolve_issues(self.pairs, issues, self.skip_invalid)
+            self._drop_all_but(keep)
+        return self
+
+    def _drop_all_but(self, keep: list[Pair]) -> None:
+        if not keep:
+            raise DatasetError("no usable image/mask pairs left after skipping invalid ones")
+        kept = set(keep)
+        mask = np.array([pair in kept for pair in self.pairs])
+        self.pairs = [pair for pair in self.pairs if pair in kept]
+        self._is_cached = self._is_cached[mask]
+        if self._images is not None:
+            self._images, self._labels = self._images[mask], self._labels[mask]
+
+    # ---- items ----------------------------------------------------------------------------
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_array, label_array = self._sample(idx)
+        if self._unreported:
+            warnings.warn(format_issues(self._unreported), DatasetWarning, stacklevel=2)
+            self._unreported = []
+        image = tv_tensors.Image(torch.from_numpy(image_array))  # (C, H, W) uint8
+        mask = tv_tensors.Mask(torch.from_numpy(label_array))  # (H, W)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        # Both conversions copy, so the cache is never modified.
+        image = image.as_subclass(torch.Tensor).float().div_(255.0)
+        mask = mask.as_subclass(torch.Tensor)
+        if self.num_classes == 1:
+            return image, mask.float().unsqueeze(0)
+        return image, mask.long()
+
+    def load_original_mask(self, idx: int) -> np.ndarray:
+        """Mask ``idx`` at the file's resolution: (H0, W0) uint8 class ids (int64 when
+        num_classes > 256), thresholded exactly like the training masks."""
+        return load_labels(self.pairs[idx][1], self.num_classes, self.mask_threshold)
+
+    def load_original_image(self, idx: int) -> np.ndarray:
+        """Image ``idx`` at the file's resolution: (H0, W0, C) uint8."""
+        return load_image(self.pairs[idx][0], self.in_channels)
+
+
+
+# ---- loaders ------------------------------------------------------------------------------
+
+
+def _make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    pin_memory: bool,
+    seed: int,
+    drop_last: bool = False,
+    distributed: bool = False,
+) -> DataLoader:
+    """A DataLoader with a seeded order; with ``distributed`` a DistributedSampler shuffles
+    instead (the trainer calls ``loader.sampler.set_epoch(epoch)``)."""
+    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last) if distributed else None
+    if drop_last and len(dataset) < batch_size:
+        warnings.warn(f"{len(dataset)} samples < batch_size {batch_size} with drop_last: no batches",
+                      DatasetWarning, stacklevel=3)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        drop_last=drop_last,
+        # Workers that live across epochs keep whatever they cached (and are not re-forked).
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _split_sources(
+    image_dir: str | Path | None,
+    mask_dir: str | Path | None,
+    data_dir: str | Path | None,
+    val_split: float | None,
+    seed: int,
+    skip_invalid: bool,
+) -> tuple[list[Pair], list[Pair] | None]:
+    """(train_pairs, val_pairs or None) from the folders given.
+
+    data_dir may hold ``train/{images,masks}`` + ``val/{images,masks}`` (pre-split), or
+    ``images/`` + ``masks/``, optionally with ``splits/train.txt`` + ``splits/val.txt``
+    (stems, one a line: the official split of e.g. Kvasir-SEG). Otherwise image_dir and
+    mask_dir are used, split by ``val_split`` when it is set.
+    """
+    if data_dir is not None:
+        root = Path(data_dir)
+        if (root / "train" / "images").is_dir() and (root / "val" / "images").is_dir():
+            if val_split is not None:
+                warnings.warn(f"{root} is already split into train/ and val/: val_split ignored",
+                              DatasetWarning, stacklevel=3)
+            train = discover_pairs(root / "train" / "images", root / "train" / "masks", None, skip_invalid)
+            val = discover_pairs(root / "val" / "images", root / "val" / "masks", None, skip_invalid)
+            return train, val
+        if not (root / "images").is_dir():
+            raise DatasetError(
+                f"{root}: expected train/ and val/ (each with images/ and masks/), or images/ and masks/")
+        image_dir, mask_dir = root / "images", root / "masks"
+        split_files = (root / "splits" / "train.txt", root / "splits" / "val.txt")
+        if val_split is None and all(path.is_file() for path in split_files):
+            train, val = (discover_pairs(image_dir, mask_dir, read_split_file(path), skip_invalid)
+                          for path in split_files)
+            return train, val
+    if image_dir is None or mask_dir is None:
+        raise ValueError("give image_dir and mask_dir, or data_dir")
+    pairs = discover_pairs(image_dir, mask_dir, None, skip_invalid)
+    if val_split is None:
+        return pairs, None
+    return split_pairs(pairs, val_split, seed)
+
+
+def load_dataset(
+    image_dir: str | Path | None = None,
+    mask_dir: str | Path | None = None,
+    batch_size: int = 8,
+    image_size: int | tuple[int, int] = (256, 256),
+    val_split: float | None = None,
+    augmentation_mode: str = "medium",
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    shuffle: bool = True,
+    seed: int = 42,
+    num_classes: int = 1,
+    in_channels: int = 3,
+    mask_threshold: float = 0.5,
+    skip_invalid: bool = False,
+    cache: bool = True,
+    data_dir: str | Path | None = None,
+    drop_last: bool = False,
+    distributed: bool = False,
+) -> DataLoader | tuple[DataLoader, DataLoader]:
+    """A DataLoader over image/mask folders, or ``(train_loader, val_loader)``.
+
+    Returns two loaders when ``val_split`` is set (seeded split of the pairs) or when
+    ``data_dir`` is pre-split (see ``_split_sources``). Only the training set is augmented
+    (``augmentation_mode``) and shuffled; the validation loader keeps stem order.
+    ``loader.dataset`` is the SegmentationDataset itself.
+    Every file is decoded (and cached, with ``cache``) here, before any training step:
+    bad data raises DatasetError now, or is skipped with a warning when ``skip_invalid``.
+    Batches: images (B, C, H, W) float32 in [0, 1]; masks (B, 1, H, W) float32 {0, 1}
+    for num_classes == 1, else (B, H, W) int64.
+    """
+    if augmentation_mode not in AUGMENTATION_MODES:
+        raise ValueError(f"augmentation_mode must be one of {AUGMENTATION_MODES}, got {augmentation_mode!r}")
+    train_pairs, val_pairs = _split_sources(image_dir, mask_dir, data_dir, val_split, seed, skip_invalid)
+    common = dict(image_size=image_size, mask_threshold=mask_threshold, num_classes=num_classes,
+                  in_channels=in_channels, skip_invalid=skip_invalid, cache=cache)
+    train_set = SegmentationDataset.from_pairs(train_pairs, augmentations=augmentation_mode, **common).preload()
+    train_loader = _make_loader(train_set, batch_size, shuffle, num_workers, pin_memory, seed, drop_last, distributed)
+    if val_pairs is None:
+        return train_loader
+    val_set = SegmentationDataset.from_pairs(val_pairs, augmentations=None, **common).preload()
+    return train_loader, _make_loader(val_set, batch_size, False, num_workers, pin_memory, seed)
+
+
+def load_synthetic_dataset(
+    num_samples: int = 200,
+    batch_size: int = 8,
+    image_size: int | tuple[int, int] = (64, 64),
+    val_split: float | None = None,
+    num_classes: int = 1,
+    in_channels: int = 3,
+    seed: int = 42,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    distributed: bool = False,
+) -> DataLoader | tuple[DataLoader, DataLoader]:
+    """Like ``load_dataset`` over ``SyntheticSegmentationDataset`` (for ``--synthetic``).
+
+    With ``val_split`` the validation samples come from a different seed stream
+    (seed + 1), so they never repeat a training sample.
+    """
+    num_val = 0 if val_split is None else max(1, int(round(num_samples * val_split)))
+    if num_val >= num_samples:
+        raise ValueError(f"val_split={val_split} of {num_samples} samples leaves no training data")
+    train_set = SyntheticSegmentationDataset(num_samples - num_val, image_size, num_classes, in_channels, seed)
+    train_loader = _make_loader(train_set, batch_size, shuffle, num_workers, False, seed, drop_last, distributed)
+    if val_split is None:
+        return train_loader
+    val_set = SyntheticSegmentationDataset(num_val, image_size, num_classes, in_channels, seed + 1)
+    return train_loader, _make_loader(val_set, batch_size, False, num_workers, False, seed)
