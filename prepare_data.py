@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from src.cli import ArgumentParser
 from utils.dataset_tools import run_action
 
 REQUIRED = {
@@ -37,7 +38,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="prepare_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--action", required=True, choices=list(REQUIRED))
     parser.add_argument("--image-dir", type=Path, help="images folder (analyze, validate)")
     parser.add_argument("--mask-dir", type=Path, help="masks folder (analyze, validate); may equal --image-dir")
