@@ -1,0 +1,448 @@
+"""Quality on Kvasir-SEG: train on splits/train.txt (880), score on splits/val.txt (120).
+
+Dice and IoU per image at the original mask resolution (mean and std), for
+  ours      the project's DiffusionSegmentation (src.training.train), DDIM at several step counts,
+            ensembles of 1 and 5, and how well the ensemble's std points at the errors;
+  unet      segmentation_models_pytorch.Unet, random-init encoder, Dice + BCE (plain baseline);
+  peer      med-seg-diff-pytorch 0.3.3 (lucidrains' MedSegDiff) with its default sampler;
+  ablation  short runs of ours over prediction target / schedule / Dice term, scored on a held-out
+            part of the TRAIN split (never val).
+Every model gets the same data, augmentation ("medium"), resolution, batch size, optimizer recipe
+and wall-clock budget. `unet` and `peer` re-run this script under benchmarks/.peer-venv (made by
+benchmarks/setup_peer.sh), which holds their packages.
+
+    python benchmarks/kvasir.py --model ours --image-size 128 --minutes 20
+    python benchmarks/kvasir.py --model unet --image-size 128 --minutes 20
+    python benchmarks/kvasir.py --model peer --image-size 128 --minutes 20 --peer-eval-images 24
+    python benchmarks/kvasir.py --model ablation --image-size 64 --minutes 2.5
+    python benchmarks/kvasir.py --smoke            # seconds: tiny models, 4 images
+"""
+
+import argparse
+import importlib.util
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repository root on sys.path)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from src.device import select_runtime  # noqa: E402
+from src.training.ema import EMA  # noqa: E402
+from src.training.lr_schedule import learning_rate  # noqa: E402
+
+ENSEMBLE_STEPS = 10  # DDIM steps of the ensemble-of-5 row and the uncertainty statistics
+ABLATIONS = {  # name -> DiffusionConfig overrides; "default" is the current default model
+    "default (x0, cosine, Dice on)": {},
+    "eps": {"prediction_type": "eps"},
+    "v": {"prediction_type": "v"},
+    "linear schedule": {"schedule": "linear"},
+    "no Dice term": {"dice_weight": 0.0},
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("ours", "unet", "peer", "ablation"), default="ours")
+    p.add_argument("--data", default=str(common.DEFAULT_DATA), help="Kvasir-SEG folder with images/, masks/, splits/")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per model")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="a budget in optimizer steps instead of minutes (ours/ablation): immune to other load")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 1 because on the shared 2-core machine a 2-thread step stalls up to 10x "
+                        "whenever another process takes a core (BENCHMARKS.md), while 1 thread degrades gracefully")
+    p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 10, 25, 50],
+                   help="DDIM steps to report (ours)")
+    p.add_argument("--ensemble", type=int, default=5, help="ensemble size of the second row (ours)")
+    p.add_argument("--eval-images", type=int, default=None, help="score only the first N val images")
+    p.add_argument("--peer-eval-images", type=int, default=24, help="val images for the peer's slow default sampler")
+    p.add_argument("--peer-dim", type=int, default=None, help="peer Unet dim (default: closest parameter count to ours)")
+    p.add_argument("--ablation-holdout", type=int, default=100, help="train images held out to score ablations")
+    p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kvasir_<model>_<size>.json)")
+    p.add_argument("--smoke", action="store_true", help="seconds-long run: tiny models, 4 images, 2 steps")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.image_size, args.minutes, args.batch_size, args.warmup_steps = 32, 0.05, 2, 1
+        args.steps, args.ensemble, args.eval_images, args.peer_eval_images, args.ablation_holdout = [1, 2], 2, 2, 2, 2
+    args.out = Path(args.out or common.RESULTS / f"kvasir_{args.model}_{args.image_size}{'_smoke' if args.smoke else ''}.json")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def splits(args) -> tuple:
+    """(train stems, val stems); the smoke run takes 4 and 2 of them."""
+    train, val = common.read_stems(args.data, "train"), common.read_stems(args.data, "val")
+    if args.smoke:
+        return train[:4], val[:2]
+    return train, val
+
+
+def model_config(args, **overrides):
+    from src.models import DiffusionConfig
+
+    size = dict(image_size=(args.image_size, args.image_size))
+    if args.smoke:
+        size.update(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=1)
+    return DiffusionConfig(**size, **overrides)
+
+
+def parameter_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Ours
+# ---------------------------------------------------------------------------------------------
+
+
+def measure_step_seconds(step, batch, repeats: int = 4) -> float:
+    """Fastest of `repeats` timed `step(images, masks)` on random data, after two warm-up steps
+    (the fastest, because other processes on the shared machine only ever slow a step down)."""
+    images, masks = batch
+    step(images, masks)
+    step(images, masks)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(images, masks)
+        times.append(time.perf_counter() - start)
+    return float(np.min(times))
+
+
+def epochs_for_budget(step_seconds: float, minutes: float, steps_per_epoch: int) -> int:
+    """Epochs whose steps fit the budget, so the cosine lr decays by the time the budget ends."""
+    return max(1, math.ceil(minutes * 60 / step_seconds / steps_per_epoch))
+
+
+def random_batch(args, channels: int = 3):
+    size = args.image_size
+    return torch.rand(args.batch_size, channels, size, size), (torch.rand(args.batch_size, 1, size, size) > 0.5).float()
+
+
+def estimate_ours_step(args, config, runtime) -> float:
+    from src.models import DiffusionSegmentation
+
+    torch.manual_seed(args.seed)
+    model = runtime.prepare_model(DiffusionSegmentation(config))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+
+    def step(images, masks):
+        with runtime.autocast():
+            loss = model(images, masks)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return measure_step_seconds(step, random_batch(args))
+
+
+def train_ours(args, train_stems, config, name: str):
+    """src.training.train on `train_stems` only (no validation during training). Returns (model, info)."""
+    from src.training import train
+    from src.training.config import TrainConfig
+
+    runtime = select_runtime()
+    steps_per_epoch = math.ceil(len(train_stems) / args.batch_size)
+    if args.max_steps:
+        step_seconds, epochs = None, math.ceil(args.max_steps / steps_per_epoch)
+    else:
+        step_seconds = estimate_ours_step(args, config, runtime)
+        epochs = epochs_for_budget(step_seconds, args.minutes, steps_per_epoch)
+    run_dir = common.CHECKPOINTS / name
+    image_dir, mask_dir = common.linked_subset(args.data, train_stems, run_dir / "data")
+    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.minutes} min ({step_seconds:.2f} s/step measured)"
+    print(f"[{name}] {epochs} epochs x {steps_per_epoch} steps, budget {budget}", flush=True)
+    train_config = TrainConfig(
+        image_dir=str(image_dir), mask_dir=str(mask_dir), val_split=None, augmentation_mode="medium",
+        output_dir=str(run_dir), epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, seed=args.seed, max_minutes=None if args.max_steps else args.minutes,
+        max_steps=args.max_steps,
+        save_every=10_000, progress=False,
+    )
+    clock = common.Stopwatch()
+    result = train(train_config, config)
+    info = {"train_minutes": clock.minutes(), "optimizer_steps": result.steps, "planned_epochs": epochs,
+            "estimated_step_seconds": step_seconds, "stopped_by_budget": result.stopped_early,
+            "final_loss": next((h["loss"] for h in reversed(result.history) if h.get("loss") is not None), None),
+            "checkpoint": str(result.last_checkpoint), "parameters": parameter_count(result.model),
+            "precision": runtime.describe()}
+    return result.model, runtime, info
+
+
+@torch.no_grad()
+def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int, batch_size: int = 8,
+                  max_images=None, keep_examples: int = 6) -> dict:
+    """Dice/IoU at every DDIM step count (ensemble 1), and at ENSEMBLE_STEPS with `ensemble`
+    samples plus the uncertainty-error statistics. Sampling time is recorded too."""
+    model.eval()
+    count = len(dataset) if max_images is None else min(len(dataset), max_images)
+    rows = {f"ddim{steps}_ens1": [] for steps in steps_list}
+    ens_key = f"ddim{ENSEMBLE_STEPS}_ens{ensemble}"
+    rows[ens_key] = []
+    seconds = {key: 0.0 for key in rows}
+    stats = common.UncertaintyErrorStats()
+    examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}
+    for start in range(0, count, batch_size):
+        indices = list(range(start, min(start + batch_size, count)))
+        images = torch.stack([dataset[i][0] for i in indices])
+        truths = [dataset.load_original_mask(i) for i in indices]
+        runs = [(f"ddim{s}_ens1", s, 1) for s in steps_list] + [(ens_key, ENSEMBLE_STEPS, ensemble)]
+        for key, steps, size in runs:
+            began = time.perf_counter()
+            with runtime.autocast():
+                output = model.segment(runtime.to_device(images), steps=steps, ensemble=size, seed=seed + start)
+            seconds[key] += time.perf_counter() - began
+            probabilities = output.probabilities.float().cpu()
+            for offset, truth in enumerate(truths):
+                rows[key].append(common.score_probabilities(probabilities[offset], truth))
+                if key == ens_key:
+                    stats.add(output.uncertainty[offset].float().cpu(), probabilities[offset], truth)
+            if key == ens_key:
+                for offset, index in enumerate(indices):
+                    if len(examples["images"]) < keep_examples:
+                        examples["images"].append(images[offset])
+                        examples["truths"].append(dataset[index][1][0])
+                        examples["preds"].append(output.mask[offset].cpu())
+                        examples["uncertainty"].append(output.uncertainty[offset].float().cpu())
+        print(f"  scored {indices[-1] + 1}/{count}: " + ", ".join(f"{k} {np.mean([r['dice'] for r in v]):.3f}" for k, v in rows.items()), flush=True)
+    results = {key: {**common.summarize(per_image), "seconds_per_image": seconds[key] / count,
+                     "per_image_dice": [r["dice"] for r in per_image]} for key, per_image in rows.items()}
+    return {"rows": results, "uncertainty_error": stats.result(), "ensemble_key": ens_key,
+            "examples": {k: torch.stack(v) for k, v in examples.items() if v}}
+
+
+def run_ours(args) -> dict:
+    train_stems, val_stems = splits(args)
+    config = model_config(args)
+    model, runtime, info = train_ours(args, train_stems, config, f"ours_{args.image_size}{'_smoke' if args.smoke else ''}")
+    val = common.kvasir_dataset(args.data, val_stems, args.image_size)
+    print(f"scoring on {len(val)} val images")
+    scores = evaluate_ours(model, val, runtime, args.steps, args.ensemble, seed=args.seed, max_images=args.eval_images)
+    examples = scores.pop("examples")
+    if examples and not args.smoke:
+        from utils.visualization import save_prediction_grid
+
+        path = common.ROOT / "docs" / "images" / "bench_predictions.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_prediction_grid(examples["images"], examples["truths"], examples["preds"], path,
+                             uncertainty=examples["uncertainty"], num_classes=1)
+        print(f"wrote {path}")
+    return {"model": "ours", "config": config.to_dict(), "train": info, **scores}
+
+
+def run_ablation(args) -> dict:
+    """Each variant trained for the same budget on train minus a held-out part, scored on that part."""
+    train_stems, _ = splits(args)
+    fit, held = common.holdout_split(train_stems, args.ablation_holdout, seed=0)
+    held_set = common.kvasir_dataset(args.data, held, args.image_size)
+    results = {}
+    for index, (name, overrides) in enumerate(ABLATIONS.items()):
+        if args.smoke and index > 1:
+            break
+        config = model_config(args, **overrides)
+        model, runtime, info = train_ours(args, fit, config, f"ablation_{args.image_size}_{index}{'_smoke' if args.smoke else ''}")
+        scores = evaluate_ours(model, held_set, runtime, [ENSEMBLE_STEPS], ensemble=1, seed=args.seed)
+        row = scores["rows"][f"ddim{ENSEMBLE_STEPS}_ens1"]
+        results[name] = {"overrides": overrides, "train": info, "dice": row["dice"], "dice_std": row["dice_std"],
+                         "iou": row["iou"], "images": row["images"]}
+        print(f"[ablation] {name}: Dice {row['dice']:.4f} +- {row['dice_std']:.4f} ({info['optimizer_steps']} steps)", flush=True)
+        common.write_json(args.out, {"model": "ablation", "scored_on": f"{len(held)} held-out TRAIN images",
+                                     "ddim_steps": ENSEMBLE_STEPS, "variants": results, "machine": common.machine_info()})
+    return {"model": "ablation", "scored_on": f"{len(held)} held-out TRAIN images", "ddim_steps": ENSEMBLE_STEPS,
+            "variants": results}
+
+
+# ---------------------------------------------------------------------------------------------
+# Anchors: a plain UNet and the peer, trained by one shared loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
+    """AdamW + warm-up/cosine lr (src.training.lr_schedule), bf16 autocast where the CPU has it,
+    grad clip 1.0, EMA 0.999: the recipe src.training.train gives ours. Returns (EMA module, info)."""
+    runtime = select_runtime()
+    module = runtime.prepare_model(module)
+    fresh_state = {k: v.clone() for k, v in module.state_dict().items()}
+    optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)
+
+    def step(images, masks):
+        with runtime.autocast():
+            loss = loss_fn(module, images, masks)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    step_seconds = measure_step_seconds(step, random_batch(args))
+    module.load_state_dict(fresh_state)  # the estimate touched the weights: start again from the init
+    optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)
+    ema = EMA(module, 0.999)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(args.seed))
+    epochs = epochs_for_budget(step_seconds, args.minutes, len(loader))
+    total = epochs * len(loader)
+    print(f"[{name}] {parameter_count(module) / 1e6:.2f}M parameters, {step_seconds:.2f} s/step -> {epochs} epochs x {len(loader)} steps")
+    clock, steps, losses, stopped = common.Stopwatch(), 0, [], False
+    module.train()
+    for epoch in range(epochs):
+        for images, masks in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(steps, args.lr, total, args.warmup_steps)
+            loss = step(images, masks)
+            if not math.isfinite(loss.item()):
+                raise RuntimeError(f"[{name}] loss became {loss.item()} at step {steps}")
+            losses.append(loss.item())
+            ema.update(module)
+            steps += 1
+            if clock.minutes() >= args.minutes:
+                stopped = True
+                break
+        print(f"[{name}] epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-len(loader):]):.4f} ({clock.minutes():.1f} min)", flush=True)
+        if stopped:
+            break
+    info = {"train_minutes": clock.minutes(), "optimizer_steps": steps, "planned_epochs": epochs,
+            "estimated_step_seconds": step_seconds, "stopped_by_budget": stopped, "final_loss": float(np.mean(losses[-50:])),
+            "parameters": parameter_count(module), "precision": runtime.describe()}
+    return ema.model.eval(), runtime, info
+
+
+def run_unet(args) -> dict:
+    import segmentation_models_pytorch as smp
+    import torch.nn.functional as F
+
+    from src.models.diffusion_model import soft_dice_loss
+
+    train_stems, val_stems = splits(args)
+    train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
+    encoder = "resnet18"
+    torch.manual_seed(args.seed)
+    net = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
+
+    def loss_fn(module, images, masks):
+        logits = module(images * 2 - 1).float()
+        return soft_dice_loss(torch.sigmoid(logits), masks) + F.binary_cross_entropy_with_logits(logits, masks)
+
+    model, runtime, info = train_loop(args, loss_fn, net, train_set, "unet")
+    val = common.kvasir_dataset(args.data, val_stems, args.image_size)
+    count = len(val) if args.eval_images is None else min(len(val), args.eval_images)
+    per_image, began = [], time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, count, 8):
+            indices = list(range(start, min(start + 8, count)))
+            images = torch.stack([val[i][0] for i in indices])
+            with runtime.autocast():
+                probabilities = torch.sigmoid(model(images * 2 - 1).float())
+            for offset, index in enumerate(indices):
+                per_image.append(common.score_probabilities(probabilities[offset], val.load_original_mask(index)))
+    row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began) / count,
+           "per_image_dice": [r["dice"] for r in per_image]}
+    print(f"[unet] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f}")
+    return {"model": "unet", "encoder": encoder, "train": info, "rows": {"unet": row}}
+
+
+def peer_model(image_size: int, dim: int, smoke: bool = False):
+    """MedSegDiff with its defaults (1000 timesteps, eps objective, full ancestral sampler);
+    the smoke run uses 10 timesteps so that sampling takes seconds."""
+    from med_seg_diff_pytorch import MedSegDiff, Unet
+
+    if smoke:  # two levels, attention at the lower one, as the default's last level has it
+        unet = Unet(dim=dim, image_size=image_size, mask_channels=1, input_img_channels=3, dim_mults=(1, 2),
+                    full_self_attn=(False, True))
+    else:
+        unet = Unet(dim=dim, image_size=image_size, mask_channels=1, input_img_channels=3)
+    return MedSegDiff(unet, timesteps=10 if smoke else 1000)
+
+
+def peer_dim_for(target_params: int, image_size: int) -> int:
+    """The Unet `dim` (multiple of 8) whose parameter count is closest to ours."""
+    best = None
+    for dim in range(16, 97, 8):
+        count = parameter_count(peer_model(image_size, dim))
+        if best is None or abs(count - target_params) < abs(best[1] - target_params):
+            best = (dim, count)
+    return best[0]
+
+
+def run_peer(args) -> dict:
+    from src.models import DiffusionSegmentation
+
+    train_stems, val_stems = splits(args)
+    ours_params = parameter_count(DiffusionSegmentation(model_config(args)))
+    dim = args.peer_dim or (8 if args.smoke else peer_dim_for(ours_params, args.image_size))
+    torch.manual_seed(args.seed)
+    diffusion = peer_model(args.image_size, dim, args.smoke)
+    train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
+
+    def loss_fn(module, images, masks):
+        return module(masks, images)  # MedSegDiff.forward(segmentation in [0, 1], conditioning image)
+
+    model, runtime, info = train_loop(args, loss_fn, diffusion, train_set, "peer")
+    info["unet_dim"] = dim
+    info["ours_parameters"] = ours_params
+    val = common.kvasir_dataset(args.data, val_stems, args.image_size)
+    count = min(len(val), args.peer_eval_images)
+    per_image, began = [], time.perf_counter()
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        for start in range(0, count, 8):
+            indices = list(range(start, min(start + 8, count)))
+            images = torch.stack([val[i][0] for i in indices])
+            with runtime.autocast():
+                masks = model.sample(images).float()  # the default sampler, in [0, 1]
+            for offset, index in enumerate(indices):
+                per_image.append(common.score_probabilities(masks[offset].clamp(0, 1), val.load_original_mask(index)))
+            print(f"  [peer] scored {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
+    row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began) / count,
+           "per_image_dice": [r["dice"] for r in per_image], "sampler": f"default ({model.num_timesteps} steps)"}
+    print(f"[peer] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f} on the first {count} val images")
+    return {"model": "peer", "package": "med-seg-diff-pytorch 0.3.3", "train": info, "rows": {"peer": row}}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def needs_peer_venv(model: str) -> bool:
+    package = {"unet": "segmentation_models_pytorch", "peer": "med_seg_diff_pytorch"}.get(model)
+    return package is not None and importlib.util.find_spec(package) is None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if needs_peer_venv(args.model):
+        if not common.PEER_PYTHON.exists():
+            print(f"{args.model} needs {common.PEER_VENV}: run bash benchmarks/setup_peer.sh first", file=sys.stderr)
+            return 2
+        argv = sys.argv[1:] if argv is None else argv
+        os.execv(str(common.PEER_PYTHON), [str(common.PEER_PYTHON), str(Path(__file__).resolve()), *argv])
+    if not (Path(args.data) / "splits" / "train.txt").is_file():
+        print(f"{args.data}: not a Kvasir-SEG folder with splits/train.txt", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run = {"ours": run_ours, "unet": run_unet, "peer": run_peer, "ablation": run_ablation}[args.model]
+    clock = common.Stopwatch()
+    result = run(args)
+    result.update(image_size=args.image_size, budget_minutes=args.minutes, lr=args.lr, batch_size=args.batch_size,
+                  total_minutes=clock.minutes(), peak_rss_mib=common.peak_rss_mib(), machine=common.machine_info(),
+                  smoke=args.smoke)
+    common.write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
