@@ -52,7 +52,7 @@ def load_checkpoint(path) -> dict:
     """Read a checkpoint on the CPU with `weights_only=True`: pickled code is refused, never run."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {'a folder, not a checkpoint file' if path.is_dir() else 'checkpoint not found'}")
     if not zipfile.is_zipfile(path):
         # torch.save writes a zip archive; anything else (cut short, an image, text) would reach the
         # legacy unpickler and fail in arbitrary ways

@@ -203,3 +203,17 @@ def test_config_round_trips_through_dict():
     assert DiffusionConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown model config keys"):
         DiffusionConfig.from_dict({**config.to_dict(), "bogus": 1})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_training_loss_runs_under_cuda_autocast(dtype):
+    # CUDA autocast refuses F.binary_cross_entropy outright; the BCE term must run outside it.
+    model = tiny_model(dice_weight=1.0).cuda()
+    images = torch.rand(2, 3, 16, 16, device="cuda")
+    masks = (torch.rand(2, 1, 16, 16, device="cuda") > 0.5).float()
+    with torch.autocast("cuda", dtype=dtype):
+        losses = model.training_losses(images, masks)
+    assert losses["bce"].dtype == torch.float32
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,40 +15,11 @@ from src.checkpoint import CheckpointError, save_checkpoint
 from src.inference import OutputOptions, Predictor, PredictorOptions, run_interactive
 from src.inference.cli import main
 from src.device import select_runtime
-from src.models import DiffusionConfig, DiffusionSegmentation
+from tests.helpers import ONE_THREAD_ENV, tiny_model, write_checkpoint, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "3", "--no-progress"]
-# One thread: these models are tiny, and on a busy 2-core machine a second OpenMP thread makes
-# every op wait for the scheduler (bf16 inference measured ~100x slower), not faster.
-ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(**overrides) -> DiffusionSegmentation:
-    torch.manual_seed(0)
-    values = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2,
-                  image_size=(16, 16))
-    return DiffusionSegmentation(DiffusionConfig(**{**values, **overrides}))
-
-
-def write_checkpoint(model, path, ema=None) -> Path:
-    return save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(), "ema": ema}, path)
-
-
-def write_image(path, size, mode="RGB", seed=0) -> Path:
-    """A random image of `size` = (W, H)."""
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": (3,), "L": ()}[mode]
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], *channels), dtype=np.uint8), mode).save(path)
-    return Path(path)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

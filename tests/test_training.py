@@ -218,3 +218,15 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     state = load_checkpoint(tmp_path / "last.pth")
     assert state["step"] == 2  # 16 samples / (2 ranks x batch 4)
+
+
+def test_more_gpu_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from src.training.distributed import DistributedError, setup_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DistributedError, match="--nproc_per_node=1"):
+        setup_distributed("auto")

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from src.inference.outputs import OutputOptions, save_prediction
+from src.inference.outputs import OutputOptions, prepare_output_dir, save_prediction
 from src.inference.predictor import InferenceError, Predictor
 from src.metrics import segmentation_scores
 from utils.errors import DatasetError
@@ -67,7 +67,7 @@ def run_batch(
         if folder is not None and output_dir.resolve() == Path(folder).resolve():
             raise InferenceError(f"--output {output_dir} is the {flag} folder: masks named <stem>.png would overwrite its files")
     stems = unique_stems(images)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(output_dir)
     summary = BatchSummary(str(input_dir), str(output_dir), options={**asdict(predictor.options), "batch_size": batch_size})
     scores = []
 
@@ -94,14 +94,17 @@ def run_batch(
 
     summary.total_seconds = time.perf_counter() - start
     summary.seconds_per_image = summary.total_seconds / summary.count if summary.count else None
-    if mask_dir is not None:
-        summary.metrics_path = str(write_metrics_csv(scores, output_dir / "metrics.csv"))
-        summary.scored = len(scores)
-        if scores:
-            summary.mean_dice = float(np.mean([s["dice"] for s in scores]))
-            summary.mean_iou = float(np.mean([s["iou"] for s in scores]))
-    summary.summary_path = str(output_dir / "summary.json")
-    Path(summary.summary_path).write_text(json.dumps(asdict(summary), indent=2))
+    try:
+        if mask_dir is not None:
+            summary.metrics_path = str(write_metrics_csv(scores, output_dir / "metrics.csv"))
+            summary.scored = len(scores)
+            if scores:
+                summary.mean_dice = float(np.mean([s["dice"] for s in scores]))
+                summary.mean_iou = float(np.mean([s["iou"] for s in scores]))
+        summary.summary_path = str(output_dir / "summary.json")
+        Path(summary.summary_path).write_text(json.dumps(asdict(summary), indent=2))
+    except OSError as error:
+        raise InferenceError(f"{error.filename or output_dir}: cannot write: {error.strerror or error}") from None
     return summary
 
 

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 from src.checkpoint import CheckpointError
+from src.cli import ArgumentParser
 from src.device import PRECISIONS
 from src.inference.batch import run_batch
 from src.inference.interactive import run_interactive
-from src.inference.outputs import OutputOptions, format_written
+from src.inference.outputs import OutputOptions, format_written, prepare_output_dir
 from src.inference.predictor import InferenceError, Predictor, PredictorOptions
 from src.inference.single import segment_file
 from utils.errors import DatasetError
@@ -43,7 +44,8 @@ def _probability(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     d = PredictorOptions()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
+        prog="inference.py",
         description="Segment images with a trained diffusion segmentation checkpoint.",
         epilog="Outputs per image, at its original size: <stem>.png (mask: 0/255, or class ids plus <stem>_color.png), "
                "<stem>_overlay.png; with the options above <stem>_prob.png/.npy, <stem>_uncertainty.png, "
@@ -122,6 +124,7 @@ def run(args) -> int:
     options = PredictorOptions(steps=args.steps, ensemble=args.ensemble, threshold=args.threshold, seed=args.seed)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                           options=options, image_size=args.image_size)
+    prepare_output_dir(args.output)  # a bad --output stops here, before any image is segmented
     outputs = OutputOptions(overlay=args.overlay, save_probs=args.save_probs, uncertainty=args.ensemble > 1,
                             process=args.visualize_process)
     config = predictor.config

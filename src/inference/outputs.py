@@ -43,6 +43,17 @@ class OutputOptions:
     process: bool = False
 
 
+def prepare_output_dir(output_dir) -> Path:
+    """Create `output_dir` (and its parents); InferenceError naming it when that is impossible."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "exists and is not a folder" if output_dir.exists() else error.strerror or str(error)
+        raise InferenceError(f"--output {output_dir}: cannot create the output folder: {reason}") from None
+    return output_dir
+
+
 def save_prediction(
     prediction: Prediction,
     image: np.ndarray,
@@ -57,11 +68,19 @@ def save_prediction(
     image: (H, W, C) uint8, the original input (for the overlay). source: the input file, which
     is never overwritten (InferenceError instead).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(output_dir)
     if source is not None and (output_dir / f"{stem}.png").resolve() == Path(source).resolve():
         raise InferenceError(f"{source}: the mask would overwrite the input image; choose another --output folder")
 
+    try:
+        return _write_files(prediction, image, output_dir, stem, num_classes, options)
+    except OSError as error:  # a full disk, a read-only file in the way: stop, naming the file
+        where = error.filename or output_dir
+        raise InferenceError(f"{where}: cannot write output: {error.strerror or error}") from None
+
+
+def _write_files(prediction: Prediction, image: np.ndarray, output_dir: Path, stem: str, num_classes: int,
+                 options: OutputOptions) -> dict[str, Path]:
     written = {}
 
     def write(kind: str, name: str, pixels: np.ndarray) -> None:

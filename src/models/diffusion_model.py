@@ -280,7 +280,10 @@ class DiffusionSegmentation(nn.Module):
             probs = ((x0_pred + 1) / 2).clamp(1e-4, 1 - 1e-4)
             truth = (x0 + 1) / 2
             losses["dice"] = soft_dice_loss(probs, truth)
-            losses["bce"] = F.binary_cross_entropy(probs, truth)
+            # In fp32 with autocast off: CUDA autocast refuses binary_cross_entropy (its log is
+            # unsafe in fp16), and the clamped probs are not logits, so the _with_logits form is no substitute.
+            with torch.autocast(probs.device.type, enabled=False):
+                losses["bce"] = F.binary_cross_entropy(probs.float(), truth.float())
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 

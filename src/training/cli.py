@@ -10,8 +10,10 @@ from src.device import PRECISIONS
 from src.models import DiffusionConfig
 from src.models.diffusion_model import PREDICTION_TYPES, SCHEDULES
 from src.training.config import TrainConfig
+from src.training.distributed import DistributedError
 from src.training.trainer import TrainingError, train
 from src.training.tracking import TrackingError
+from utils.errors import DatasetError
 
 AUGMENTATION_MODES = ("none", "light", "medium", "heavy")
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -116,7 +118,6 @@ def explicit_flags(parser: argparse.ArgumentParser, argv) -> set:
 
 def detect_in_channels(image_dir) -> int:
     """1 when the first images are grayscale, else 3."""
-    from utils.errors import DatasetError
     from utils.image_io import is_image_file, open_image
 
     def is_grayscale(path) -> bool:
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
     try:
         train_config, model_config = configs_from_args(parser, args, argv)
         result = train(train_config, model_config)
-    except (CheckpointError, TrainingError, TrackingError) as error:
+    except (CheckpointError, TrainingError, TrackingError, DatasetError, DistributedError) as error:
+        # DatasetError: bad data found before the first step; its message names every bad file
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

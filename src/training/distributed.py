@@ -11,6 +11,10 @@ import torch
 import torch.distributed as dist
 
 
+class DistributedError(RuntimeError):
+    """torchrun asked for something this machine cannot give (more GPU processes than GPUs)."""
+
+
 @dataclass(frozen=True)
 class DistributedContext:
     rank: int = 0
@@ -48,6 +52,11 @@ def setup_distributed(device: str) -> DistributedContext:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:  # else CUDA's bare "invalid device ordinal" traceback, one per rank
+            raise DistributedError(
+                f"torchrun started process {local_rank} of this node but the machine has {gpus} GPU(s): "
+                f"use --nproc_per_node={gpus} (one process per GPU), or --device cpu for gloo on the CPU")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

@@ -1,0 +1,34 @@
+"""Small builders shared by the test files: tiny models and checkpoints, random images."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from src.checkpoint import save_checkpoint
+from src.models import DiffusionConfig, DiffusionSegmentation
+
+# For subprocesses running tiny models: see the one_torch_thread fixture in conftest.py.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def tiny_model(**overrides) -> DiffusionSegmentation:
+    """A ~30k-parameter model at 16x16: fast enough for end-to-end inference tests on a CPU."""
+    torch.manual_seed(0)
+    values = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2,
+                  image_size=(16, 16))
+    return DiffusionSegmentation(DiffusionConfig(**{**values, **overrides}))
+
+
+def write_checkpoint(model, path, ema=None) -> Path:
+    return save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(), "ema": ema}, path)
+
+
+def write_image(path, size, mode="RGB", seed=0) -> Path:
+    """A random image of `size` = (W, H)."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": (3,), "L": ()}[mode]
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], *channels), dtype=np.uint8), mode).save(path)
+    return Path(path)
