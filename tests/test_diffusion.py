@@ -91,10 +91,12 @@ def test_x0_eps_v_conversions_round_trip():
 def oracle_for(model: DiffusionSegmentation, x0: torch.Tensor):
     """A perfect denoiser: knows the true mask and answers in the model's prediction type."""
 
+    z0 = x0 * model.config.input_scale  # the mask as the model noises it
+
     def predict(x_t, t):
-        eps = model.predict_eps_from_x0(x_t, t, x0)
+        eps = model.predict_eps_from_x0(x_t, t, z0)
         kind = model.config.prediction_type
-        return {"eps": eps, "x0": x0, "v": model.predict_v(x0, t, eps)}[kind]
+        return {"eps": eps, "x0": x0, "v": model.predict_v(z0, t, eps)}[kind]
 
     return predict
 
@@ -104,18 +106,20 @@ def random_mask(shape=(2, 1, 16, 16), seed=0):
     return (torch.rand(shape, generator=g) > 0.5).float() * 2 - 1
 
 
+@pytest.mark.parametrize("input_scale", [1.0, 0.2])
 @pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
 @pytest.mark.parametrize("steps", [10, 50])
-def test_ddim_with_oracle_recovers_mask_exactly(prediction_type, steps):
-    model = tiny_model(prediction_type=prediction_type)
+def test_ddim_with_oracle_recovers_mask_exactly(prediction_type, steps, input_scale):
+    model = tiny_model(prediction_type=prediction_type, input_scale=input_scale)
     x0 = random_mask()
     images = torch.rand(2, 3, 16, 16)
     out = model.sample(images, steps=steps, seed=1, predict_fn=oracle_for(model, x0))
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
 
 
-def test_ddpm_with_oracle_recovers_mask():
-    model = tiny_model(timesteps=200)
+@pytest.mark.parametrize("input_scale", [1.0, 0.2])
+def test_ddpm_with_oracle_recovers_mask(input_scale):
+    model = tiny_model(timesteps=200, input_scale=input_scale)
     x0 = random_mask()
     out = model.sample(torch.rand(2, 3, 16, 16), sampler="ddpm", seed=1, predict_fn=oracle_for(model, x0))
     assert (out - x0).abs().max().item() < 1e-2
@@ -217,3 +221,22 @@ def test_training_loss_runs_under_cuda_autocast(dtype):
     assert losses["bce"].dtype == torch.float32
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
+
+
+def test_input_scale_shrinks_the_noised_mask_and_the_loss_target_stays_the_mask():
+    model = tiny_model(input_scale=0.25, prediction_type="x0")
+    masks = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    t = torch.zeros(2, dtype=torch.long)  # abar_0 ~ 1: x_t ~ the scaled mask
+    seen = {}
+    model.network_output = lambda x_t, t, images: seen.setdefault("x_t", x_t) * 0 + model.masks_to_x0(masks)
+    losses = model.training_losses(torch.rand(2, 3, 16, 16), masks, t=t)
+    assert seen["x_t"].abs().max() < 0.3  # the mask at 0.25, plus the tiny noise of t = 0
+    assert losses["mse"].item() < 1e-8  # predicting the unscaled mask is exactly right
+
+
+def test_old_checkpoint_config_without_input_scale_means_no_scaling():
+    values = tiny_model().config.to_dict()
+    values.pop("input_scale")
+    assert DiffusionConfig.from_dict(values).input_scale == 1.0
+    with pytest.raises(ValueError, match="input_scale"):
+        DiffusionConfig(input_scale=0)

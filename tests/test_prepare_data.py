@@ -1,5 +1,6 @@
 """prepare_data.py end to end in temp dirs: create-sample, analyze, validate (+ --fix-issues), organize."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -128,6 +129,46 @@ def test_fix_issues_repairs_masks_and_keeps_byte_identical_backups(tiny_dataset)
     assert run("--action", "validate", "--image-dir", images, "--mask-dir", masks, "--fix-issues") == 0
     assert (backup_dir / "sample_0001.png").read_bytes() == originals["sample_0001.png"]
     assert (backup_dir / "sample_0001.1.png").exists()
+
+
+def test_fix_issues_keeps_every_original_byte_for_byte(tiny_dataset, tmp_path):
+    """Every file there before --fix-issues is afterwards unchanged in place or byte-identical in the
+    backup; a mask that is a symbolic link is replaced by the fix, never written through."""
+    images, masks = tiny_dataset / "images", tiny_dataset / "masks"
+    save(masks / "sample_0001.png", grey_mask(12, 16))  # wrong size, grey edges
+    (masks / "sample_0002.png").unlink()
+    save(masks / "sample_0002.jpg", grey_mask(24, 32), quality=70)  # lossy format
+    save(masks / "sample_0003.png", grey_mask(24, 32))  # grey edges
+    (masks / "sample_0004.png").write_bytes(b"garbage")  # unreadable: not fixable, left alone
+    elsewhere = save(tmp_path / "shared/sample_0005.png", grey_mask(24, 32))  # e.g. the original dataset
+    (masks / "sample_0005.png").unlink()
+    (masks / "sample_0005.png").symlink_to(elsewhere)
+    before = {path: path.read_bytes() for path in [*images.iterdir(), *masks.iterdir(), elsewhere]}
+
+    assert run("--action", "validate", "--image-dir", images, "--mask-dir", masks, "--fix-issues") == 1  # 0004 remains
+    changed = sorted(path.name for path, content in before.items() if not path.exists() or path.read_bytes() != content)
+    assert changed == ["sample_0001.png", "sample_0002.jpg", "sample_0003.png", "sample_0005.png"]
+    backups = [path.read_bytes() for path in (tiny_dataset / "masks_backup").iterdir()]
+    assert sorted(backups) == sorted(before[masks / name] for name in changed)  # each original, byte for byte
+    assert elsewhere.read_bytes() == before[elsewhere] and not (masks / "sample_0005.png").is_symlink()
+    assert sorted(p.name for p in masks.iterdir()) == [f"sample_{i:04d}.png" for i in range(6)]  # no temp files
+
+
+def test_fix_issues_on_a_full_disk_leaves_the_mask_whole(tiny_dataset, monkeypatch, capsys):
+    images, masks = tiny_dataset / "images", tiny_dataset / "masks"
+    mask = save(masks / "sample_0001.png", grey_mask(24, 32))
+    original, names = mask.read_bytes(), sorted(p.name for p in masks.iterdir())
+
+    def disk_full(image, fp, format=None, **params):  # PIL's save: opens (truncating) a path, writes, fails
+        f = open(fp, "wb") if isinstance(fp, (str, Path)) else fp
+        f.write(b"\x89PNG half a mask")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    assert run("--action", "validate", "--image-dir", images, "--mask-dir", masks, "--fix-issues") == 1
+    assert mask.read_bytes() == original
+    assert sorted(p.name for p in masks.iterdir()) == names
+    assert "masks/sample_0001.png: not fixed, left unchanged: No space left on device" in capsys.readouterr().out
 
 
 def test_fix_issues_backup_goes_to_output_dir_when_given(tiny_dataset, tmp_path):

@@ -99,7 +99,9 @@ def recommendations(summary: dict) -> list[str]:
     """Advice from the statistics, following the README's dataset recommendations."""
     advice = []
     num_pairs = summary["counts"]["pairs"]
-    if num_pairs < 100:
+    if num_pairs == 0:
+        advice.append("no image/mask pairs: check --image-dir and --mask-dir (see Issues)")
+    elif num_pairs < 100:
         advice.append(f"{num_pairs} pairs is a small dataset: use augmentation_mode 'light', more epochs, "
                       "and consider mixing in synthetic data")
     elif num_pairs <= 1000:

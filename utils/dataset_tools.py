@@ -10,8 +10,10 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,10 @@ def find_duplicate_images(paths: list[Path]) -> list[Issue]:
     """One warning per group of byte-identical files (they could leak from train into val)."""
     groups: dict[str, list[Path]] = defaultdict(list)
     for path in paths:
-        groups[hashlib.sha1(path.read_bytes()).hexdigest()].append(path)
+        try:
+            groups[hashlib.sha1(path.read_bytes()).hexdigest()].append(path)
+        except OSError:  # a broken link or unreadable file: already reported as unreadable
+            continue
     return [
         Issue("duplicate_image",
               f"{', '.join(display_path(p) for p in group)}: identical files (may leak between train and val)",
@@ -87,10 +92,28 @@ def fix_mask(
         raise DatasetError(f"{display_path(target)} exists: cannot convert {display_path(mask_path)} to PNG")
     backup = backup_file(mask_path, backup_dir)
     pixels = labels * 255 if num_classes == 1 else labels
-    Image.fromarray(pixels.astype(np.uint8)).save(target)
+    write_png_atomically(Image.fromarray(pixels.astype(np.uint8)), target)
     if target != mask_path:
         mask_path.unlink()
     return target, backup
+
+
+def write_png_atomically(image: Image.Image, target: Path) -> None:
+    """Save to a temp file beside ``target``, then rename over it.
+
+    A crash or a full disk leaves the old file whole. A symbolic link at ``target`` is replaced
+    by the new file, so the file it points to (perhaps another copy of the dataset) is never changed.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def _fixable(report: PairReport, num_classes: int) -> bool:
@@ -129,6 +152,12 @@ def validate_dataset(
                 result.fixed.append(fix_mask(report, result.backup_dir, num_classes, mask_threshold))
             except DatasetError as error:  # e.g. the PNG name is taken: report it, fix the rest
                 report.issues += error.issues
+                continue
+            except OSError as error:  # backup or write failed (disk full, read-only): the mask is unchanged
+                report.issues.append(Issue(
+                    "fix_failed", f"{display_path(report.mask_path)}: not fixed, left unchanged: "
+                                  f"{error.strerror or error}{f' ({error.filename})' if error.filename else ''}",
+                    (report.mask_path,)))
                 continue
             report.issues = [issue for issue in report.issues if issue.kind not in FIXABLE_KINDS]
 
@@ -190,6 +219,11 @@ def organize_dataset(source_dir: str | Path, output_dir: str | Path, train_split
     layout = (source_dir / "images", source_dir / "masks")
     image_dir, mask_dir = layout if all(folder.is_dir() for folder in layout) else (source_dir, source_dir)
     pairing = find_pairs(image_dir, mask_dir)
+    for image, mask in pairing.pairs:
+        if not (image.is_file() and mask.is_file()):  # a broken symbolic link: nothing to copy
+            missing = image if not image.is_file() else mask
+            pairing.issues.append(Issue("unreadable", f"{display_path(missing)}: broken symbolic link", (missing,)))
+    pairing.pairs = [(image, mask) for image, mask in pairing.pairs if image.is_file() and mask.is_file()]
     for issue in pairing.issues:
         print(f"skipped: {issue.message}")
     if not pairing.pairs:
@@ -235,7 +269,7 @@ def run_action(action: str, *, image_dir=None, mask_dir=None, output_dir=None, s
             print(format_summary(summary))
             if output_dir is not None:
                 print(f"Report written to {Path(output_dir) / 'analysis.md'} (also .json, .png)")
-            return 0
+            return 0 if summary["counts"]["pairs"] else 1  # nothing to analyze: an empty or unpaired folder
         if action == "validate":
             result = validate_dataset(image_dir, mask_dir, fix_issues, output_dir, num_classes, mask_threshold)
             return 0 if result.ok else 1
@@ -247,5 +281,9 @@ def run_action(action: str, *, image_dir=None, mask_dir=None, output_dir=None, s
             return 0
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. --output-dir on a full or read-only disk
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
     raise ValueError(f"unknown action {action!r}")

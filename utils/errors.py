@@ -48,6 +48,7 @@ ISSUE_KINDS = {
     "lossy_mask": "JPEG mask: compression blurs its edges (warning)",
     "duplicate_image": "identical image files (warning)",
     "missing_stem": "stem listed in a split file has no pair",
+    "fix_failed": "mask that --fix-issues could not repair (left unchanged)",
 }
 
 

@@ -4,12 +4,19 @@ Images come back as (H, W, C) uint8 (C = 1 or 3), whatever the file holds: 8- or
 grayscale, palette, RGB, RGBA (alpha dropped), CMYK. Masks come back as (H, W) class ids:
 0/1 for binary masks (grey values thresholded), the pixel value for multi-class masks.
 Every failure is a ``DatasetError`` naming the file.
+
+The file's content, not its suffix, picks the decoder, and only the PNG, JPEG, BMP and TIFF
+decoders are allowed: PIL knows ~40 formats (EPS even runs Ghostscript), and a hostile file
+named ``x.png`` should not reach them. Images over ``PIL.Image.MAX_IMAGE_PIXELS`` are refused
+from the header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 import struct
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +28,12 @@ from utils.errors import DatasetError, Issue, display_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
+# PIL's names of the only decoders we let run (JPEG also reads the multi-picture JPEGs of cameras)
+DECODERS = ("PNG", "JPEG", "BMP", "TIFF")
+# What PIL's decoders raise on damaged or hostile data (a corrupt TIFF tag gives a TypeError,
+# a huge one a MemoryError): all mean "this file cannot be used".
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError, IndexError, KeyError,
+                 ArithmeticError, MemoryError)
 
 
 def as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -34,28 +47,55 @@ def as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def is_image_file(path: Path) -> bool:
-    """A visible file with a supported extension (any case)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    """A visible file with a supported extension (any case).
+
+    A broken symbolic link with such a name counts too, so that it is reported rather than
+    silently missing.
+    """
+    if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
+def _unreadable(path: Path, reason: str) -> DatasetError:
+    return DatasetError(Issue("unreadable", f"{display_path(path)}: {reason}", (Path(path),)))
+
+
+def _check_pixels(img: Image.Image, path: Path) -> None:
+    """Refuse images over PIL's MAX_IMAGE_PIXELS (PIL itself only warns below twice the limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = img.size
+    if limit and width * height > limit:
+        raise _unreadable(path, f"{width}x{height} pixels is over the {limit}-pixel limit (a possible decompression "
+                                "bomb, refused before decoding); raise PIL.Image.MAX_IMAGE_PIXELS if the file is genuine")
 
 
 @contextmanager
 def open_image(path: Path) -> Iterator[Image.Image]:
     """``PIL.Image.open`` whose failures (also while decoding in the body) become a DatasetError."""
+    path = Path(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused by _check_pixels instead
+            img = Image.open(path, formats=DECODERS)
+        with img:
+            _check_pixels(img, path)
             yield img
     except DatasetError:
         raise
     except Image.DecompressionBombError as error:
-        raise DatasetError(Issue(
-            "unreadable",
-            f"{display_path(path)}: {error} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is genuine.",
-            (Path(path),),
-        )) from error
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, UnidentifiedImageError) as error:
-        raise DatasetError(Issue(
-            "unreadable", f"{display_path(path)}: unreadable or truncated image ({error})", (Path(path),)
-        )) from error
+        raise _unreadable(path, f"{error} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is genuine.") from error
+    except UnidentifiedImageError as error:
+        empty = path.is_file() and path.stat().st_size == 0
+        what = "empty file, 0 bytes" if empty else "not a PNG, JPEG, BMP or TIFF file"
+        raise _unreadable(path, f"unreadable or truncated image ({what})") from error
+    except DECODE_ERRORS as error:
+        if path.is_symlink() and not path.exists():
+            raise _unreadable(path, f"broken symbolic link (to {os.readlink(path)})") from error
+        if isinstance(error, MemoryError):
+            raise _unreadable(path, "not enough memory to decode it") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _unreadable(path, f"unreadable or truncated image ({reason})") from error
 
 
 def read_size(path: Path) -> tuple[int, int]:
@@ -166,9 +206,10 @@ def mask_to_labels(
             (Path(path),),
         ))
     labels = values.astype(np.int64)
-    bad = np.unique(labels[(labels < 0) | (labels >= num_classes) | (labels != values)])
+    # the file's own values (a float TIFF's 0.5, not the 0 it would truncate to)
+    bad = np.unique(values[(labels < 0) | (labels >= num_classes) | (labels != values)])
     if bad.size:
-        listed = ", ".join(str(v) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+        listed = ", ".join(str(v.item()) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
         hint = ""
         if set(np.unique(values).tolist()) <= {0, 255}:
             hint = "; it looks like a 0/255 binary mask: use num_classes=1"

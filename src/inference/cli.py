@@ -16,7 +16,7 @@ from src.cli import ArgumentParser
 from src.device import PRECISIONS
 from src.inference.batch import run_batch
 from src.inference.interactive import run_interactive
-from src.inference.outputs import OutputOptions, format_written, prepare_output_dir
+from src.inference.outputs import OutputOptions, check_output_dir, format_written
 from src.inference.predictor import InferenceError, Predictor, PredictorOptions
 from src.inference.single import segment_file
 from utils.errors import DatasetError
@@ -124,7 +124,7 @@ def run(args) -> int:
     options = PredictorOptions(steps=args.steps, ensemble=args.ensemble, threshold=args.threshold, seed=args.seed)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                           options=options, image_size=args.image_size)
-    prepare_output_dir(args.output)  # a bad --output stops here, before any image is segmented
+    check_output_dir(args.output)  # a bad --output stops here, before any image is segmented
     outputs = OutputOptions(overlay=args.overlay, save_probs=args.save_probs, uncertainty=args.ensemble > 1,
                             process=args.visualize_process)
     config = predictor.config

@@ -17,6 +17,7 @@ what the model saw.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -41,6 +42,17 @@ class OutputOptions:
     save_probs: bool = False
     uncertainty: bool = False  # the map is all zeros with one sample, so only with an ensemble
     process: bool = False
+
+
+def check_output_dir(output_dir) -> None:
+    """InferenceError when `output_dir` could not be created or written to; creates nothing."""
+    path = Path(output_dir)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "exists and is not a folder" if existing == path else f"{existing} is not a folder"
+        raise InferenceError(f"--output {path}: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InferenceError(f"--output {path}: {existing} is not writable")
 
 
 def prepare_output_dir(output_dir) -> Path:

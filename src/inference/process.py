@@ -32,5 +32,6 @@ def forward_diffusion_frames(
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     count = len(timesteps)
     t = torch.tensor(timesteps, dtype=torch.long, device=device)
-    frames = model.q_sample(x0.expand(count, -1, -1, -1), t, noise.expand(count, -1, -1, -1))
+    z0 = x0 * model.config.input_scale  # what the model noises (see DiffusionConfig.input_scale)
+    frames = model.q_sample(z0.expand(count, -1, -1, -1), t, noise.expand(count, -1, -1, -1))
     return timesteps, frames.float().cpu()

@@ -22,7 +22,7 @@ GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 MODEL_FLAGS = {
     "image_size": "image_size", "in_channels": "in_channels", "num_classes": "num_classes",
     "timesteps": "timesteps", "schedule": "schedule", "prediction_type": "prediction_type",
-    "dice_weight": "dice_weight", "base_channels": "base_channels", "channel_mults": "channel_mults",
+    "dice_weight": "dice_weight", "input_scale": "input_scale", "base_channels": "base_channels", "channel_mults": "channel_mults",
     "num_res_blocks": "num_res_blocks", "attention_resolutions": "attention_resolutions", "dropout": "dropout",
 }
 
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--schedule", choices=SCHEDULES, default=m.schedule)
     model.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=m.prediction_type)
     model.add_argument("--dice-weight", type=float, default=m.dice_weight, help="weight of Dice+BCE on predicted x0 (0 = MSE only)")
+    model.add_argument("--input-scale", type=float, default=m.input_scale,
+                       help="masks are multiplied by this before noising; < 1 makes the model read the image (default: %(default)s)")
     model.add_argument("--base-channels", type=_positive_int, default=m.base_channels)
     model.add_argument("--channel-mults", type=_int_list, default=m.channel_mults)
     model.add_argument("--num-res-blocks", type=_positive_int, default=m.num_res_blocks)
