@@ -13,7 +13,7 @@ benchmarks/setup_peer.sh), which holds their packages.
 
     python benchmarks/kvasir.py --model ours --image-size 128 --minutes 20
     python benchmarks/kvasir.py --model unet --image-size 128 --minutes 20
-    python benchmarks/kvasir.py --model peer --image-size 128 --minutes 20 --peer-eval-images 24
+    python benchmarks/kvasir.py --model peer --image-size 128 --minutes 20
     python benchmarks/kvasir.py --model ablation --image-size 64 --minutes 2.5
     python benchmarks/kvasir.py --smoke            # seconds: tiny models, 4 images
 """
@@ -37,12 +37,16 @@ from src.training.ema import EMA  # noqa: E402
 from src.training.lr_schedule import learning_rate  # noqa: E402
 
 ENSEMBLE_STEPS = 10  # DDIM steps of the ensemble-of-5 row and the uncertainty statistics
-ABLATIONS = {  # name -> DiffusionConfig overrides; "default" is the current default model
-    "default (x0, cosine, Dice on)": {},
+ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results JSON records it)
+    "default": {},
     "eps": {"prediction_type": "eps"},
     "v": {"prediction_type": "v"},
     "linear schedule": {"schedule": "linear"},
     "no Dice term": {"dice_weight": 0.0},
+    "input scale 1 (none)": {"input_scale": 1.0},
+    "input scale 0.5": {"input_scale": 0.5},
+    "input scale 0.2": {"input_scale": 0.2},
+    "input scale 0.1": {"input_scale": 0.1},
 }
 
 
@@ -65,15 +69,21 @@ def parse_args(argv=None):
                    help="DDIM steps to report (ours)")
     p.add_argument("--ensemble", type=int, default=5, help="ensemble size of the second row (ours)")
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N val images")
-    p.add_argument("--peer-eval-images", type=int, default=24, help="val images for the peer's slow default sampler")
+    p.add_argument("--peer-eval-images", type=int, default=4, help="val images for the peer's slow default sampler")
+    p.add_argument("--peer-ddim-steps", type=lambda s: [int(x) for x in s.split(",")], default=[10],
+                   help="DDIM step counts the peer is also scored with, on every val image")
+    p.add_argument("--peer-weights", default=None, help="score these saved peer weights instead of training")
     p.add_argument("--peer-dim", type=int, default=None, help="peer Unet dim (default: closest parameter count to ours)")
     p.add_argument("--ablation-holdout", type=int, default=100, help="train images held out to score ablations")
+    p.add_argument("--variants", type=lambda s: s.split(","), default=None,
+                   help="ablation variants to run, comma-separated names of ABLATIONS (default: all)")
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kvasir_<model>_<size>.json)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run: tiny models, 4 images, 2 steps")
     args = p.parse_args(argv)
     if args.smoke:
         args.image_size, args.minutes, args.batch_size, args.warmup_steps = 32, 0.05, 2, 1
         args.steps, args.ensemble, args.eval_images, args.peer_eval_images, args.ablation_holdout = [1, 2], 2, 2, 2, 2
+        args.peer_ddim_steps = [2]
     args.out = Path(args.out or common.RESULTS / f"kvasir_{args.model}_{args.image_size}{'_smoke' if args.smoke else ''}.json")
     return args
 
@@ -128,9 +138,10 @@ def epochs_for_budget(step_seconds: float, minutes: float, steps_per_epoch: int)
     return max(1, math.ceil(minutes * 60 / step_seconds / steps_per_epoch))
 
 
-def random_batch(args, channels: int = 3):
+def random_batch(args, runtime, channels: int = 3):
     size = args.image_size
-    return torch.rand(args.batch_size, channels, size, size), (torch.rand(args.batch_size, 1, size, size) > 0.5).float()
+    images, masks = torch.rand(args.batch_size, channels, size, size), (torch.rand(args.batch_size, 1, size, size) > 0.5).float()
+    return runtime.to_device(images), runtime.to_device(masks)
 
 
 def estimate_ours_step(args, config, runtime) -> float:
@@ -147,7 +158,7 @@ def estimate_ours_step(args, config, runtime) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return measure_step_seconds(step, random_batch(args))
+    return measure_step_seconds(step, random_batch(args, runtime))
 
 
 def train_ours(args, train_stems, config, name: str):
@@ -250,9 +261,16 @@ def run_ablation(args) -> dict:
     fit, held = common.holdout_split(train_stems, args.ablation_holdout, seed=0)
     held_set = common.kvasir_dataset(args.data, held, args.image_size)
     results = {}
+    summary = {"model": "ablation", "scored_on": f"{len(held)} held-out TRAIN images", "ddim_steps": ENSEMBLE_STEPS,
+               "default_config": model_config(args).to_dict()}
+    unknown = set(args.variants or ()) - set(ABLATIONS)
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {list(ABLATIONS)}")
     for index, (name, overrides) in enumerate(ABLATIONS.items()):
         if args.smoke and index > 1:
             break
+        if args.variants and name not in args.variants:
+            continue
         config = model_config(args, **overrides)
         model, runtime, info = train_ours(args, fit, config, f"ablation_{args.image_size}_{index}{'_smoke' if args.smoke else ''}")
         scores = evaluate_ours(model, held_set, runtime, [ENSEMBLE_STEPS], ensemble=1, seed=args.seed)
@@ -260,10 +278,8 @@ def run_ablation(args) -> dict:
         results[name] = {"overrides": overrides, "train": info, "dice": row["dice"], "dice_std": row["dice_std"],
                          "iou": row["iou"], "images": row["images"]}
         print(f"[ablation] {name}: Dice {row['dice']:.4f} +- {row['dice_std']:.4f} ({info['optimizer_steps']} steps)", flush=True)
-        common.write_json(args.out, {"model": "ablation", "scored_on": f"{len(held)} held-out TRAIN images",
-                                     "ddim_steps": ENSEMBLE_STEPS, "variants": results, "machine": common.machine_info()})
-    return {"model": "ablation", "scored_on": f"{len(held)} held-out TRAIN images", "ddim_steps": ENSEMBLE_STEPS,
-            "variants": results}
+        common.write_json(args.out, {**summary, "variants": results, "machine": common.machine_info()})
+    return {**summary, "variants": results}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +304,7 @@ def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    step_seconds = measure_step_seconds(step, random_batch(args))
+    step_seconds = measure_step_seconds(step, random_batch(args, runtime))
     module.load_state_dict(fresh_state)  # the estimate touched the weights: start again from the init
     optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)
     ema = EMA(module, 0.999)
@@ -303,7 +319,7 @@ def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
         for images, masks in loader:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(steps, args.lr, total, args.warmup_steps)
-            loss = step(images, masks)
+            loss = step(runtime.to_device(images), runtime.to_device(masks))
             if not math.isfinite(loss.item()):
                 raise RuntimeError(f"[{name}] loss became {loss.item()} at step {steps}")
             losses.append(loss.item())
@@ -344,9 +360,9 @@ def run_unet(args) -> dict:
     with torch.no_grad():
         for start in range(0, count, 8):
             indices = list(range(start, min(start + 8, count)))
-            images = torch.stack([val[i][0] for i in indices])
+            images = runtime.to_device(torch.stack([val[i][0] for i in indices]))
             with runtime.autocast():
-                probabilities = torch.sigmoid(model(images * 2 - 1).float())
+                probabilities = torch.sigmoid(model(images * 2 - 1).float()).cpu()
             for offset, index in enumerate(indices):
                 per_image.append(common.score_probabilities(probabilities[offset], val.load_original_mask(index)))
     row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began) / count,
@@ -379,6 +395,10 @@ def peer_dim_for(target_params: int, image_size: int) -> int:
 
 
 def run_peer(args) -> dict:
+    """Train MedSegDiff (or load --peer-weights), then score it on val twice: DDIM with each of
+    --peer-ddim-steps on every val image (the package's own DDIM, switched on after training),
+    and its default 1000-step ancestral sampler on the first --peer-eval-images, which is too
+    slow for more on this CPU."""
     from src.models import DiffusionSegmentation
 
     train_stems, val_stems = splits(args)
@@ -386,31 +406,53 @@ def run_peer(args) -> dict:
     dim = args.peer_dim or (8 if args.smoke else peer_dim_for(ours_params, args.image_size))
     torch.manual_seed(args.seed)
     diffusion = peer_model(args.image_size, dim, args.smoke)
-    train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
+    weights = common.CHECKPOINTS / f"peer_{args.image_size}{'_smoke' if args.smoke else ''}.pt"
+    if args.peer_weights:
+        runtime = select_runtime()
+        model = runtime.prepare_model(diffusion)
+        model.load_state_dict(torch.load(args.peer_weights, map_location="cpu", weights_only=True))
+        model.eval()
+        info = {"loaded": str(args.peer_weights), "parameters": parameter_count(model)}
+    else:
+        train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
 
-    def loss_fn(module, images, masks):
-        return module(masks, images)  # MedSegDiff.forward(segmentation in [0, 1], conditioning image)
+        def loss_fn(module, images, masks):
+            return module(masks, images)  # MedSegDiff.forward(segmentation in [0, 1], conditioning image)
 
-    model, runtime, info = train_loop(args, loss_fn, diffusion, train_set, "peer")
-    info["unet_dim"] = dim
-    info["ours_parameters"] = ours_params
+        model, runtime, info = train_loop(args, loss_fn, diffusion, train_set, "peer")
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), weights)
+        info["weights"] = str(weights)
+    info.update(unet_dim=dim, ours_parameters=ours_params)
     val = common.kvasir_dataset(args.data, val_stems, args.image_size)
-    count = min(len(val), args.peer_eval_images)
+    rows = {}
+    for steps in args.peer_ddim_steps:
+        model.sampling_timesteps, model.is_ddim_sampling = steps, steps < model.num_timesteps
+        rows[f"peer_ddim{steps}"] = score_peer(model, val, runtime, len(val) if args.eval_images is None else
+                                               min(len(val), args.eval_images), args.seed, f"DDIM {steps} steps")
+        common.write_json(args.out, {"model": "peer", "partial": True, "train": info, "rows": rows})
+    model.sampling_timesteps, model.is_ddim_sampling = model.num_timesteps, False
+    rows["peer_default"] = score_peer(model, val, runtime, min(len(val), args.peer_eval_images), args.seed,
+                                      f"default ({model.num_timesteps} steps)")
+    return {"model": "peer", "package": "med-seg-diff-pytorch 0.3.3", "train": info, "rows": rows}
+
+
+def score_peer(model, val, runtime, count: int, seed: int, sampler: str) -> dict:
     per_image, began = [], time.perf_counter()
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for start in range(0, count, 8):
             indices = list(range(start, min(start + 8, count)))
-            images = torch.stack([val[i][0] for i in indices])
+            images = runtime.to_device(torch.stack([val[i][0] for i in indices]))
             with runtime.autocast():
-                masks = model.sample(images).float()  # the default sampler, in [0, 1]
+                masks = model.sample(images).float().cpu()  # in [0, 1]
             for offset, index in enumerate(indices):
                 per_image.append(common.score_probabilities(masks[offset].clamp(0, 1), val.load_original_mask(index)))
-            print(f"  [peer] scored {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
+            print(f"  [peer, {sampler}] scored {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
     row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began) / count,
-           "per_image_dice": [r["dice"] for r in per_image], "sampler": f"default ({model.num_timesteps} steps)"}
-    print(f"[peer] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f} on the first {count} val images")
-    return {"model": "peer", "package": "med-seg-diff-pytorch 0.3.3", "train": info, "rows": {"peer": row}}
+           "per_image_dice": [r["dice"] for r in per_image], "sampler": sampler}
+    print(f"[peer] {sampler}: val Dice {row['dice']:.4f} +- {row['dice_std']:.4f} on the first {count} val images", flush=True)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,10 +48,10 @@ def quality_table(ours, unet, peer) -> str:
         if not result:
             lines.append(f"| {name} | – | – | not run | | | | |")
             continue
-        row = next(iter(result["rows"].values()))
-        sampler = sampler or row.get("sampler", "default")
-        lines.append(f"| {name} | {result['train']['parameters'] / 1e6:.1f}M | {sampler} | {fmt(row['dice'], row['dice_std'])} | "
-                     f"{fmt(row['iou'], row['iou_std'])} | {row['images']} | {row['seconds_per_image']:.2f} | {result['train']['optimizer_steps']} |")
+        for row in result["rows"].values():
+            lines.append(f"| {name} | {result['train']['parameters'] / 1e6:.1f}M | {sampler or row.get('sampler', 'default')} | "
+                         f"{fmt(row['dice'], row['dice_std'])} | {fmt(row['iou'], row['iou_std'])} | {row['images']} | "
+                         f"{row['seconds_per_image']:.2f} | {result['train']['optimizer_steps']} |")
     return "\n".join(lines)
 
 
@@ -121,9 +121,9 @@ def dice_vs_steps_plot(ours, unet, peer) -> None:
             ax.errorbar([s], [row["dice"]], yerr=[row["dice_std"] / np.sqrt(row["images"])], marker="*", markersize=12,
                         linestyle="none", capsize=3, label=f"ours, DDIM {s}, ensemble {e}")
     for result, label, colour in ((unet, "smp.Unet resnet18 (plain)", "tab:green"), (peer, "MedSegDiff peer", "tab:red")):
-        if result:
-            row = next(iter(result["rows"].values()))
-            ax.axhline(row["dice"], linestyle="--", color=colour, label=f"{label}: {row['dice']:.3f} ({row['images']} img)")
+        for style, row in zip(("--", ":"), (result or {}).get("rows", {}).values()):
+            sampler = row.get("sampler", "one pass")
+            ax.axhline(row["dice"], linestyle=style, color=colour, label=f"{label}, {sampler}: {row['dice']:.3f} ({row['images']} img)")
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(s) for s in steps])
     ax.set_xlabel("DDIM steps")
