@@ -47,6 +47,12 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     "input scale 0.5": {"input_scale": 0.5},
     "input scale 0.2": {"input_scale": 0.2},
     "input scale 0.1": {"input_scale": 0.1},
+    "linear + input scale 0.5": {"schedule": "linear", "input_scale": 0.5},
+    "linear + input scale 0.2": {"schedule": "linear", "input_scale": 0.2},
+    "linear + eps": {"schedule": "linear", "prediction_type": "eps"},
+    "linear + input scale 0.1": {"schedule": "linear", "input_scale": 0.1},
+    "linear + input scale 0.05": {"schedule": "linear", "input_scale": 0.05},
+    "linear + input scale 0.02": {"schedule": "linear", "input_scale": 0.02},
 }
 
 
@@ -73,6 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--peer-ddim-steps", type=lambda s: [int(x) for x in s.split(",")], default=[10],
                    help="DDIM step counts the peer is also scored with, on every val image")
     p.add_argument("--peer-weights", default=None, help="score these saved peer weights instead of training")
+    p.add_argument("--ours-checkpoint", default=None, help="score this checkpoint of ours instead of training")
     p.add_argument("--peer-dim", type=int, default=None, help="peer Unet dim (default: closest parameter count to ours)")
     p.add_argument("--ablation-holdout", type=int, default=100, help="train images held out to score ablations")
     p.add_argument("--variants", type=lambda s: s.split(","), default=None,
@@ -239,7 +246,17 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
 def run_ours(args) -> dict:
     train_stems, val_stems = splits(args)
     config = model_config(args)
-    model, runtime, info = train_ours(args, train_stems, config, f"ours_{args.image_size}{'_smoke' if args.smoke else ''}")
+    if args.ours_checkpoint:  # score a finished run again, e.g. with another protocol
+        from src.checkpoint import load_checkpoint, load_model
+
+        runtime = select_runtime()
+        model = runtime.prepare_model(load_model(args.ours_checkpoint, use_ema=True))
+        config = model.config
+        state = load_checkpoint(args.ours_checkpoint)
+        info = {"checkpoint": args.ours_checkpoint, "optimizer_steps": state["step"], "epoch": state["epoch"],
+                "parameters": parameter_count(model), "precision": runtime.describe()}
+    else:
+        model, runtime, info = train_ours(args, train_stems, config, f"ours_{args.image_size}{'_smoke' if args.smoke else ''}")
     val = common.kvasir_dataset(args.data, val_stems, args.image_size)
     print(f"scoring on {len(val)} val images")
     scores = evaluate_ours(model, val, runtime, args.steps, args.ensemble, seed=args.seed, max_images=args.eval_images)

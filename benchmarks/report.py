@@ -70,7 +70,10 @@ def uncertainty_table(ours) -> str:
 def ablation_table(ablation) -> str:
     if not ablation:
         return "(not run)"
-    lines = [f"| variant | Dice on {ablation['scored_on']} (DDIM {ablation['ddim_steps']}) | IoU | optimizer steps |", "|---|---|---|---|"]
+    base = ablation.get("default_config", {})
+    lines = [f"Variants override the default of the time (`{base.get('prediction_type')}`, `{base.get('schedule')}`, "
+             f"dice_weight {base.get('dice_weight')}, input_scale {base.get('input_scale')}).", "",
+             f"| variant | Dice on {ablation['scored_on']} (DDIM {ablation['ddim_steps']}) | IoU | optimizer steps |", "|---|---|---|---|"]
     for name, row in ablation["variants"].items():
         lines.append(f"| {name} | {fmt(row['dice'], row['dice_std'])} | {row['iou']:.3f} | {row['train']['optimizer_steps']} |")
     return "\n".join(lines)
@@ -176,6 +179,11 @@ def main() -> int:
     size = 128
     ours, unet, peer = load(f"kvasir_ours_{size}.json"), load(f"kvasir_unet_{size}.json"), load(f"kvasir_peer_{size}.json")
     ablation, speed = load("kvasir_ablation_64.json"), load("speed.json")
+    for extra in ("kvasir_ablation_64_combos.json", "kvasir_ablation_64_combos2.json", "kvasir_ablation_64_combos3.json",
+                  "kvasir_ablation_64_combos4.json"):  # later runs, same recipe
+        combos = load(extra)
+        if ablation and combos:
+            ablation["variants"].update(combos["variants"])
     sections = [f"## Quality, {size} px\n\n" + quality_table(ours, unet, peer),
                 "## Uncertainty vs error\n\n" + uncertainty_table(ours),
                 "## Ablations\n\n" + ablation_table(ablation),

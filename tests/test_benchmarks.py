@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
+import data_loading  # noqa: E402
 import kvasir  # noqa: E402
 import speed  # noqa: E402
 
@@ -90,3 +91,12 @@ def test_kvasir_smoke_anchors(tmp_path, model):
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == ({"unet"} if model == "unet" else {"peer_ddim2", "peer_default"})
     assert all(0 <= row["dice"] <= 1 and row["images"] == 2 for row in rows.values())
+
+
+@needs_kvasir
+def test_data_loading_smoke(tmp_path):
+    out = tmp_path / "loading.json"
+    assert data_loading.main(["--smoke", "--threads", "1", "--out", str(out)]) == 0
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["size"] == 32 and row["cache"] and len(row["epoch_seconds"]) == 2
+    assert all(seconds > 0 for seconds in row["epoch_seconds"])

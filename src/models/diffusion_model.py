@@ -38,14 +38,14 @@ class DiffusionConfig:
     dropout: float = 0.0
     num_heads: int = 4
     timesteps: int = 1000
-    schedule: str = "cosine"
+    schedule: str = "linear"  # beat cosine on Kvasir (BENCHMARKS.md): more steps at low SNR, where the image matters
     prediction_type: str = "x0"
     dice_weight: float = 1.0  # weight of Dice + BCE on the predicted x0; 0 gives plain MSE
     # Masks in [-1, 1] are multiplied by this before noising (Chen et al. 2022, Pix2Seq-D; Chen 2023,
     # "On the importance of noise scheduling"). A binary mask is so easy to read through noise that
     # at scale 1 the network learns to denoise x_t and barely looks at the image; < 1 hides the mask
     # at every noise level and forces it to segment the image. Chosen by the Kvasir ablation.
-    input_scale: float = 1.0
+    input_scale: float = 0.05
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:

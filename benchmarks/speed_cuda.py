@@ -1,0 +1,85 @@
+"""Speed on a CUDA GPU: training step time per precision/layout, and DDIM sampling time.
+
+The default model, batch 8, random data already on the GPU (so no data loading is timed);
+each configuration warms up for 5 steps, then 20 steps are timed between synchronisations.
+Prints one line per configuration (BENCHMARKS.md quotes them).
+
+    python benchmarks/speed_cuda.py
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from src.device import select_runtime  # noqa: E402
+from src.models import DiffusionConfig, DiffusionSegmentation  # noqa: E402
+
+CONFIGS = (("fp32", False), ("bf16", False), ("bf16", True), ("fp16", True))  # (precision, channels_last)
+
+
+def time_training(size: int, precision: str, channels_last: bool, batch: int = 8, steps: int = 20) -> None:
+    runtime = select_runtime("cuda", precision, channels_last)
+    torch.manual_seed(0)
+    model = runtime.prepare_model(DiffusionSegmentation(DiffusionConfig(image_size=(size, size))))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.needs_grad_scaler)
+    images = torch.rand(batch, 3, size, size, device="cuda")
+    masks = (torch.rand(batch, 1, size, size, device="cuda") > 0.5).float()
+
+    def step():
+        with runtime.autocast():
+            loss = model(images, masks)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    print(f"train {size}px b{batch} {runtime.describe()}: {seconds * 1000:.1f} ms/step, {batch / seconds:.0f} img/s, "
+          f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB", flush=True)
+
+
+@torch.no_grad()
+def time_sampling(size: int = 256, repeats: int = 3) -> None:
+    runtime = select_runtime("cuda")
+    model = runtime.prepare_model(DiffusionSegmentation(DiffusionConfig(image_size=(size, size)))).eval()
+    for batch in (1, 8):
+        images = torch.rand(batch, 3, size, size, device="cuda")
+        for steps in (10, 50):
+            with runtime.autocast():
+                model.segment(images, steps=steps, seed=0)
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    model.segment(images, steps=steps, seed=0)
+                torch.cuda.synchronize()
+            per_image = (time.perf_counter() - start) / repeats / batch
+            print(f"sample {size}px batch {batch} {steps} DDIM steps {runtime.describe()}: {per_image * 1000:.1f} ms/image", flush=True)
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("speed_cuda.py needs a CUDA GPU (use benchmarks/speed.py on the CPU)", file=sys.stderr)
+        return 2
+    print(torch.__version__, torch.cuda.get_device_name())
+    for size in (128, 256):
+        for precision, channels_last in CONFIGS:
+            time_training(size, precision, channels_last)
+    time_sampling()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
