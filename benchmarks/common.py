@@ -59,7 +59,16 @@ def machine_info() -> dict:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    VmHWM from /proc, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a probe
+    subprocess of a big parent would report the parent's peak (speed.py did: 9 GB for every row)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
