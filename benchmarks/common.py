@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+
+from src.masks import probabilities_to_mask, resize_maps  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CHECKPOINTS = RESULTS / "checkpoints"
@@ -153,8 +154,7 @@ def score_probabilities(probabilities: torch.Tensor, truth: np.ndarray, threshol
     Upsampled bilinearly to (H0, W0), thresholded, scored with src.metrics."""
     from src.metrics import dice_score, iou_score
 
-    full = F.interpolate(probabilities[None].float(), size=truth.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    pred = (full > threshold).numpy()
+    pred = probabilities_to_mask(resize_maps(probabilities.float(), truth.shape[-2:]), 1, threshold).numpy()
     return {"dice": dice_score(pred, truth), "iou": iou_score(pred, truth)}
 
 
@@ -181,8 +181,8 @@ class UncertaintyErrorStats:
     def add(self, uncertainty: torch.Tensor, probabilities: torch.Tensor, truth: np.ndarray, threshold: float = 0.5) -> None:
         """uncertainty (h, w), probabilities (1, h, w) at model resolution; truth (H0, W0)."""
         size = truth.shape[-2:]
-        u = F.interpolate(uncertainty[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy().ravel()
-        p = F.interpolate(probabilities[None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy().ravel()
+        u = resize_maps(uncertainty[None].float(), size)[0].numpy().ravel()
+        p = resize_maps(probabilities.float(), size)[0].numpy().ravel()
         e = ((p > threshold) != (truth.ravel() != 0)).astype(np.float64)
         u = u.astype(np.float64)
         self.n += u.size

@@ -373,18 +373,7 @@ def run_unet(args) -> dict:
     model, runtime, info = train_loop(args, loss_fn, net, train_set, "unet")
     val = common.kvasir_dataset(args.data, val_stems, args.image_size)
     count = len(val) if args.eval_images is None else min(len(val), args.eval_images)
-    per_image, began = [], time.perf_counter()
-    with torch.no_grad():
-        for start in range(0, count, 8):
-            indices = list(range(start, min(start + 8, count)))
-            images = runtime.to_device(torch.stack([val[i][0] for i in indices]))
-            with runtime.autocast():
-                probabilities = torch.sigmoid(model(images * 2 - 1).float()).cpu()
-            for offset, index in enumerate(indices):
-                per_image.append(common.score_probabilities(probabilities[offset], val.load_original_mask(index)))
-    row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began) / count,
-           "per_image_dice": [r["dice"] for r in per_image]}
-    print(f"[unet] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f}")
+    row = score_anchor(lambda images: torch.sigmoid(model(images * 2 - 1).float()), val, runtime, count, "unet")
     return {"model": "unet", "encoder": encoder, "train": info, "rows": {"unet": row}}
 
 
@@ -455,20 +444,28 @@ def run_peer(args) -> dict:
 
 
 def score_peer(model, val, runtime, count: int, seed: int, sampler: str) -> dict:
+    torch.manual_seed(seed)  # the package's samplers draw from the global generator
+    row = score_anchor(model.sample, val, runtime, count, f"peer, {sampler}")  # sample() gives masks in [0, 1]
+    return {**row, "sampler": sampler}
+
+
+def score_anchor(predict, val, runtime, count: int, label: str) -> dict:
+    """Dice/IoU on the first `count` val images of `predict(images) -> (B, 1, h, w)` foreground
+    probabilities, batch 8, at each mask's original resolution; one row with the time per image."""
     per_image, began = [], time.perf_counter()
-    torch.manual_seed(seed)
     with torch.no_grad():
         for start in range(0, count, 8):
             indices = list(range(start, min(start + 8, count)))
             images = runtime.to_device(torch.stack([val[i][0] for i in indices]))
             with runtime.autocast():
-                masks = model.sample(images).float().cpu()  # in [0, 1]
+                probabilities = predict(images).float().cpu().clamp(0, 1)
             for offset, index in enumerate(indices):
-                per_image.append(common.score_probabilities(masks[offset].clamp(0, 1), val.load_original_mask(index)))
-            print(f"  [peer, {sampler}] scored {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
+                per_image.append(common.score_probabilities(probabilities[offset], val.load_original_mask(index)))
+            print(f"  [{label}] scored {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
     row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began) / count,
-           "per_image_dice": [r["dice"] for r in per_image], "sampler": sampler}
-    print(f"[peer] {sampler}: val Dice {row['dice']:.4f} +- {row['dice_std']:.4f} on the first {count} val images", flush=True)
+           "per_image_dice": [r["dice"] for r in per_image]}
+    print(f"[{label}] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f} on the first {count} val images",
+          flush=True)
     return row
 
 

@@ -219,11 +219,14 @@ def organize_dataset(source_dir: str | Path, output_dir: str | Path, train_split
     layout = (source_dir / "images", source_dir / "masks")
     image_dir, mask_dir = layout if all(folder.is_dir() for folder in layout) else (source_dir, source_dir)
     pairing = find_pairs(image_dir, mask_dir)
+    copyable = []
     for image, mask in pairing.pairs:
-        if not (image.is_file() and mask.is_file()):  # a broken symbolic link: nothing to copy
-            missing = image if not image.is_file() else mask
+        missing = next((path for path in (image, mask) if not path.is_file()), None)
+        if missing is None:
+            copyable.append((image, mask))
+        else:  # a broken symbolic link: nothing to copy
             pairing.issues.append(Issue("unreadable", f"{display_path(missing)}: broken symbolic link", (missing,)))
-    pairing.pairs = [(image, mask) for image, mask in pairing.pairs if image.is_file() and mask.is_file()]
+    pairing.pairs = copyable
     for issue in pairing.issues:
         print(f"skipped: {issue.message}")
     if not pairing.pairs:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from src.checkpoint import load_model
 from src.device import Runtime, select_runtime
+from src.masks import probabilities_to_mask, resize_maps
 from src.models import DiffusionSegmentation
 from utils.image_io import as_size, load_image
 
@@ -166,20 +167,6 @@ class Predictor:
                 process=recorder.trace(i * options.ensemble, batch[i].float().cpu()) if recorder else None,
             ))
         return predictions
-
-
-def resize_maps(maps: torch.Tensor, size) -> torch.Tensor:
-    """(K, h, w) float maps -> (K, H, W), bilinear; a no-op at the same size."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-
-
-def probabilities_to_mask(probabilities: torch.Tensor, num_classes: int, threshold: float = 0.5) -> torch.Tensor:
-    """(K, H, W) -> (H, W) int64: foreground where p > threshold (binary), else the argmax class."""
-    if num_classes == 1:
-        return (probabilities[0] > threshold).long()
-    return probabilities.argmax(0)
 
 
 def _check_options(options: PredictorOptions, timesteps: int) -> None:

@@ -4,9 +4,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from src.device import Runtime
+from src.masks import probabilities_to_mask, resize_maps
 from src.metrics import segmentation_scores
 from src.models import DiffusionSegmentation
 
@@ -14,20 +14,6 @@ from src.models import DiffusionSegmentation
 def original_mask(dataset, index: int) -> np.ndarray:
     """The ground-truth mask of sample `index` at its file's resolution (H0, W0) as 0/1 or class ids."""
     return np.asarray(dataset.load_original_mask(index))
-
-
-def upsample_probabilities(probabilities: torch.Tensor, size) -> torch.Tensor:
-    """(K, h, w) -> (K, H, W), bilinear: thresholding after resizing keeps edges smooth."""
-    if tuple(probabilities.shape[-2:]) == tuple(size):
-        return probabilities
-    return F.interpolate(probabilities[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-
-
-def probabilities_to_mask(probabilities: torch.Tensor, num_classes: int, threshold: float = 0.5) -> torch.Tensor:
-    """(K, H, W) -> (H, W) int64: threshold for one channel, argmax for several."""
-    if num_classes == 1:
-        return (probabilities[0] > threshold).long()
-    return probabilities.argmax(0)
 
 
 @torch.no_grad()
@@ -59,7 +45,7 @@ def evaluate(
         probabilities = output.probabilities.float().cpu()
         for offset, index in enumerate(indices):
             truth = original_mask(dataset, index)
-            full = upsample_probabilities(probabilities[offset], truth.shape[-2:])
+            full = resize_maps(probabilities[offset], truth.shape[-2:])
             per_image.append(segmentation_scores(probabilities_to_mask(full, num_classes).numpy(), truth, num_classes))
             if len(examples["images"]) < keep_examples:
                 mask = samples[offset][1]
