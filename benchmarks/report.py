@@ -35,7 +35,7 @@ def step_rows(ours: dict) -> list:
     return sorted(rows, key=lambda r: (r[1], r[0]))
 
 
-def quality_table(ours, unet, peer) -> str:
+def quality_table(ours, unet, peer, previous=None) -> str:
     lines = ["| model | params | sampler | Dice (mean ± std) | IoU (mean ± std) | val images | s / image (128 px, batch 8) | optimizer steps in budget |",
              "|---|---|---|---|---|---|---|---|"]
     if ours:
@@ -43,6 +43,12 @@ def quality_table(ours, unet, peer) -> str:
             lines.append(f"| ours (diffusion) | {ours['train']['parameters'] / 1e6:.1f}M | DDIM {steps} steps, ensemble {ensemble} | "
                          f"{fmt(row['dice'], row['dice_std'])} | {fmt(row['iou'], row['iou_std'])} | {row['images']} | "
                          f"{row['seconds_per_image']:.2f} | {ours['train']['optimizer_steps']} |")
+    if previous:
+        row = previous["rows"]["ddim10_ens1"]
+        config = previous["config"]
+        lines.append(f"| ours, earlier defaults (patch size {config.get('patch_size', 1)}, linear x0 output) | "
+                     f"{previous['train']['parameters'] / 1e6:.1f}M | DDIM 10 steps, ensemble 1 | {fmt(row['dice'], row['dice_std'])} | "
+                     f"{fmt(row['iou'], row['iou_std'])} | {row['images']} | {row['seconds_per_image']:.2f} | {previous['train']['optimizer_steps']} |")
     for name, result, sampler in (("smp.Unet resnet18, random init, Dice+BCE", unet, "one forward pass"),
                                   ("med-seg-diff-pytorch 0.3.3 (peer)", peer, None)):
         if not result:
@@ -72,10 +78,14 @@ def ablation_table(ablation) -> str:
         return "(not run)"
     base = ablation.get("default_config", {})
     lines = [f"Variants override the default of the time (`{base.get('prediction_type')}`, `{base.get('schedule')}`, "
-             f"dice_weight {base.get('dice_weight')}, input_scale {base.get('input_scale')}).", "",
-             f"| variant | Dice on {ablation['scored_on']} (DDIM {ablation['ddim_steps']}) | IoU | optimizer steps |", "|---|---|---|---|"]
+             f"dice_weight {base.get('dice_weight')}, input_scale {base.get('input_scale')}, patch_size {base.get('patch_size', 1)}, "
+             f"bounded_x0 {base.get('bounded_x0', False)}).", "",
+             f"| variant | Dice on {ablation['scored_on']} (DDIM {ablation['ddim_steps']}) | IoU | optimizer steps | params |",
+             "|---|---|---|---|---|"]
     for name, row in ablation["variants"].items():
-        lines.append(f"| {name} | {fmt(row['dice'], row['dice_std'])} | {row['iou']:.3f} | {row['train']['optimizer_steps']} |")
+        params = row["train"].get("parameters")
+        lines.append(f"| {name} | {fmt(row['dice'], row['dice_std'])} | {row['iou']:.3f} | {row['train']['optimizer_steps']} | "
+                     f"{'–' if params is None else f'{params / 1e6:.1f}M'} |")
     return "\n".join(lines)
 
 
@@ -107,7 +117,9 @@ def speed_tables(speed) -> str:
     return "\n".join(lines)
 
 
-def dice_vs_steps_plot(ours, unet, peer) -> None:
+def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
+    """Dice against DDIM steps for `ours` with the anchors as lines; `longer` = (ours, unet) of a
+    longer budget, drawn in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,11 +139,21 @@ def dice_vs_steps_plot(ours, unet, peer) -> None:
         for style, row in zip(("--", ":"), (result or {}).get("rows", {}).values()):
             sampler = row.get("sampler", "one pass")
             ax.axhline(row["dice"], linestyle=style, color=colour, label=f"{label}, {sampler}: {row['dice']:.3f} ({row['images']} img)")
+    if longer and longer[0]:
+        long_ours, long_unet = longer
+        rows = [r for r in step_rows(long_ours) if r[1] == 1]
+        ax.errorbar([r[0] for r in rows], [r[2]["dice"] for r in rows],
+                    yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows], marker="s", capsize=3, color="tab:gray",
+                    label=f"ours, {long_ours['budget_minutes']:.0f}-min budget")
+        if long_unet:
+            row = next(iter(long_unet["rows"].values()))
+            ax.axhline(row["dice"], linestyle="-.", color="tab:olive",
+                       label=f"smp.Unet, {long_unet['budget_minutes']:.0f}-min budget: {row['dice']:.3f}")
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(s) for s in steps])
     ax.set_xlabel("DDIM steps")
     ax.set_ylabel("mean Dice, Kvasir-SEG val (± s.e.m.)")
-    ax.set_title(f"Dice vs sampling steps, {ours['image_size']} px, {ours['budget_minutes']:.0f}-min CPU budget")
+    ax.set_title(f"Dice vs sampling steps, {ours['image_size']} px, {ours['budget_minutes']:.0f}-min CPU budget unless noted")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -175,24 +197,40 @@ def speed_plot(speed) -> None:
     plt.close(fig)
 
 
+def merged_ablation(pattern: str):
+    """All ablation results files matching `pattern` as one, in file-name order; a variant run with
+    a learning rate other than the default gets it in its name."""
+    merged = None
+    for path in sorted(common.RESULTS.glob(pattern)):
+        if path.name.endswith("_smoke.json"):
+            continue
+        result = json.loads(path.read_text())
+        lr = result.get("lr", 3e-4)
+        variants = {(name if lr == 3e-4 else f"{name}, lr {lr:g}"): row for name, row in result["variants"].items()}
+        if merged is None:
+            merged = {**result, "variants": {}}
+        merged["variants"].update(variants)
+    return merged
+
+
 def main() -> int:
     size = 128
     ours, unet, peer = load(f"kvasir_ours_{size}.json"), load(f"kvasir_unet_{size}.json"), load(f"kvasir_peer_{size}.json")
-    ablation, speed = load("kvasir_ablation_64.json"), load("speed.json")
-    for extra in ("kvasir_ablation_64_combos.json", "kvasir_ablation_64_combos2.json", "kvasir_ablation_64_combos3.json",
-                  "kvasir_ablation_64_combos4.json"):  # later runs, same recipe
-        combos = load(extra)
-        if ablation and combos:
-            ablation["variants"].update(combos["variants"])
-    sections = [f"## Quality, {size} px\n\n" + quality_table(ours, unet, peer),
-                "## Uncertainty vs error\n\n" + uncertainty_table(ours),
-                "## Ablations\n\n" + ablation_table(ablation),
+    previous = load(f"kvasir_ours_{size}_v1_patch1.json")  # the same run with the defaults before the 128 px ablation
+    ours_long, unet_long = load(f"kvasir_ours_{size}_40min.json"), load(f"kvasir_unet_{size}_40min.json")
+    speed = load("speed.json")
+    sections = [f"## Quality, {size} px, 20 minutes\n\n" + quality_table(ours, unet, peer, previous),
+                f"## Quality, {size} px, 40 minutes\n\n" + quality_table(ours_long, unet_long, None),
+                "## Uncertainty vs error, 40 minutes\n\n" + uncertainty_table(ours_long),
+                "## Uncertainty vs error, 20 minutes\n\n" + uncertainty_table(ours),
+                "## Ablations, 64 px, 300 steps\n\n" + ablation_table(merged_ablation("kvasir_ablation_64*.json")),
+                "## Ablations, 128 px, 6 minutes\n\n" + ablation_table(merged_ablation("kvasir_ablation_128_*.json")),
                 "## Speed\n\n" + speed_tables(speed)]
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
     if ours:
-        dice_vs_steps_plot(ours, unet, peer)
+        dice_vs_steps_plot(ours, unet, peer, longer=(ours_long, unet_long))
     if speed:
         speed_plot(speed)
     return 0

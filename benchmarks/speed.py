@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd bf16 training")
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--no-sampling", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="only profile two bf16 training steps per size (torch.profiler) and write the top operators")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true")
     # internal modes
@@ -89,7 +91,7 @@ class Trainer:
         self.model = self.runtime.prepare_model(DiffusionSegmentation(model_config(size, args.smoke)))
         if compile_model:
             self.model.unet.compile()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=self.runtime.fused_optimizer)
         self.images, self.masks = batch(size, args.batch_size)
 
     def loss(self):
@@ -161,7 +163,7 @@ def peer_worker(args) -> None:
                 unet = Unet(dim=dim, image_size=size, mask_channels=1, input_img_channels=3)
             model = MedSegDiff(unet, timesteps=1000)
             state = {"model": model, "runtime": select_runtime("cpu", request["precision"], False),
-                     "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4), "batch": batch(size, request["batch_size"])}
+                     "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), "batch": batch(size, request["batch_size"])}
             reply = {"parameters": parameter_count(model)}
         elif request["cmd"] == "train":
             model, runtime, optimizer, (images, masks) = state["model"], state["runtime"], state["optimizer"], state["batch"]
@@ -320,9 +322,28 @@ def time_sampling(args, result: dict, peer) -> None:
     result["sampling"] = rows
 
 
+def profile_training(args) -> None:
+    """torch.profiler over two bf16 training steps (after two warm-up steps), per size: the
+    operators that take the most CPU time, as a table in results/profile_<size>.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for size in args.sizes:
+        trainer = Trainer(size, "bf16", False, args)
+        trainer.step(), trainer.step()
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            trainer.step(), trainer.step()
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        path = args.out.with_name(f"profile_{size}{'_smoke' if args.smoke else ''}.txt")
+        path.write_text(f"{size} px, batch {args.batch_size}, bf16, {args.threads} threads, 2 training steps\n{table}\n")
+        print(f"{size} px:\n{table}\nwrote {path}", flush=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        profile_training(args)
+        return 0
     if args.rss_probe:
         rss_probe(int(args.rss_probe[0]), args.rss_probe[1], args)
         return 0

@@ -73,7 +73,10 @@ def model_config(settings: DemoSettings) -> DiffusionConfig:
     return DiffusionConfig(image_size=settings.image_size, base_channels=settings.base_channels,
                            channel_mults=settings.channel_mults, num_res_blocks=1,
                            attention_resolutions=settings.attention_resolutions, num_heads=2,
-                           prediction_type="x0", dice_weight=1.0)
+                           prediction_type="x0", dice_weight=1.0,
+                           # the settings its figures in the README were measured with: 64 px shapes
+                           # are small enough to run at full resolution
+                           patch_size=1, bounded_x0=False)
 
 
 def run_demo(output_dir="./demo_outputs", quick: bool = False, seed: int = 0, device: str = "auto",

@@ -70,6 +70,12 @@ def test_speed_smoke(tmp_path):
     assert result["matmul_peak_tflops"]["bf16"] > 0 and result["sampling"]
 
 
+def test_speed_profile_writes_the_top_operators(tmp_path):
+    assert speed.main(["--smoke", "--profile", "--threads", "1", "--out", str(tmp_path / "speed.json")]) == 0
+    text = (tmp_path / "profile_32_smoke.txt").read_text()
+    assert text.startswith("32 px, batch 2, bf16") and "aten::" in text and "Self CPU" in text
+
+
 @needs_kvasir
 def test_kvasir_smoke_ours(tmp_path):
     out = tmp_path / "ours.json"

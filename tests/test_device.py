@@ -42,3 +42,8 @@ def test_prepare_model_applies_memory_format():
     conv = torch.nn.Conv2d(3, 8, 3)
     Runtime(torch.device("cpu"), "fp32", channels_last=True).prepare_model(conv)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fused_optimizer_only_where_the_kernel_exists():
+    assert select_runtime("cpu", "fp32").fused_optimizer
+    assert not Runtime(torch.device("meta"), "fp32").fused_optimizer

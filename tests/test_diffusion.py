@@ -8,7 +8,8 @@ import torch
 from src.models import DiffusionConfig, DiffusionSegmentation
 from src.models.diffusion_model import cosine_beta_schedule, linear_beta_schedule, soft_dice_loss
 
-TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2)
+# patch_size 1: the diffusion math is checked on 8-16 px images, below what the default patch size 4 allows
+TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2, patch_size=1)
 
 
 def tiny_model(**overrides) -> DiffusionSegmentation:
@@ -96,7 +97,9 @@ def oracle_for(model: DiffusionSegmentation, x0: torch.Tensor):
     def predict(x_t, t):
         eps = model.predict_eps_from_x0(x_t, t, z0)
         kind = model.config.prediction_type
-        return {"eps": eps, "x0": x0, "v": model.predict_v(z0, t, eps)}[kind]
+        # with bounded_x0 the network answers a logit: 20 is far enough that tanh(20) == 1 in float32
+        x0_output = x0 * 20 if model.config.bounded_x0 else x0
+        return {"eps": eps, "x0": x0_output, "v": model.predict_v(z0, t, eps)}[kind]
 
     return predict
 
@@ -224,7 +227,7 @@ def test_training_loss_runs_under_cuda_autocast(dtype):
 
 
 def test_input_scale_shrinks_the_noised_mask_and_the_loss_target_stays_the_mask():
-    model = tiny_model(input_scale=0.25, prediction_type="x0")
+    model = tiny_model(input_scale=0.25, prediction_type="x0", bounded_x0=False)
     masks = (torch.rand(2, 1, 16, 16) > 0.5).float()
     t = torch.zeros(2, dtype=torch.long)  # abar_0 ~ 1: x_t ~ the scaled mask
     seen = {}
@@ -240,3 +243,26 @@ def test_old_checkpoint_config_without_input_scale_means_no_scaling():
     assert DiffusionConfig.from_dict(values).input_scale == 1.0
     with pytest.raises(ValueError, match="input_scale"):
         DiffusionConfig(input_scale=0)
+
+
+def test_bounded_x0_keeps_the_mask_in_range_and_takes_bce_on_the_logit():
+    model = tiny_model(prediction_type="x0", bounded_x0=True)
+    masks = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    logit = torch.full((2, 1, 16, 16), 30.0, requires_grad=True)  # far past the range of a clamped output
+    model.network_output = lambda x_t, t, images: logit
+    x0, _ = model.output_to_x0_eps(logit, torch.zeros_like(logit), torch.zeros(2, dtype=torch.long), clip=False)
+    assert x0.max() <= 1 and x0.min() >= -1
+    losses = model.training_losses(torch.rand(2, 3, 16, 16), masks)
+    expected_bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.full_like(masks, 60.0), masks)
+    assert losses["bce"].item() == pytest.approx(expected_bce.item(), rel=1e-5)
+    losses["loss"].backward()
+    # a saturated logit still gets a finite gradient that pulls the background pixels down
+    background = masks == 0
+    assert torch.isfinite(logit.grad).all() and (logit.grad[background] > 0).all()
+
+
+def test_old_checkpoint_config_without_patch_size_or_bounded_x0_means_neither():
+    values = tiny_model().config.to_dict()
+    values.pop("patch_size"), values.pop("bounded_x0")
+    config = DiffusionConfig.from_dict(values)
+    assert config.patch_size == 1 and config.bounded_x0 is False

@@ -68,3 +68,24 @@ def test_channels_last_gives_same_output():
     reference = net(x, t)
     net = net.to(memory_format=torch.channels_last)
     torch.testing.assert_close(net(x.to(memory_format=torch.channels_last), t), reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (8, 24)])
+def test_patch_size_keeps_output_at_input_resolution(size):
+    net = tiny_unet(in_channels=5, out_channels=3, channel_mults=(1, 2), attention_resolutions=(2,), patch_size=2)
+    out = net(torch.randn(2, 5, *size), torch.tensor([3, 700]))
+    assert out.shape == (2, 3, *size) and torch.isfinite(out).all()
+
+
+def test_patch_size_runs_the_first_level_at_a_fraction_of_the_resolution():
+    seen = []
+    net = tiny_unet(patch_size=2)
+    net.down_levels[0]["blocks"][0].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    net(torch.randn(1, 4, 16, 16), torch.tensor([1]))
+    assert seen == [(1, 8, 8, 8)]
+
+
+def test_patch_size_counts_in_the_size_error():
+    net = tiny_unet(patch_size=2)  # 2 x 2^2 -> multiple of 8
+    with pytest.raises(ValueError, match=r"image size 12x16 is not divisible by 8 \(patch size 2"):
+        net(torch.randn(1, 4, 12, 16), torch.tensor([1]))

@@ -24,6 +24,10 @@ SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddim", "ddpm")
 
 
+# What a checkpoint without these fields was trained with (they were added later, with new defaults).
+LEGACY_DEFAULTS = {"input_scale": 1.0, "patch_size": 1, "bounded_x0": False}
+
+
 @dataclass
 class DiffusionConfig:
     """Everything needed to rebuild the model; saved inside every checkpoint."""
@@ -37,6 +41,9 @@ class DiffusionConfig:
     attention_resolutions: tuple = (8,)
     dropout: float = 0.0
     num_heads: int = 4
+    # The UNet runs at 1/patch_size of image_size (pixel unshuffle in, pixel shuffle out). 4 won the
+    # 128 px Kvasir ablation per wall-clock minute (BENCHMARKS.md): ~7x the optimizer steps of 1.
+    patch_size: int = 4
     timesteps: int = 1000
     schedule: str = "linear"  # beat cosine on Kvasir (BENCHMARKS.md): more steps at low SNR, where the image matters
     prediction_type: str = "x0"
@@ -46,14 +53,18 @@ class DiffusionConfig:
     # at scale 1 the network learns to denoise x_t and barely looks at the image; < 1 hides the mask
     # at every noise level and forces it to segment the image. Chosen by the Kvasir ablation.
     input_scale: float = 0.05
+    # With prediction_type "x0": the network's output o is a logit and x0 = tanh(o), so the predicted
+    # mask can never leave [-1, 1] and BCE is taken on the logit 2o (p = sigmoid(2o)), whose gradient
+    # does not vanish or explode the way BCE on a clamped linear output does.
+    bounded_x0: bool = True
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.num_classes < 1 or self.in_channels < 1 or self.timesteps < 1:
-            raise ValueError("num_classes, in_channels and timesteps must be positive")
+        if self.num_classes < 1 or self.in_channels < 1 or self.timesteps < 1 or self.patch_size < 1:
+            raise ValueError("num_classes, in_channels, timesteps and patch_size must be positive")
         if not 0 < self.input_scale <= 1:
             raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")
         if isinstance(self.image_size, int):
@@ -66,6 +77,11 @@ class DiffusionConfig:
     def mask_channels(self) -> int:
         return self.num_classes
 
+    @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this (patch folding, then one halving per level)."""
+        return self.patch_size * 2 ** (len(self.channel_mults) - 1)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -75,8 +91,8 @@ class DiffusionConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        # checkpoints saved before input_scale existed were trained without scaling
-        return cls(**{"input_scale": 1.0, **values})
+        # a checkpoint saved before a field existed was trained the way the field's first value says
+        return cls(**{**LEGACY_DEFAULTS, **values})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +171,7 @@ class DiffusionSegmentation(nn.Module):
             attention_resolutions=config.attention_resolutions,
             dropout=config.dropout,
             num_heads=config.num_heads,
+            patch_size=config.patch_size,
         )
         self._register_schedule(make_beta_schedule(config.schedule, config.timesteps))
 
@@ -254,7 +271,7 @@ class DiffusionSegmentation(nn.Module):
         if kind == "eps":
             x0 = self.predict_x0_from_eps(x_t, t, output) / scale
         elif kind == "x0":
-            x0 = output
+            x0 = torch.tanh(output) if self.config.bounded_x0 else output
         else:
             x0 = self.predict_x0_from_v(x_t, t, output) / scale
         if clip:
@@ -262,6 +279,10 @@ class DiffusionSegmentation(nn.Module):
         if kind == "eps" and not clip:
             return x0, output
         return x0, self.predict_eps_from_x0(x_t, t, x0 * scale)
+
+    @property
+    def _predicts_logits(self) -> bool:
+        return self.config.prediction_type == "x0" and self.config.bounded_x0
 
     # -- training -------------------------------------------------------------------------------
 
@@ -283,17 +304,22 @@ class DiffusionSegmentation(nn.Module):
         target = {"eps": noise, "x0": x0, "v": None}[self.config.prediction_type]
         if target is None:
             target = self.predict_v(z0, t, noise)
-        mse = F.mse_loss(output, target)
+        logits = 2 * output if self._predicts_logits else None
+        mse = F.mse_loss(torch.tanh(output) if logits is not None else output, target)
         losses = {"mse": mse, "loss": mse}
         if self.config.dice_weight > 0:
-            x0_pred, _ = self.output_to_x0_eps(output, x_t, t, clip=False)
-            probs = ((x0_pred + 1) / 2).clamp(1e-4, 1 - 1e-4)
             truth = (x0 + 1) / 2
+            if logits is not None:
+                probs = torch.sigmoid(logits)
+                losses["bce"] = F.binary_cross_entropy_with_logits(logits, truth)
+            else:
+                x0_pred, _ = self.output_to_x0_eps(output, x_t, t, clip=False)
+                probs = ((x0_pred + 1) / 2).clamp(1e-4, 1 - 1e-4)
+                # In fp32 with autocast off: CUDA autocast refuses binary_cross_entropy (its log is
+                # unsafe in fp16), and the clamped probs are not logits, so the _with_logits form is no substitute.
+                with torch.autocast(probs.device.type, enabled=False):
+                    losses["bce"] = F.binary_cross_entropy(probs.float(), truth.float())
             losses["dice"] = soft_dice_loss(probs, truth)
-            # In fp32 with autocast off: CUDA autocast refuses binary_cross_entropy (its log is
-            # unsafe in fp16), and the clamped probs are not logits, so the _with_logits form is no substitute.
-            with torch.autocast(probs.device.type, enabled=False):
-                losses["bce"] = F.binary_cross_entropy(probs.float(), truth.float())
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 

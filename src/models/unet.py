@@ -26,9 +26,13 @@ class UNet(nn.Module):
             used; the middle of the network always has it.
         dropout: dropout inside the ResNet blocks.
         num_heads: attention heads.
+        patch_size: the network runs at 1/patch_size of the input resolution: each patch_size x
+            patch_size patch is folded into channels on the way in (pixel unshuffle) and unfolded
+            on the way out (pixel shuffle, as in sub-pixel convolution, Shi et al. 2016). 4 makes a
+            128 px step 6.5x cheaper on CPU, where full-resolution levels with few channels cost most.
 
     forward(x: (B, in_channels, H, W), timesteps: (B,)) -> (B, out_channels, H, W), with H and W
-    divisible by 2 ** (len(channel_mults) - 1).
+    divisible by patch_size * 2 ** (len(channel_mults) - 1).
     """
 
     def __init__(
@@ -41,9 +45,13 @@ class UNet(nn.Module):
         attention_resolutions: Sequence[int] = (8,),
         dropout: float = 0.0,
         num_heads: int = 4,
+        patch_size: int = 1,
     ):
         super().__init__()
-        self.size_multiple = 2 ** (len(channel_mults) - 1)
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        self.patch_size = patch_size
+        self.size_multiple = patch_size * 2 ** (len(channel_mults) - 1)
         time_dim = base_channels * 4
         self.time_embedding = nn.Sequential(
             SinusoidalTimeEmbedding(base_channels),
@@ -51,7 +59,7 @@ class UNet(nn.Module):
             nn.SiLU(),
             nn.Linear(time_dim, time_dim),
         )
-        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels * patch_size**2, base_channels, 3, padding=1)
 
         widths = [base_channels * m for m in channel_mults]
         self.down_levels = nn.ModuleList()
@@ -95,7 +103,7 @@ class UNet(nn.Module):
                 )
             )
 
-        self.output = nn.Sequential(group_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1))
+        self.output = nn.Sequential(group_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels * patch_size**2, 3, padding=1))
 
     @staticmethod
     def _attention_or_identity(width, downsample_factor, attention_resolutions, num_heads) -> nn.Module:
@@ -108,7 +116,7 @@ class UNet(nn.Module):
         if height % self.size_multiple or width % self.size_multiple:
             raise ValueError(
                 f"image size {height}x{width} is not divisible by {self.size_multiple} "
-                f"(2^{len(self.down_levels) - 1} for {len(self.down_levels)} UNet levels); "
+                f"(patch size {self.patch_size} x 2^{len(self.down_levels) - 1} for {len(self.down_levels)} UNet levels); "
                 f"use e.g. {max(self.size_multiple, height // self.size_multiple * self.size_multiple)}"
                 f"x{max(self.size_multiple, width // self.size_multiple * self.size_multiple)}"
             )
@@ -116,7 +124,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
         time_emb = self.time_embedding(timesteps)
-        h = self.input_conv(x)
+        h = self.input_conv(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = []
         for level in self.down_levels:
             for block in level["blocks"]:
@@ -132,4 +140,5 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), time_emb)
             h = level["attention"](h)
             h = level["upsample"](h)
-        return self.output(h)
+        out = self.output(h)
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out

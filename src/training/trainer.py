@@ -89,7 +89,8 @@ class _Trainer:
         if context.enabled:
             device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                           fused=self.runtime.fused_optimizer)
         self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.needs_grad_scaler)
 
         self.data = build_training_data(config, model_config, context.world_size)
