@@ -162,8 +162,9 @@ def peer_worker(args) -> None:
             else:
                 unet = Unet(dim=dim, image_size=size, mask_channels=1, input_img_channels=3)
             model = MedSegDiff(unet, timesteps=1000)
-            state = {"model": model, "runtime": select_runtime("cpu", request["precision"], False),
-                     "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), "batch": batch(size, request["batch_size"])}
+            runtime = select_runtime("cpu", request["precision"], False)
+            state = {"model": model, "runtime": runtime, "batch": batch(size, request["batch_size"]),
+                     "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.fused_optimizer)}
             reply = {"parameters": parameter_count(model)}
         elif request["cmd"] == "train":
             model, runtime, optimizer, (images, masks) = state["model"], state["runtime"], state["optimizer"], state["batch"]

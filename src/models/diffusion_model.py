@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import UNet
+from .unet import UNet, size_multiple
 
 PREDICTION_TYPES = ("eps", "x0", "v")
 SCHEDULES = ("linear", "cosine")
@@ -79,8 +79,8 @@ class DiffusionConfig:
 
     @property
     def size_multiple(self) -> int:
-        """Image height and width must be multiples of this (patch folding, then one halving per level)."""
-        return self.patch_size * 2 ** (len(self.channel_mults) - 1)
+        """Image height and width must be multiples of this (what the UNet checks)."""
+        return size_multiple(self.patch_size, len(self.channel_mults))
 
     def to_dict(self) -> dict:
         return asdict(self)

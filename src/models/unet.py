@@ -13,6 +13,11 @@ from torch import nn
 from .blocks import Downsample, ResnetBlock, SelfAttention, SinusoidalTimeEmbedding, Upsample, group_norm
 
 
+def size_multiple(patch_size: int, num_levels: int) -> int:
+    """Input height and width must be multiples of this: patch folding, then one halving per level."""
+    return patch_size * 2 ** (num_levels - 1)
+
+
 class UNet(nn.Module):
     """UNet with ResNet blocks, time conditioning and self-attention at the low resolutions.
 
@@ -51,7 +56,7 @@ class UNet(nn.Module):
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         self.patch_size = patch_size
-        self.size_multiple = patch_size * 2 ** (len(channel_mults) - 1)
+        self.size_multiple = size_multiple(patch_size, len(channel_mults))
         time_dim = base_channels * 4
         self.time_embedding = nn.Sequential(
             SinusoidalTimeEmbedding(base_channels),
