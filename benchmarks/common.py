@@ -165,33 +165,67 @@ def summarize(per_image: list) -> dict:
             "iou_std": float(iou.std()), "images": len(per_image)}
 
 
+def paired_bootstrap(a, b, n: int = 10000, seed: int = 0) -> tuple:
+    """(mean of a - b, 2.5 % percentile, 97.5 % percentile) of the paired difference over the same
+    images: `n` resamples of the images with replacement (seeded), the mean difference of each."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not a.size:
+        raise ValueError(f"paired_bootstrap needs two equal-length 1-D sequences, got {a.shape} and {b.shape}")
+    diff = a - b
+    means = np.empty(n)
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, 1000):  # in chunks: 1000 x images indices at a time
+        size = min(1000, n - start)
+        means[start:start + size] = diff[rng.integers(0, diff.size, size=(size, diff.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
+
+
 class UncertaintyErrorStats:
-    """Pooled over pixels at the original resolution: Pearson r between the ensemble std and the
-    error indicator (prediction != truth), and the AUROC of the std as a detector of error pixels
-    (from 2,000-bin histograms of the std, which lies in [0, 0.5])."""
+    """Pooled over pixels at the original resolution: Pearson r between an uncertainty map and the
+    error indicator (prediction != truth), and the AUROC of the uncertainty as a detector of error
+    pixels (from 2,000-bin histograms of the uncertainty over [0, upper]).
+
+    `upper` is the largest value the uncertainty can take: 0.5 for the ensemble std of
+    probabilities (the default), 0.25 for p(1-p) (`PQ_UPPER`, see add_pq)."""
 
     BINS = 2000
+    PQ_UPPER = 0.25
 
-    def __init__(self):
+    def __init__(self, upper: float = 0.5):
+        self.upper = float(upper)
         self.n = 0
         self.sums = np.zeros(5)  # u, e, u*u, e*e (= e), u*e
         self.hist_error = np.zeros(self.BINS)
         self.hist_correct = np.zeros(self.BINS)
 
     def add(self, uncertainty: torch.Tensor, probabilities: torch.Tensor, truth: np.ndarray, threshold: float = 0.5) -> None:
-        """uncertainty (h, w), probabilities (1, h, w) at model resolution; truth (H0, W0)."""
+        """uncertainty (h, w), probabilities (1, h, w) at model resolution; truth (H0, W0).
+        Both maps are upsampled bilinearly to (H0, W0), as score_probabilities does."""
         size = truth.shape[-2:]
         u = resize_maps(uncertainty[None].float(), size)[0].numpy().ravel()
         p = resize_maps(probabilities.float(), size)[0].numpy().ravel()
+        self._accumulate(u, p, truth, threshold)
+
+    def add_pq(self, probabilities: torch.Tensor, truth: np.ndarray, threshold: float = 0.5) -> None:
+        """The uncertainty p(1-p) of the foreground probability itself: probabilities (1, h, w) at
+        model resolution are upsampled to truth's (H0, W0) first, and p(1-p) taken per original
+        pixel, so the uncertainty peaks exactly on the threshold that decides the error pixels.
+        Make the stats with upper=UncertaintyErrorStats.PQ_UPPER."""
+        p = resize_maps(probabilities.float(), truth.shape[-2:])[0].numpy().ravel().astype(np.float64)
+        self._accumulate(p * (1 - p), p, truth, threshold)
+
+    def _accumulate(self, u: np.ndarray, p: np.ndarray, truth: np.ndarray, threshold: float) -> None:
         e = ((p > threshold) != (truth.ravel() != 0)).astype(np.float64)
         u = u.astype(np.float64)
         self.n += u.size
         self.sums += [u.sum(), e.sum(), (u * u).sum(), e.sum(), (u * e).sum()]
-        bins = np.clip((u / 0.5 * self.BINS).astype(np.int64), 0, self.BINS - 1)
+        bins = np.clip((u / self.upper * self.BINS).astype(np.int64), 0, self.BINS - 1)
         self.hist_error += np.bincount(bins[e > 0], minlength=self.BINS)
         self.hist_correct += np.bincount(bins[e == 0], minlength=self.BINS)
 
     def result(self) -> dict:
+        """The mean uncertainty keys keep the name "..._std_..." whatever the uncertainty is."""
         n, (su, se, suu, see, sue) = self.n, self.sums
         cov = sue / n - (su / n) * (se / n)
         var_u, var_e = suu / n - (su / n) ** 2, see / n - (se / n) ** 2
@@ -200,7 +234,53 @@ class UncertaintyErrorStats:
         errors, corrects = self.hist_error.sum(), self.hist_correct.sum()
         below = np.cumsum(self.hist_correct) - self.hist_correct  # correct pixels in lower bins
         auroc = float((self.hist_error * (below + 0.5 * self.hist_correct)).sum() / (errors * corrects)) if errors and corrects else float("nan")
-        mean_u_error = float((self.hist_error * (np.arange(self.BINS) + 0.5)).sum() / max(errors, 1) * 0.5 / self.BINS)
-        mean_u_correct = float((self.hist_correct * (np.arange(self.BINS) + 0.5)).sum() / max(corrects, 1) * 0.5 / self.BINS)
+        mean_u_error = float((self.hist_error * (np.arange(self.BINS) + 0.5)).sum() / max(errors, 1) * self.upper / self.BINS)
+        mean_u_correct = float((self.hist_correct * (np.arange(self.BINS) + 0.5)).sum() / max(corrects, 1) * self.upper / self.BINS)
         return {"pearson_r": float(pearson), "auroc": auroc, "error_pixel_share": float(se / n),
-                "mean_std_on_errors": mean_u_error, "mean_std_on_correct": mean_u_correct, "pixels": int(n)}
+                "mean_std_on_errors": mean_u_error, "mean_std_on_correct": mean_u_correct, "pixels": int(n),
+                "upper": self.upper}
+
+
+class CalibrationStats:
+    """Calibration of a foreground probability, pooled over pixels at the original resolution
+    (probabilities upsampled bilinearly as score_probabilities does): BINS equal-width bins of p
+    over [0, 1] (p = 1 falls in the last); per bin the pixel count, the mean confidence (mean p)
+    and the observed foreground frequency. result() gives the expected calibration error
+    ECE = sum_b n_b / N |freq_b - conf_b|, the Brier score, and the per-bin arrays (a reliability
+    diagram; empty bins hold None)."""
+
+    BINS = 15
+
+    def __init__(self, bins: int = BINS):
+        self.bins = int(bins)
+        self.count = np.zeros(self.bins)
+        self.sum_p = np.zeros(self.bins)
+        self.sum_y = np.zeros(self.bins)
+        self.sum_sq = 0.0  # sum (p - y)^2, for the Brier score
+
+    def add(self, probabilities: torch.Tensor, truth: np.ndarray) -> None:
+        """probabilities (1, h, w) at model resolution; truth (H0, W0) 0/1."""
+        p = resize_maps(probabilities.float(), truth.shape[-2:])[0].numpy().ravel().astype(np.float64)
+        y = (truth.ravel() != 0).astype(np.float64)
+        self.add_pixels(p, y)
+
+    def add_pixels(self, p: np.ndarray, y: np.ndarray) -> None:
+        """Flat arrays of probabilities and 0/1 truths, already at the scoring resolution."""
+        p = np.clip(np.asarray(p, dtype=np.float64).ravel(), 0.0, 1.0)
+        y = np.asarray(y, dtype=np.float64).ravel()
+        index = np.minimum((p * self.bins).astype(np.int64), self.bins - 1)
+        self.count += np.bincount(index, minlength=self.bins)
+        self.sum_p += np.bincount(index, weights=p, minlength=self.bins)
+        self.sum_y += np.bincount(index, weights=y, minlength=self.bins)
+        self.sum_sq += float(((p - y) ** 2).sum())
+
+    def result(self) -> dict:
+        n = self.count.sum()
+        filled = self.count > 0
+        conf = np.divide(self.sum_p, self.count, out=np.zeros(self.bins), where=filled)
+        freq = np.divide(self.sum_y, self.count, out=np.zeros(self.bins), where=filled)
+        ece = float((self.count * np.abs(freq - conf)).sum() / n) if n else float("nan")
+        return {"ece": ece, "brier": self.sum_sq / n if n else float("nan"), "bins": self.bins, "pixels": int(n),
+                "bin_edges": np.linspace(0, 1, self.bins + 1).tolist(), "count": self.count.astype(np.int64).tolist(),
+                "confidence": [float(c) if f else None for c, f in zip(conf, filled)],
+                "frequency": [float(v) if f else None for v, f in zip(freq, filled)]}

@@ -34,9 +34,12 @@ import torch  # noqa: E402
 
 from src.device import select_runtime  # noqa: E402
 from src.training.ema import EMA  # noqa: E402
-from src.training.lr_schedule import learning_rate  # noqa: E402
+from src.training.config import TrainConfig  # noqa: E402
+from src.training.lr_schedule import LearningRateSchedule  # noqa: E402
+from src.training.optim import build_optimizer  # noqa: E402
 
 ENSEMBLE_STEPS = 10  # DDIM steps of the ensemble-of-5 row and the uncertainty statistics
+ABLATION_STEPS = (1, 10, 50)  # DDIM steps an ablation variant is scored with: do more steps help?
 ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results JSON records it)
     "default": {},
     "eps": {"prediction_type": "eps"},
@@ -69,6 +72,13 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     "patch size 4 + eps": {"patch_size": 4, "prediction_type": "eps"},
     "patch size 4 + v": {"patch_size": 4, "prediction_type": "v"},
     "patch size 4 + bounded x0 + no Dice term": {"patch_size": 4, "bounded_x0": True, "dice_weight": 0.0},
+    # making the reverse steps refine (issue: the diffusion earns its place); the default has self-conditioning
+    "no self-conditioning": {"self_condition": False},
+    "self-cond + input scale 0.1": {"input_scale": 0.1},
+    "self-cond + input scale 0.2": {"input_scale": 0.2},
+    "self-cond + 1 block per level": {"num_res_blocks": 1},
+    "self-cond + refine from estimate": {"refine_from_estimate": True},
+    "self-cond + refine from estimate + input scale 0.2": {"refine_from_estimate": True, "input_scale": 0.2},
 }
 
 
@@ -79,7 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per model")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="a budget in optimizer steps instead of minutes (ours/ablation): immune to other load")
+                   help="a budget in optimizer steps instead of minutes (every model): immune to other load")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-steps", type=int, default=100)
@@ -157,8 +167,10 @@ def measure_step_seconds(step, batch, repeats: int = 4) -> float:
 
 
 def epochs_for_budget(step_seconds: float, minutes: float, steps_per_epoch: int) -> int:
-    """Epochs whose steps fit the budget, so the cosine lr decays by the time the budget ends."""
-    return max(1, math.ceil(minutes * 60 / step_seconds / steps_per_epoch))
+    """An upper bound on the epochs a wall-clock budget allows: twice what the measured step time
+    fits, so that the clock, not the epoch count, ends the run (the lr follows elapsed time, so it
+    is annealed when the budget ends however busy the machine was)."""
+    return max(1, math.ceil(2 * minutes * 60 / step_seconds / steps_per_epoch))
 
 
 def random_batch(args, runtime, channels: int = 3):
@@ -172,7 +184,7 @@ def estimate_ours_step(args, config, runtime) -> float:
 
     torch.manual_seed(args.seed)
     model = runtime.prepare_model(DiffusionSegmentation(config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=runtime.fused_optimizer)
+    optimizer = build_optimizer(model.parameters(), args.lr, TrainConfig.weight_decay, runtime)
 
     def step(images, masks):
         with runtime.autocast():
@@ -187,7 +199,6 @@ def estimate_ours_step(args, config, runtime) -> float:
 def train_ours(args, train_stems, config, name: str):
     """src.training.train on `train_stems` only (no validation during training). Returns (model, info)."""
     from src.training import train
-    from src.training.config import TrainConfig
 
     runtime = select_runtime()
     steps_per_epoch = math.ceil(len(train_stems) / args.batch_size)
@@ -221,7 +232,10 @@ def train_ours(args, train_stems, config, name: str):
 def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int, batch_size: int = 8,
                   max_images=None, keep_examples: int = 6) -> dict:
     """Dice/IoU at every DDIM step count (ensemble 1), and at ENSEMBLE_STEPS with `ensemble`
-    samples plus the uncertainty-error statistics. Sampling time is recorded too."""
+    samples plus the uncertainty-error statistics of the ensemble std. Sampling time is recorded
+    too. For every row also the calibration of its (mean) probability ("calibration") and p(1-p)
+    of it as an error detector ("uncertainty_error_pq_rows"; the ensemble row's alone is
+    "uncertainty_error_pq"), as run_unet records them for the plain UNet."""
     model.eval()
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     rows = {f"ddim{steps}_ens1": [] for steps in steps_list}
@@ -229,12 +243,18 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
     rows[ens_key] = []
     seconds = {key: 0.0 for key in rows}
     stats = common.UncertaintyErrorStats()
+    # every row: calibration of the (mean) probability and p(1-p) of it as an error detector,
+    # the same statistics run_unet records for the plain UNet's sigmoid
+    calibration = {key: common.CalibrationStats() for key in rows}
+    pq_stats = {key: common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER) for key in rows}
     examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}
     for start in range(0, count, batch_size):
         indices = list(range(start, min(start + batch_size, count)))
         images = torch.stack([dataset[i][0] for i in indices])
         truths = [dataset.load_original_mask(i) for i in indices]
-        runs = [(f"ddim{s}_ens1", s, 1) for s in steps_list] + [(ens_key, ENSEMBLE_STEPS, ensemble)]
+        runs = [(f"ddim{s}_ens1", s, 1) for s in steps_list]
+        if ens_key not in {key for key, _, _ in runs}:  # ensemble 1 at ENSEMBLE_STEPS is already a row
+            runs.append((ens_key, ENSEMBLE_STEPS, ensemble))
         for key, steps, size in runs:
             began = time.perf_counter()
             with runtime.autocast():
@@ -243,6 +263,8 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
             probabilities = output.probabilities.float().cpu()
             for offset, truth in enumerate(truths):
                 rows[key].append(common.score_probabilities(probabilities[offset], truth))
+                calibration[key].add(probabilities[offset], truth)
+                pq_stats[key].add_pq(probabilities[offset], truth)
                 if key == ens_key:
                     stats.add(output.uncertainty[offset].float().cpu(), probabilities[offset], truth)
             if key == ens_key:
@@ -255,7 +277,11 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
         print(f"  scored {indices[-1] + 1}/{count}: " + ", ".join(f"{k} {np.mean([r['dice'] for r in v]):.3f}" for k, v in rows.items()), flush=True)
     results = {key: {**common.summarize(per_image), "seconds_per_image": seconds[key] / count,
                      "per_image_dice": [r["dice"] for r in per_image]} for key, per_image in rows.items()}
+    pq = {key: s.result() for key, s in pq_stats.items()}
     return {"rows": results, "uncertainty_error": stats.result(), "ensemble_key": ens_key,
+            "uncertainty_error_pq": pq[ens_key], "uncertainty_error_pq_rows": pq,
+            "calibration": {key: s.result() for key, s in calibration.items()},
+            "scored_stems": dataset.stems[:count],  # the order of every row's per_image_dice
             "examples": {k: torch.stack(v) for k, v in examples.items() if v}}
 
 
@@ -272,7 +298,7 @@ def run_ours(args) -> dict:
         info = {"checkpoint": args.ours_checkpoint, "optimizer_steps": state["step"], "epoch": state["epoch"],
                 "parameters": parameter_count(model), "precision": runtime.describe()}
     else:
-        model, runtime, info = train_ours(args, train_stems, config, f"ours_{args.image_size}{'_smoke' if args.smoke else ''}")
+        model, runtime, info = train_ours(args, train_stems, config, args.out.stem)
     val = common.kvasir_dataset(args.data, val_stems, args.image_size)
     print(f"scoring on {len(val)} val images")
     scores = evaluate_ours(model, val, runtime, args.steps, args.ensemble, seed=args.seed, max_images=args.eval_images)
@@ -306,11 +332,13 @@ def run_ablation(args) -> dict:
             continue
         config = model_config(args, **overrides)
         model, runtime, info = train_ours(args, fit, config, f"ablation_{args.image_size}_{index}{'_smoke' if args.smoke else ''}")
-        scores = evaluate_ours(model, held_set, runtime, [ENSEMBLE_STEPS], ensemble=1, seed=args.seed)
+        scores = evaluate_ours(model, held_set, runtime, ABLATION_STEPS, ensemble=args.ensemble, seed=args.seed)
+        scores.pop("examples", None)
         row = scores["rows"][f"ddim{ENSEMBLE_STEPS}_ens1"]
-        results[name] = {"overrides": overrides, "train": info, "dice": row["dice"], "dice_std": row["dice_std"],
+        results[name] = {"overrides": overrides, "train": info, "scores": scores, "dice": row["dice"], "dice_std": row["dice_std"],
                          "iou": row["iou"], "images": row["images"]}
-        print(f"[ablation] {name}: Dice {row['dice']:.4f} +- {row['dice_std']:.4f} ({info['optimizer_steps']} steps)", flush=True)
+        by_steps = ", ".join(f"{key} {value['dice']:.4f}" for key, value in scores["rows"].items())
+        print(f"[ablation] {name}: {by_steps} ({info['optimizer_steps']} steps)", flush=True)
         common.write_json(args.out, {**summary, "variants": results, "machine": common.machine_info()})
     return {**summary, "variants": results}
 
@@ -321,44 +349,49 @@ def run_ablation(args) -> dict:
 
 
 def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
-    """AdamW + warm-up/cosine lr (src.training.lr_schedule), bf16 autocast where the CPU has it,
-    grad clip 1.0, EMA 0.999: the recipe src.training.train gives ours. Returns (EMA module, info)."""
+    """The recipe src.training.train gives ours: build_optimizer's AdamW with TrainConfig's weight
+    decay, warm-up + cosine lr that follows the wall-clock budget (LearningRateSchedule), bf16
+    autocast where the CPU has it, TrainConfig's grad clip and EMA decay. Returns (EMA module, info)."""
     runtime = select_runtime()
     module = runtime.prepare_model(module)
     fresh_state = {k: v.clone() for k, v in module.state_dict().items()}
-    optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr, fused=runtime.fused_optimizer)
+    optimizer = build_optimizer(module.parameters(), args.lr, TrainConfig.weight_decay, runtime)
 
     def step(images, masks):
         with runtime.autocast():
             loss = loss_fn(module, images, masks)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), TrainConfig.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
     step_seconds = measure_step_seconds(step, random_batch(args, runtime))
     module.load_state_dict(fresh_state)  # the estimate touched the weights: start again from the init
-    optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr, fused=runtime.fused_optimizer)
-    ema = EMA(module, 0.999)
+    optimizer = build_optimizer(module.parameters(), args.lr, TrainConfig.weight_decay, runtime)
+    ema = EMA(module, TrainConfig.ema_decay)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(args.seed))
-    epochs = epochs_for_budget(step_seconds, args.minutes, len(loader))
-    total = epochs * len(loader)
+    if args.max_steps:  # a budget in steps, as train_ours takes it: the same for every model, immune to load
+        epochs = math.ceil(args.max_steps / len(loader))
+        schedule = LearningRateSchedule(args.lr, args.max_steps, args.warmup_steps)
+    else:
+        epochs = epochs_for_budget(step_seconds, args.minutes, len(loader))
+        schedule = LearningRateSchedule(args.lr, epochs * len(loader), args.warmup_steps, budget_seconds=args.minutes * 60)
     print(f"[{name}] {parameter_count(module) / 1e6:.2f}M parameters, {step_seconds:.2f} s/step -> {epochs} epochs x {len(loader)} steps")
     clock, steps, losses, stopped = common.Stopwatch(), 0, [], False
     module.train()
     for epoch in range(epochs):
         for images, masks in loader:
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(steps, args.lr, total, args.warmup_steps)
+                group["lr"] = schedule(steps, clock.minutes() * 60)
             loss = step(runtime.to_device(images), runtime.to_device(masks))
             if not math.isfinite(loss.item()):
                 raise RuntimeError(f"[{name}] loss became {loss.item()} at step {steps}")
             losses.append(loss.item())
             ema.update(module)
             steps += 1
-            if clock.minutes() >= args.minutes:
+            if steps == args.max_steps or (not args.max_steps and clock.minutes() >= args.minutes):
                 stopped = True
                 break
         print(f"[{name}] epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-len(loader):]):.4f} ({clock.minutes():.1f} min)", flush=True)
@@ -370,27 +403,48 @@ def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
     return ema.model.eval(), runtime, info
 
 
-def run_unet(args) -> dict:
+UNET_ENCODER = "resnet18"
+
+
+def plain_unet():
+    """The plain baseline: segmentation_models_pytorch's Unet, random-init ResNet-18 encoder."""
     import segmentation_models_pytorch as smp
+
+    return smp.Unet(encoder_name=UNET_ENCODER, encoder_weights=None, in_channels=3, classes=1)
+
+
+def unet_loss(module, images, masks):
+    """Soft Dice + BCE on the logits: the mask terms of our own loss."""
     import torch.nn.functional as F
 
     from src.models.diffusion_model import soft_dice_loss
 
+    logits = module(images * 2 - 1).float()
+    return soft_dice_loss(torch.sigmoid(logits), masks) + F.binary_cross_entropy_with_logits(logits, masks)
+
+
+def run_unet(args) -> dict:
     train_stems, val_stems = splits(args)
     train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
-    encoder = "resnet18"
+    encoder = UNET_ENCODER
     torch.manual_seed(args.seed)
-    net = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
-
-    def loss_fn(module, images, masks):
-        logits = module(images * 2 - 1).float()
-        return soft_dice_loss(torch.sigmoid(logits), masks) + F.binary_cross_entropy_with_logits(logits, masks)
-
-    model, runtime, info = train_loop(args, loss_fn, net, train_set, "unet")
+    net = plain_unet()
+    model, runtime, info = train_loop(args, unet_loss, net, train_set, "unet")
+    weights = common.CHECKPOINTS / f"{args.out.stem}.pt"  # to score it again later
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    info["weights"] = str(weights)
     val = common.kvasir_dataset(args.data, val_stems, args.image_size)
     count = len(val) if args.eval_images is None else min(len(val), args.eval_images)
-    row = score_anchor(lambda images: torch.sigmoid(model(images * 2 - 1).float()), val, runtime, count, "unet")
-    return {"model": "unet", "encoder": encoder, "train": info, "rows": {"unet": row}}
+    # the plain UNet's own uncertainty, p(1-p) of its sigmoid, and its calibration, on the same
+    # pixels (original resolution) that ours's statistics use
+    stats = {"calibration": common.CalibrationStats(),
+             "uncertainty_error_pq": common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)}
+    row = score_anchor(lambda images: torch.sigmoid(model(images * 2 - 1).float()), val, runtime, count, "unet", stats=stats)
+    return {"model": "unet", "encoder": encoder, "train": info, "rows": {"unet": row},
+            "calibration": {"unet": stats["calibration"].result()},
+            "uncertainty_error_pq": stats["uncertainty_error_pq"].result(),
+            "scored_stems": val.stems[:count]}  # the order of per_image_dice
 
 
 def peer_model(image_size: int, dim: int, smoke: bool = False):
@@ -465,21 +519,36 @@ def score_peer(model, val, runtime, count: int, seed: int, sampler: str) -> dict
     return {**row, "sampler": sampler}
 
 
-def score_anchor(predict, val, runtime, count: int, label: str) -> dict:
+def score_anchor(predict, val, runtime, count: int, label: str, stats=None) -> dict:
     """Dice/IoU on the first `count` val images of `predict(images) -> (B, 1, h, w)` foreground
-    probabilities, batch 8, at each mask's original resolution; one row with the time per image."""
-    per_image, began = [], time.perf_counter()
+    probabilities, batch 8, at each mask's original resolution; one row with the time per image
+    (predict + scoring, as before; "forward_seconds_per_image": predict alone).
+
+    `stats`, optional: {name: stats object} filled from the same probabilities and pixels, a
+    common.CalibrationStats by add(p, truth), a common.UncertaintyErrorStats by add_pq(p, truth)
+    (p(1-p) as the uncertainty); the time they take is left out of both timings."""
+    per_image, began, forward, extra = [], time.perf_counter(), 0.0, 0.0
     with torch.no_grad():
         for start in range(0, count, 8):
             indices = list(range(start, min(start + 8, count)))
             images = runtime.to_device(torch.stack([val[i][0] for i in indices]))
+            predicted = time.perf_counter()
             with runtime.autocast():
                 probabilities = predict(images).float().cpu().clamp(0, 1)
+            forward += time.perf_counter() - predicted
             for offset, index in enumerate(indices):
-                per_image.append(common.score_probabilities(probabilities[offset], val.load_original_mask(index)))
+                truth = val.load_original_mask(index)
+                per_image.append(common.score_probabilities(probabilities[offset], truth))
+                collected = time.perf_counter()
+                for collector in (stats or {}).values():
+                    if isinstance(collector, common.UncertaintyErrorStats):
+                        collector.add_pq(probabilities[offset], truth)
+                    else:
+                        collector.add(probabilities[offset], truth)
+                extra += time.perf_counter() - collected
             print(f"  [{label}] scored {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
-    row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began) / count,
-           "per_image_dice": [r["dice"] for r in per_image]}
+    row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began - extra) / count,
+           "forward_seconds_per_image": forward / count, "per_image_dice": [r["dice"] for r in per_image]}
     print(f"[{label}] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f} on the first {count} val images",
           flush=True)
     return row

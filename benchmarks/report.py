@@ -2,6 +2,10 @@
 
     python benchmarks/report.py      # writes docs/images/bench_*.png and benchmarks/results/tables.md
 
+and, from the 40-minute runs of ours and the plain UNet (else the 20-minute ones),
+docs/images/reliability.png and docs/images/dice_vs_steps.png; tables.md gets the calibration /
+uncertainty comparison and the paired Dice differences with 95 % bootstrap intervals.
+
 Missing results files are skipped (their tables say so).
 """
 
@@ -197,6 +201,187 @@ def speed_plot(speed) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------------------------
+# Against the plain UNet: calibration, uncertainty, Dice vs steps, paired differences
+# (matplotlib's object API only: no pyplot state, no matplotlib.use())
+# ---------------------------------------------------------------------------------------------
+
+
+def row_label(key: str) -> str:
+    """'ddim10_ens5' -> 'DDIM 10, ensemble 5'; other keys as they are."""
+    if not key.startswith("ddim") or "_ens" not in key:
+        return key
+    steps, ensemble = key.removeprefix("ddim").split("_ens")
+    return f"DDIM {steps}, ensemble {ensemble}"
+
+
+def reliability_rows(ours, unet) -> list:
+    """[(label, calibration result)] of ours's ensemble row, ours's DDIM 10 ensemble-1 row and the
+    plain UNet, those that the results hold."""
+    curves = []
+    if ours and ours.get("calibration"):
+        keys = [ours.get("ensemble_key"), "ddim10_ens1"]
+        for key in dict.fromkeys(k for k in keys if k in ours["calibration"]):
+            curves.append((f"ours, {row_label(key)}", ours["calibration"][key]))
+    if unet and unet.get("calibration", {}).get("unet"):
+        curves.append(("smp.Unet (plain), sigmoid", unet["calibration"]["unet"]))
+    return curves
+
+
+def reliability_plot(ours, unet, path=None):
+    """Reliability diagram: observed foreground frequency against mean confidence per bin (15
+    equal-width bins of p, pooled over val pixels at the original resolution), ours vs the plain
+    UNet, with the diagonal; ECE in the legend; below, the share of pixels per bin (log).
+    Returns the path written, or None when neither result has calibration statistics."""
+    from matplotlib.figure import Figure
+
+    curves = reliability_rows(ours, unet)
+    if not curves:
+        return None
+    path = Path(path or IMAGES / "reliability.png")
+    fig = Figure(figsize=(5.5, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", linewidth=1, label="perfect calibration")
+    markers = ["o", "s", "^", "D", "v"]
+    for index, (label, cal) in enumerate(curves):
+        filled = [i for i, c in enumerate(cal["count"]) if c > 0]
+        conf = [cal["confidence"][i] for i in filled]
+        freq = [cal["frequency"][i] for i in filled]
+        top.plot(conf, freq, marker=markers[index % len(markers)], label=f"{label}: ECE {cal['ece']:.4f}")
+        share = np.array([cal["count"][i] for i in filled]) / max(cal["pixels"], 1)
+        bottom.plot(conf, share, marker=markers[index % len(markers)], linestyle="-")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_aspect("equal")
+    top.set_ylabel("observed foreground frequency")
+    source = ours or unet
+    top.set_title(f"Reliability, Kvasir-SEG val, {source.get('image_size', '?')} px, "
+                  f"{source.get('budget_minutes', float('nan')):.0f}-min budget", fontsize=9)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=7, loc="upper left")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("mean predicted foreground probability (bin)")
+    bottom.set_ylabel("share of pixels")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def steps_plot(ours, unet, path=None):
+    """Dice against DDIM steps of ours's ensemble-1 rows (± s.e.m.), the plain UNet as a horizontal
+    line. Returns the path written, or None without ours."""
+    from matplotlib.figure import Figure
+
+    if not ours:
+        return None
+    path = Path(path or IMAGES / "dice_vs_steps.png")
+    rows = [r for r in step_rows(ours) if r[1] == 1]
+    if not rows:
+        return None
+    steps = [r[0] for r in rows]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.errorbar(steps, [r[2]["dice"] for r in rows], yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows],
+                marker="o", capsize=3, label="ours, DDIM, ensemble 1")
+    for s, e, row in step_rows(ours):
+        if e > 1:
+            ax.errorbar([s], [row["dice"]], yerr=[row["dice_std"] / np.sqrt(row["images"])], marker="*", markersize=12,
+                        linestyle="none", capsize=3, label=f"ours, DDIM {s}, ensemble {e}")
+    if unet and unet.get("rows"):
+        row = next(iter(unet["rows"].values()))
+        ax.axhline(row["dice"], linestyle="--", color="tab:green", label=f"smp.Unet (plain), one pass: {row['dice']:.3f}")
+    ax.set_xscale("log")
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_xlabel("DDIM steps")
+    ax.set_ylabel("mean Dice, Kvasir-SEG val (± s.e.m.)")
+    ax.set_title(f"Dice vs sampling steps, {ours.get('image_size', '?')} px, "
+                 f"{ours.get('budget_minutes', float('nan')):.0f}-min budget", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _paired(a_result, a_key, b_result, b_key):
+    """The two rows' per-image Dice when they were scored on the same images in the same order
+    (scored_stems, where both record it), else None."""
+    a_row, b_row = a_result["rows"].get(a_key), b_result["rows"].get(b_key)
+    if not a_row or not b_row or "per_image_dice" not in a_row or "per_image_dice" not in b_row:
+        return None
+    a_stems, b_stems = a_result.get("scored_stems"), b_result.get("scored_stems")
+    if a_stems is not None and b_stems is not None and a_stems != b_stems:
+        return None
+    if len(a_row["per_image_dice"]) != len(b_row["per_image_dice"]):
+        return None
+    return a_row["per_image_dice"], b_row["per_image_dice"]
+
+
+def paired_table(ours, unet, n: int = 10000, seed: int = 0) -> str:
+    """Paired per-image Dice differences with 95 % bootstrap intervals: every ours row vs the plain
+    UNet, and every DDIM N ensemble-1 row vs DDIM 1."""
+    if not ours:
+        return "(not run)"
+    lines = ["| comparison | mean Dice difference (paired) | 95 % bootstrap interval | interval excludes 0 | images |",
+             "|---|---|---|---|---|"]
+
+    def add(label, pair):
+        if pair is None:
+            lines.append(f"| {label} | – | not paired (rows scored on different images) | | |")
+            return
+        mean, low, high = common.paired_bootstrap(*pair, n=n, seed=seed)
+        verdict = "yes" if low > 0 or high < 0 else "no"
+        lines.append(f"| {label} | {mean:+.4f} | [{low:+.4f}, {high:+.4f}] | {verdict} | {len(pair[0])} |")
+
+    ordered = step_rows(ours)
+    if unet and unet.get("rows"):
+        unet_key = next(iter(unet["rows"]))
+        for steps, ensemble, _ in ordered:
+            add(f"ours {row_label(f'ddim{steps}_ens{ensemble}')} − smp.Unet", _paired(ours, f"ddim{steps}_ens{ensemble}", unet, unet_key))
+    if "ddim1_ens1" in ours["rows"]:
+        for steps, ensemble, _ in ordered:
+            if ensemble == 1 and steps != 1:
+                add(f"ours DDIM {steps} − DDIM 1 (ensemble 1)", _paired(ours, f"ddim{steps}_ens1", ours, "ddim1_ens1"))
+    return "\n".join(lines)
+
+
+def calibration_table(ours, unet) -> str:
+    """ECE, Brier score and the error-detection AUROC of each uncertainty: ours's ensemble std,
+    p(1-p) of ours's (mean) probability, p(1-p) of the plain UNet's sigmoid."""
+    if not ours and not unet:
+        return "(not run)"
+    lines = ["| model, row | ECE (15 bins) | Brier | uncertainty | AUROC (detects error pixels) | Pearson r | error pixels |",
+             "|---|---|---|---|---|---|---|"]
+
+    def add(label, cal, unc_label, unc):
+        ece = "–" if not cal else f"{cal['ece']:.4f}"
+        brier = "–" if not cal else f"{cal['brier']:.4f}"
+        if unc:
+            lines.append(f"| {label} | {ece} | {brier} | {unc_label} | {unc['auroc']:.3f} | {unc['pearson_r']:.3f} | "
+                         f"{100 * unc['error_pixel_share']:.1f}% |")
+        else:
+            lines.append(f"| {label} | {ece} | {brier} | – | – | – | – |")
+
+    if ours and ours.get("calibration"):
+        key = ours["ensemble_key"]
+        cal = ours["calibration"].get(key)
+        add(f"ours, {row_label(key)}", cal, "ensemble std", ours.get("uncertainty_error"))
+        add(f"ours, {row_label(key)}", cal, "p(1-p) of the mean probability", ours.get("uncertainty_error_pq"))
+        for other, unc in ours.get("uncertainty_error_pq_rows", {}).items():
+            if other != key:
+                add(f"ours, {row_label(other)}", ours["calibration"].get(other), "p(1-p)", unc)
+    elif ours:
+        lines.append("| ours | (results file predates the calibration statistics) | | | | | |")
+    if unet and unet.get("calibration"):
+        add("smp.Unet (plain)", unet["calibration"].get("unet"), "p(1-p) of the sigmoid", unet.get("uncertainty_error_pq"))
+    elif unet:
+        lines.append("| smp.Unet (plain) | (results file predates the calibration statistics) | | | | | |")
+    return "\n".join(lines)
+
+
 def merged_ablation(pattern: str):
     """All ablation results files matching `pattern` as one, in file-name order; a variant run with
     a learning rate other than the default gets it in its name."""
@@ -225,12 +410,21 @@ def main() -> int:
                 "## Uncertainty vs error, 20 minutes\n\n" + uncertainty_table(ours),
                 "## Ablations, 64 px, 300 steps\n\n" + ablation_table(merged_ablation("kvasir_ablation_64*.json")),
                 "## Ablations, 128 px, 6 minutes\n\n" + ablation_table(merged_ablation("kvasir_ablation_128_*.json")),
+                "## Calibration and uncertainty vs the plain UNet, 40 minutes\n\n" + calibration_table(ours_long, unet_long),
+                "## Calibration and uncertainty vs the plain UNet, 20 minutes\n\n" + calibration_table(ours, unet),
+                "## Paired Dice differences, 40 minutes\n\n" + paired_table(ours_long, unet_long),
+                "## Paired Dice differences, 20 minutes\n\n" + paired_table(ours, unet),
                 "## Speed\n\n" + speed_tables(speed)]
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
     if ours:
         dice_vs_steps_plot(ours, unet, peer, longer=(ours_long, unet_long))
+    # the 40-minute runs where they exist, else the 20-minute ones
+    main_ours, main_unet = (ours_long, unet_long) if ours_long else (ours, unet)
+    for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):
+        if written:
+            print(f"wrote {written}")
     if speed:
         speed_plot(speed)
     return 0

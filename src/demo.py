@@ -109,7 +109,7 @@ def run_demo(output_dir="./demo_outputs", quick: bool = False, seed: int = 0, de
     trace = predictions[0].process
     figures["reverse_process"] = save_reverse_process(trace.image, trace.timesteps, trace.x_t, trace.x0,
                                                       output_dir / "reverse_process.png", final_mask=masks[0],
-                                                      next_timesteps=trace.next_timesteps)
+                                                      next_timesteps=trace.next_timesteps, mean_frames=trace.mean)
     figures["reverse_process_gif"] = save_process_gif(trace.image, trace.x_t, trace.x0, output_dir / "reverse_process.gif")
     figures["predictions"] = save_prediction_grid(images, truths, masks, output_dir / "predictions.png",
                                                   uncertainty=np.stack([p.uncertainty for p in predictions]))

@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import common  # noqa: E402
 import data_loading  # noqa: E402
 import kvasir  # noqa: E402
+import report  # noqa: E402
 import speed  # noqa: E402
 
 needs_kvasir = pytest.mark.skipif(not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
@@ -49,6 +50,134 @@ def test_uncertainty_error_stats_separates_errors():
     assert result["error_pixel_share"] == pytest.approx(0.25)
 
 
+def test_calibration_of_a_calibrated_predictor_is_zero():
+    """Every bin holds 150 pixels at its centre p = (b + 0.5) / 15 and exactly 150 p of them
+    (an integer, 10 b + 5) are foreground: ECE 0, and each bin's frequency equals its confidence."""
+    stats = common.CalibrationStats()
+    for b in range(15):
+        p = (b + 0.5) / 15
+        truth = np.zeros((10, 15), dtype=np.uint8)
+        truth.ravel()[: 10 * b + 5] = 1
+        stats.add(torch.full((1, 10, 15), p), truth)
+    result = stats.result()
+    assert result["ece"] == pytest.approx(0.0, abs=1e-6)  # float32 probabilities
+    assert result["count"] == [150] * 15 and result["pixels"] == 15 * 150
+    assert result["frequency"] == pytest.approx(result["confidence"], abs=1e-6)
+    assert result["confidence"] == pytest.approx([(b + 0.5) / 15 for b in range(15)], abs=1e-6)
+
+
+def test_calibration_of_an_overconfident_predictor():
+    """p = 0.95 where 70 % are foreground, p = 0.05 where 30 % are: ECE = 0.25 exactly, the
+    other 13 bins empty (None), Brier score known."""
+    stats = common.CalibrationStats()
+    truth = np.zeros((2, 100), dtype=np.uint8)
+    truth[0, :70] = 1  # row 0: predicted 0.95, 70 % foreground
+    truth[1, :30] = 1  # row 1: predicted 0.05, 30 % foreground
+    probabilities = torch.tensor([[0.95] * 100, [0.05] * 100])[None]
+    stats.add(probabilities, truth)
+    result = stats.result()
+    assert result["ece"] == pytest.approx(0.25)
+    assert result["count"][0] == 100 and result["count"][14] == 100 and sum(result["count"]) == 200
+    assert result["frequency"][14] == pytest.approx(0.7) and result["confidence"][14] == pytest.approx(0.95)
+    assert result["frequency"][0] == pytest.approx(0.3) and result["confidence"][1] is None
+    brier = (0.7 * 0.05 ** 2 + 0.3 * 0.95 ** 2)  # the same for both rows, by symmetry
+    assert result["brier"] == pytest.approx(brier)
+
+
+def test_calibration_upsamples_like_the_scoring():
+    """Probabilities at model resolution are upsampled to the mask's resolution before binning."""
+    stats = common.CalibrationStats()
+    stats.add(torch.full((1, 4, 4), 0.9), np.ones((8, 12), dtype=np.uint8))
+    result = stats.result()
+    assert result["pixels"] == 96 and result["ece"] == pytest.approx(0.1)
+
+
+def test_pq_auroc_is_one_when_errors_sit_at_the_highest_pq():
+    """p(1-p) as the uncertainty: the error pixels are the ones at p = 0.55 / 0.45 (p(1-p) = 0.2475,
+    near the 0.25 top: binned over [0, 0.25], not clipped into one bin), the correct ones are
+    confident (p(1-p) <= 0.09)."""
+    truth = np.zeros((4, 10), dtype=np.uint8)
+    truth[:2] = 1
+    p = torch.tensor([[0.99] * 8 + [0.45] * 2,  # foreground: 8 right, 2 missed at p = 0.45
+                      [0.9] * 8 + [0.45] * 2,
+                      [0.01] * 8 + [0.55] * 2,  # background: 8 right, 2 false positives at 0.55
+                      [0.1] * 8 + [0.55] * 2])[None]
+    stats = common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)
+    stats.add_pq(p, truth)
+    result = stats.result()
+    assert result["auroc"] == pytest.approx(1.0)
+    assert result["error_pixel_share"] == pytest.approx(0.2)
+    assert result["mean_std_on_errors"] == pytest.approx(0.2475, abs=1e-3)
+    # with the std's [0, 0.5] range the same values still separate, but a p(1-p) near 0.25 must
+    # not be clipped: the top bin of the p(1-p) histogram is 0.25, so 0.2475 lands below it
+    assert np.flatnonzero(stats.hist_error).max() < stats.BINS - 1
+
+
+def test_paired_bootstrap_contains_a_known_shift():
+    rng = np.random.default_rng(1)
+    b = rng.uniform(0.3, 0.9, size=120)
+    a = b + 0.02 + rng.normal(0, 0.05, size=120)  # a known shift of 0.02 plus paired noise
+    mean, low, high = common.paired_bootstrap(a, b, n=2000)
+    assert mean == pytest.approx(np.mean(a - b))
+    assert low < 0.02 < high and low < mean < high
+    assert common.paired_bootstrap(a, b, n=2000) == (mean, low, high)  # seeded
+
+
+def test_paired_bootstrap_of_identical_inputs_is_zero_width():
+    values = np.linspace(0.2, 0.9, 50)
+    assert common.paired_bootstrap(values, values, n=500) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        common.paired_bootstrap([0.1, 0.2], [0.1])
+
+
+def fake_results():
+    """Small ours / plain-UNet results dicts with the keys kvasir.py writes."""
+    rng = np.random.default_rng(0)
+    stems = [f"img{i}" for i in range(10)]
+    calibration = common.CalibrationStats()
+    calibration.add_pixels(rng.uniform(size=2000), rng.uniform(size=2000) < 0.4)
+    cal = calibration.result()
+    unc = {"pearson_r": 0.3, "auroc": 0.8, "error_pixel_share": 0.05, "mean_std_on_errors": 0.2,
+           "mean_std_on_correct": 0.05, "pixels": 2000, "upper": 0.25}
+
+    def row(level):
+        dice = np.clip(level + rng.normal(0, 0.05, size=10), 0, 1)
+        return {"dice": float(dice.mean()), "dice_std": float(dice.std()), "iou": 0.6, "iou_std": 0.1, "images": 10,
+                "seconds_per_image": 0.1, "per_image_dice": dice.tolist()}
+
+    keys = ["ddim1_ens1", "ddim5_ens1", "ddim10_ens1", "ddim25_ens1", "ddim50_ens1", "ddim10_ens5"]
+    ours = {"model": "ours", "image_size": 128, "budget_minutes": 40, "ensemble_key": "ddim10_ens5",
+            "rows": {key: row(0.7 + 0.01 * i) for i, key in enumerate(keys)}, "scored_stems": stems,
+            "calibration": {key: cal for key in keys}, "uncertainty_error": {**unc, "upper": 0.5},
+            "uncertainty_error_pq": unc, "uncertainty_error_pq_rows": {key: unc for key in keys}}
+    unet = {"model": "unet", "image_size": 128, "budget_minutes": 40, "rows": {"unet": row(0.72)},
+            "scored_stems": stems, "calibration": {"unet": cal}, "uncertainty_error_pq": unc}
+    return ours, unet
+
+
+def test_report_plots_are_written_from_fake_results(tmp_path):
+    ours, unet = fake_results()
+    reliability = report.reliability_plot(ours, unet, tmp_path / "reliability.png")
+    steps = report.steps_plot(ours, unet, tmp_path / "dice_vs_steps.png")
+    for path in (reliability, steps):
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # older results without the new keys: nothing to draw, no error
+    assert report.reliability_plot({"rows": {}}, None, tmp_path / "none.png") is None
+    assert report.steps_plot(None, unet, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_report_tables_from_fake_results():
+    ours, unet = fake_results()
+    paired = report.paired_table(ours, unet, n=500)
+    assert "ours DDIM 10, ensemble 5 − smp.Unet" in paired and "ours DDIM 50 − DDIM 1 (ensemble 1)" in paired
+    assert paired.count("\n") == 1 + 6 + 4  # header + 6 rows vs the UNet + 4 steps-vs-1 rows
+    table = report.calibration_table(ours, unet)
+    assert "ensemble std" in table and "p(1-p) of the sigmoid" in table
+    unet_other = {**unet, "scored_stems": list(reversed(unet["scored_stems"]))}
+    assert "not paired" in report.paired_table(ours, unet_other, n=100)
+    assert report.paired_table(None, unet) == "(not run)" and "predates" in report.calibration_table({"rows": {}}, None)
+
+
 def test_holdout_split_is_disjoint_and_seeded():
     stems = [f"s{i}" for i in range(20)]
     fit, held = common.holdout_split(stems, 5)
@@ -56,8 +185,9 @@ def test_holdout_split_is_disjoint_and_seeded():
     assert common.holdout_split(stems, 5) == (fit, held)
 
 
-def test_epochs_for_budget():
-    assert kvasir.epochs_for_budget(step_seconds=1.0, minutes=10, steps_per_epoch=100) == 6
+def test_epochs_for_budget_leaves_the_clock_to_end_the_run():
+    # 600 steps fit 10 minutes: twice that is planned, so the wall clock (which anneals the lr) binds
+    assert kvasir.epochs_for_budget(step_seconds=1.0, minutes=10, steps_per_epoch=100) == 12
     assert kvasir.epochs_for_budget(step_seconds=100.0, minutes=1, steps_per_epoch=100) == 1
 
 
@@ -84,6 +214,15 @@ def test_kvasir_smoke_ours(tmp_path):
     assert set(result["rows"]) == {"ddim1_ens1", "ddim2_ens1", "ddim10_ens2"}
     assert all(0 <= row["dice"] <= 1 for row in result["rows"].values())
     assert -1 <= result["uncertainty_error"]["pearson_r"] <= 1 or np.isnan(result["uncertainty_error"]["pearson_r"])
+    # calibration and p(1-p) statistics of every row, the ensemble row's p(1-p) on its own
+    assert set(result["calibration"]) == set(result["rows"]) == set(result["uncertainty_error_pq_rows"])
+    for calibration in result["calibration"].values():
+        assert 0 <= calibration["ece"] <= 1 and len(calibration["count"]) == 15 and calibration["pixels"] > 0
+    assert result["uncertainty_error_pq"] == result["uncertainty_error_pq_rows"]["ddim10_ens2"]
+    assert result["uncertainty_error_pq"]["upper"] == 0.25 and result["uncertainty_error"]["upper"] == 0.5
+    # per-image Dice of every row, in the order of scored_stems (the val split's first 2)
+    assert len(result["scored_stems"]) == 2
+    assert all(len(row["per_image_dice"]) == 2 for row in result["rows"].values())
 
 
 @needs_kvasir
@@ -94,9 +233,17 @@ def test_kvasir_smoke_anchors(tmp_path, model):
     done = subprocess.run([str(common.PEER_PYTHON), str(BENCHMARKS / "kvasir.py"), "--smoke", "--model", model, "--out", str(out)],
                           capture_output=True, text=True, timeout=120, env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert set(rows) == ({"unet"} if model == "unet" else {"peer_ddim2", "peer_default"})
     assert all(0 <= row["dice"] <= 1 and row["images"] == 2 for row in rows.values())
+    assert all(len(row["per_image_dice"]) == 2 and row["forward_seconds_per_image"] > 0 for row in rows.values())
+    if model == "unet":  # its own p(1-p) and calibration, as ours records them
+        assert 0 <= result["calibration"]["unet"]["ece"] <= 1 and result["calibration"]["unet"]["pixels"] > 0
+        assert result["uncertainty_error_pq"]["upper"] == 0.25 and result["uncertainty_error_pq"]["pixels"] > 0
+        assert len(result["scored_stems"]) == 2
+    else:
+        assert "calibration" not in result
 
 
 @needs_kvasir

@@ -231,7 +231,7 @@ def test_input_scale_shrinks_the_noised_mask_and_the_loss_target_stays_the_mask(
     masks = (torch.rand(2, 1, 16, 16) > 0.5).float()
     t = torch.zeros(2, dtype=torch.long)  # abar_0 ~ 1: x_t ~ the scaled mask
     seen = {}
-    model.network_output = lambda x_t, t, images: seen.setdefault("x_t", x_t) * 0 + model.masks_to_x0(masks)
+    model.network_output = lambda x_t, t, images, x0_estimate=None: seen.setdefault("x_t", x_t) * 0 + model.masks_to_x0(masks)
     losses = model.training_losses(torch.rand(2, 3, 16, 16), masks, t=t)
     assert seen["x_t"].abs().max() < 0.3  # the mask at 0.25, plus the tiny noise of t = 0
     assert losses["mse"].item() < 1e-8  # predicting the unscaled mask is exactly right
@@ -249,7 +249,7 @@ def test_bounded_x0_keeps_the_mask_in_range_and_takes_bce_on_the_logit():
     model = tiny_model(prediction_type="x0", bounded_x0=True)
     masks = (torch.rand(2, 1, 16, 16) > 0.5).float()
     logit = torch.full((2, 1, 16, 16), 30.0, requires_grad=True)  # far past the range of a clamped output
-    model.network_output = lambda x_t, t, images: logit
+    model.network_output = lambda x_t, t, images, x0_estimate=None: logit
     x0, _ = model.output_to_x0_eps(logit, torch.zeros_like(logit), torch.zeros(2, dtype=torch.long), clip=False)
     assert x0.max() <= 1 and x0.min() >= -1
     losses = model.training_losses(torch.rand(2, 3, 16, 16), masks)

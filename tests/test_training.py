@@ -232,3 +232,42 @@ def test_more_gpu_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(DistributedError, match="--nproc_per_node=1"):
         setup_distributed("auto")
+
+
+class SlowingClock:
+    """Stands in for the trainer's `time` module: every reading advances the clock, by 4x more
+    once `slow_after` readings were taken (the machine got busy halfway through the run)."""
+
+    def __init__(self, slow_after: int, tick: float = 0.05):
+        self.now, self.readings, self.slow_after, self.tick = 0.0, 0, slow_after, tick
+
+    def monotonic(self) -> float:
+        self.readings += 1
+        self.now += self.tick if self.readings < self.slow_after else 4 * self.tick
+        return self.now
+
+
+def test_max_minutes_run_that_slows_down_halfway_still_ends_annealed(tmp_path, monkeypatch):
+    from src.training import trainer
+    from src.training.lr_schedule import learning_rate
+
+    monkeypatch.setattr(trainer, "time", SlowingClock(slow_after=200))
+    config = tiny_train_config(tmp_path, epochs=100, max_minutes=0.5, val_every=1000, save_every=1000)
+    result = train(config, TINY_MODEL)
+    assert result.stopped_early
+    final_lr = load_checkpoint(result.last_checkpoint)["optimizer"]["param_groups"][0]["lr"]
+    assert final_lr == pytest.approx(config.lr * 0.05, rel=0.05)
+    # planned by steps alone (400 of them), the same run would have stopped near its peak rate
+    assert result.steps < 200 and learning_rate(result.steps, config.lr, 400, config.warmup_steps) > 0.8 * config.lr
+
+
+def test_resumed_budget_run_keeps_its_clock(tmp_path, monkeypatch):
+    from src.training import trainer
+
+    monkeypatch.setattr(trainer, "time", SlowingClock(slow_after=10**9))
+    first = train(tiny_train_config(tmp_path, epochs=100, max_minutes=0.05, val_every=1000, save_every=1000), TINY_MODEL)
+    state = load_checkpoint(first.last_checkpoint)
+    assert first.stopped_early and state["scheduler"]["elapsed_seconds"] >= 3.0
+    # --max-minutes counts the whole run: resumed with the same budget it has nothing left to do
+    again = train(tiny_train_config(tmp_path, epochs=100, max_minutes=0.05, resume=str(first.last_checkpoint)), TINY_MODEL)
+    assert again.steps == first.steps

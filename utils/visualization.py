@@ -266,30 +266,39 @@ def save_forward_diffusion(mask_frames, timesteps: Sequence[int], path, image=No
 
 
 def save_reverse_process(image, timesteps: Sequence[int], xt_frames, x0_frames, path, num_classes: int = 1,
-                         final_mask=None, next_timesteps: Sequence[int] | None = None) -> Path:
+                         final_mask=None, next_timesteps: Sequence[int] | None = None, mean_frames=None) -> Path:
     """The reverse process step by step, one column per recorded step.
 
-    Top row: the network's x0 estimate at timestep t. Bottom row: the sample x the DDIM step
-    moved to, at the next timestep (`next_timesteps`, -1 for the final sample).
-    image: (C, H, W) in [0, 1]. xt_frames, x0_frames: (F, K, H, W), one per entry of
-    `timesteps`. final_mask: optional (H, W) drawn over the image in an extra last column.
+    Top row: the network's x0 estimate at timestep t. With `mean_frames` (time-ensembled
+    sampling), a row of the mean of the estimates so far, which is what the sampler returns at
+    the end. Bottom row: the sample x the DDIM step moved to, at the next timestep
+    (`next_timesteps`, -1 for the final sample).
+    image: (C, H, W) in [0, 1]. xt_frames, x0_frames, mean_frames: (F, K, H, W) in [-1, 1], one
+    per entry of `timesteps`. final_mask: optional (H, W) drawn over the image in an extra last column.
     """
+    rows = [("x0 estimate, t={t}", x0_frames)]
+    if mean_frames is not None:
+        rows.append(("mean up to t={t}", mean_frames))
+    rows.append((None, xt_frames))
     columns = len(timesteps) + 1 + (final_mask is not None)
-    fig, axes = plt.subplots(2, columns, figsize=(1.8 * columns, 4.1), squeeze=False)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.8 * columns, 2.05 * len(rows)), squeeze=False)
     axes[0, 0].imshow(to_rgb_uint8(image), interpolation="nearest")
     axes[0, 0].set_title("image", fontsize=9)
-    axes[1, 0].axis("off")
+    for r in range(1, len(rows)):
+        axes[r, 0].axis("off")
     for j, t in enumerate(timesteps, start=1):
-        axes[0, j].imshow(diffusion_to_rgb(x0_frames[j - 1], num_classes), interpolation="nearest")
-        axes[0, j].set_title(f"x0 estimate, t={t}", fontsize=8)
-        axes[1, j].imshow(diffusion_to_rgb(xt_frames[j - 1], num_classes), interpolation="nearest")
+        for r, (title, frames) in enumerate(rows):
+            axes[r, j].imshow(diffusion_to_rgb(frames[j - 1], num_classes), interpolation="nearest")
+            if title is not None:
+                axes[r, j].set_title(title.format(t=t), fontsize=8)
         if next_timesteps is not None:
             landed = next_timesteps[j - 1]
-            axes[1, j].set_title("final sample" if landed < 0 else f"sample x_{landed}", fontsize=8)
+            axes[-1, j].set_title("final sample" if landed < 0 else f"sample x_{landed}", fontsize=8)
     if final_mask is not None:
         axes[0, -1].imshow(overlay_mask(image, final_mask, num_classes), interpolation="nearest")
         axes[0, -1].set_title("result", fontsize=9)
-        axes[1, -1].axis("off")
+        for r in range(1, len(rows)):
+            axes[r, -1].axis("off")
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

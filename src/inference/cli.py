@@ -32,14 +32,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _probability(text: str) -> float:
+def _number_in(text: str, low: float, high: float, inclusive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    inside = low <= value <= high if inclusive else low < value < high
+    if not inside:
+        raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {value}")
     return value
+
+
+def _probability(text: str) -> float:
+    return _number_in(text, 0, 1, inclusive=False)
+
+
+def _unit_interval(text: str) -> float:
+    return _number_in(text, 0, 1, inclusive=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--steps", type=_positive_int, default=d.steps, help="DDIM steps (default: %(default)s)")
     sampling.add_argument("--ensemble", type=_positive_int, default=d.ensemble,
                           help="samples per image; > 1 averages them and saves an uncertainty map (default: %(default)s)")
+    sampling.add_argument("--eta", type=_unit_interval, default=d.eta,
+                          help="DDIM noise: 0 deterministic, 1 fresh noise at every step as in DDPM (default: %(default)s)")
+    sampling.add_argument("--time-ensemble", action=argparse.BooleanOptionalAction, default=d.time_ensemble,
+                          help="a sample is the mean of its steps' mask estimates, so more steps help (default: on)")
     sampling.add_argument("--threshold", type=_probability, default=d.threshold,
                           help="foreground probability threshold for binary models (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=d.seed, help="sampling seed: same seed, same masks (default: %(default)s)")
@@ -121,7 +134,8 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     mode = resolve_mode(args)
-    options = PredictorOptions(steps=args.steps, ensemble=args.ensemble, threshold=args.threshold, seed=args.seed)
+    options = PredictorOptions(steps=args.steps, ensemble=args.ensemble, threshold=args.threshold, seed=args.seed,
+                               eta=args.eta, time_ensemble=args.time_ensemble)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                           options=options, image_size=args.image_size)
     check_output_dir(args.output)  # a bad --output stops here, before any image is segmented

@@ -126,10 +126,12 @@ def _write_files(prediction: Prediction, image: np.ndarray, output_dir: Path, st
 def save_process(prediction: Prediction, output_dir, stem: str, num_classes: int) -> dict[str, Path]:
     """`<stem>_process.png` (x_t and predicted x0 at the recorded steps) and `<stem>_process.gif`."""
     trace = prediction.process
-    last_x0 = trace.x0[-1]  # (K, h, w) in [-1, 1]: x0 = 0 is probability 0.5
-    final_mask = (last_x0[0] > 0).long() if num_classes == 1 else last_x0.argmax(0)
+    # the sampler's result: the mean of the estimates with time-ensembling, else the last estimate
+    result = (trace.mean if trace.mean is not None else trace.x0)[-1]  # (K, h, w) in [-1, 1]: 0 is probability 0.5
+    final_mask = (result[0] > 0).long() if num_classes == 1 else result.argmax(0)
     figure = save_reverse_process(trace.image, trace.timesteps, trace.x_t, trace.x0, Path(output_dir) / f"{stem}_process.png",
-                                  num_classes=num_classes, final_mask=final_mask, next_timesteps=trace.next_timesteps)
+                                  num_classes=num_classes, final_mask=final_mask, next_timesteps=trace.next_timesteps,
+                                  mean_frames=trace.mean)
     gif = save_process_gif(trace.image, trace.x_t, trace.x0, Path(output_dir) / f"{stem}_process.gif", num_classes=num_classes)
     return {"process": figure, "process_gif": gif}
 

@@ -35,6 +35,8 @@ class ProcessTrace:
     x_t: (F, K, h, w) the sample the step moved to, which belongs to timestep `next_timesteps`
         (the next, lower t; -1 after the last step, where the sample is the final mask).
     image: (C, h, w) in [0, 1], the resized input the model saw.
+    mean: (F, K, h, w) with time-ensembling, the mean of the x0 estimates of every step so far
+        (the result the sampler returns is the last one), in x0's [-1, 1] scale; else None.
     """
 
     timesteps: list
@@ -42,6 +44,7 @@ class ProcessTrace:
     x_t: torch.Tensor
     x0: torch.Tensor
     image: torch.Tensor
+    mean: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -62,10 +65,14 @@ class Prediction:
 
 @dataclass
 class PredictorOptions:
-    """How to sample: DDIM `steps`, `ensemble` samples per image, binary `threshold`, `seed`."""
+    """How to sample: DDIM `steps`, `ensemble` samples per image, binary `threshold`, `seed`, the
+    DDIM noise `eta` and whether a sample is the mean of its steps' estimates (`time_ensemble`);
+    see DiffusionSegmentation.segment."""
 
     steps: int = 50
     ensemble: int = 1
+    eta: float = 1.0
+    time_ensemble: bool = True
     threshold: float = 0.5
     seed: Optional[int] = 0
     process_frames: int = 8  # frames kept per image when the process is recorded
@@ -144,7 +151,7 @@ class Predictor:
             return []
         options = self.options
         batch = self.runtime.to_device(self.preprocess(images))
-        recorder = _ProcessRecorder(options.steps, options.process_frames, self.model) if record_process else None
+        recorder = _ProcessRecorder(options, self.model) if record_process else None
         with self.runtime.autocast():
             output = self.model.segment(
                 batch,
@@ -153,6 +160,8 @@ class Predictor:
                 threshold=options.threshold,
                 seed=options.seed if seed is None else seed,
                 callback=recorder,
+                eta=options.eta,
+                time_ensemble=options.time_ensemble,
             )
         probabilities = output.probabilities.float().cpu()
         uncertainty = output.uncertainty.float().cpu()
@@ -179,20 +188,24 @@ def _check_options(options: PredictorOptions, timesteps: int) -> None:
 
 
 class _ProcessRecorder:
-    """`sample()` callback that keeps x_t and x0 at ~`frames` evenly spaced steps, on the CPU."""
+    """`segment()` callback that keeps x_t and x0 at ~`frames` evenly spaced steps, on the CPU,
+    and with time-ensembling the running mean of the estimates (over every step, not only those kept)."""
 
-    def __init__(self, steps: int, frames: int, model: DiffusionSegmentation):
-        self.schedule = model.sample_timesteps(steps)
+    def __init__(self, options: PredictorOptions, model: DiffusionSegmentation):
+        self.schedule = model.sample_timesteps(options.steps)
         count = len(self.schedule)
-        self.keep = set(np.linspace(0, count - 1, min(frames, count)).round().astype(int).tolist())
-        self.timesteps, self.next_timesteps, self.x_t, self.x0 = [], [], [], []
+        self.keep = set(np.linspace(0, count - 1, min(options.process_frames, count)).round().astype(int).tolist())
+        self.timesteps, self.next_timesteps, self.x_t, self.x0, self.mean = [], [], [], [], []
+        self.time_ensemble, self.sum = options.time_ensemble, 0.0
 
     def __call__(self, i: int, t: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+        self.sum = self.sum + x0.float()
         if i in self.keep:
             self.timesteps.append(int(t))
             self.next_timesteps.append(self.schedule[i + 1] if i + 1 < len(self.schedule) else -1)
             self.x_t.append(x_t.float().cpu())
             self.x0.append(x0.float().cpu())
+            self.mean.append((self.sum / (i + 1)).cpu())
 
     def trace(self, row: int, image: torch.Tensor) -> ProcessTrace:
         """The frames of batch row `row` (the first ensemble member of an image)."""
@@ -202,4 +215,5 @@ class _ProcessRecorder:
             x_t=torch.stack([frame[row] for frame in self.x_t]),
             x0=torch.stack([frame[row] for frame in self.x0]),
             image=image,
+            mean=torch.stack([frame[row] for frame in self.mean]) if self.time_ensemble else None,
         )

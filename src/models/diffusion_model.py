@@ -11,7 +11,7 @@ multi-class masks (B, H, W) int64 class ids.
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,8 @@ SAMPLERS = ("ddim", "ddpm")
 
 
 # What a checkpoint without these fields was trained with (they were added later, with new defaults).
-LEGACY_DEFAULTS = {"input_scale": 1.0, "patch_size": 1, "bounded_x0": False}
+LEGACY_DEFAULTS = {"input_scale": 1.0, "patch_size": 1, "bounded_x0": False, "self_condition": False,
+                   "refine_from_estimate": False}
 
 
 @dataclass
@@ -37,7 +38,8 @@ class DiffusionConfig:
     image_size: tuple = (256, 256)
     base_channels: int = 32
     channel_mults: tuple = (1, 2, 4, 8)
-    num_res_blocks: int = 2
+    # 1 block per level: on CPU more optimizer steps per minute beat depth (BENCHMARKS.md, ablations)
+    num_res_blocks: int = 1
     attention_resolutions: tuple = (8,)
     dropout: float = 0.0
     num_heads: int = 4
@@ -57,6 +59,16 @@ class DiffusionConfig:
     # mask can never leave [-1, 1] and BCE is taken on the logit 2o (p = sigmoid(2o)), whose gradient
     # does not vanish or explode the way BCE on a clamped linear output does.
     bounded_x0: bool = True
+    # Self-conditioning (Chen, Zhang & Hinton 2022, "Analog Bits", sec. 3.3): the UNet also sees its
+    # previous x0 estimate. At a low input_scale x_t alone says almost nothing about the mask, so
+    # without it every reverse step starts from scratch and more steps cannot help; with it each
+    # step refines the last step's mask (BENCHMARKS.md, "Making the steps refine").
+    self_condition: bool = True
+    # With self-conditioning: the self-conditioned half of training also noises the estimate, not
+    # the true mask, into x_t. Sampling puts the last estimate into x_t (DDIM eq. 12); a network
+    # trained only on true masks there trusts the faint mask it finds in x_t and keeps its own
+    # errors (exposure bias, Ning et al. 2023). Trained on its estimates, it learns to correct them.
+    refine_from_estimate: bool = False
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
@@ -163,7 +175,7 @@ class DiffusionSegmentation(nn.Module):
             config = DiffusionConfig(**{**config.to_dict(), **overrides})
         self.config = config
         self.unet = UNet(
-            in_channels=config.mask_channels + config.in_channels,
+            in_channels=config.mask_channels * (2 if config.self_condition else 1) + config.in_channels,
             out_channels=config.mask_channels,
             base_channels=config.base_channels,
             channel_mults=config.channel_mults,
@@ -255,9 +267,17 @@ class DiffusionSegmentation(nn.Module):
 
     # -- network --------------------------------------------------------------------------------
 
-    def network_output(self, x_t: torch.Tensor, t: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Raw UNet output for noisy masks x_t given images in [0, 1], in float32."""
-        x_in = torch.cat([x_t, images * 2 - 1], dim=1)
+    def network_output(self, x_t: torch.Tensor, t: torch.Tensor, images: torch.Tensor,
+                       x0_estimate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Raw UNet output for noisy masks x_t given images in [0, 1], in float32.
+
+        With self-conditioning, `x0_estimate` is the previous estimate of the mask in [-1, 1]
+        (None: no estimate yet, given to the network as zeros).
+        """
+        parts = [x_t]
+        if self.config.self_condition:
+            parts.append(torch.zeros_like(x_t) if x0_estimate is None else x0_estimate.to(x_t.dtype))
+        x_in = torch.cat([*parts, images * 2 - 1], dim=1)
         return self.unet(x_in.to(memory_format=torch.channels_last) if _is_channels_last(self) else x_in, t).float()
 
     def output_to_x0_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: bool = True):
@@ -300,7 +320,10 @@ class DiffusionSegmentation(nn.Module):
             t = torch.randint(0, self.num_timesteps, (batch,), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.q_sample(z0, t, noise)
-        output = self.network_output(x_t, t, images)
+        estimate = self._self_condition_estimate(x_t, t, images)
+        if estimate is not None and self.config.refine_from_estimate:
+            x_t = self.q_sample(estimate * self.config.input_scale, t, noise)
+        output = self.network_output(x_t, t, images, estimate)
         target = {"eps": noise, "x0": x0, "v": None}[self.config.prediction_type]
         if target is None:
             target = self.predict_v(z0, t, noise)
@@ -322,6 +345,17 @@ class DiffusionSegmentation(nn.Module):
             losses["dice"] = soft_dice_loss(probs, truth)
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
+
+    def _self_condition_estimate(self, x_t, t, images) -> Optional[torch.Tensor]:
+        """Analog Bits' training rule: on half of the batches, first estimate x0 with no estimate
+        given, and feed that (without gradient) back in; on the other half, give none. The network
+        so learns both to segment from scratch (the first sampling step) and to refine an estimate
+        (every later step)."""
+        if not self.config.self_condition or torch.rand(()) < 0.5:
+            return None
+        with torch.no_grad():
+            x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, images), x_t, t)
+        return x0
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -349,47 +383,67 @@ class DiffusionSegmentation(nn.Module):
         sampler "ddim" uses `steps` evenly spaced timesteps (eta = 0: deterministic given the
         starting noise); "ddpm" is ancestral sampling over all T timesteps and ignores `steps`.
         `seed` (or a `generator`) makes the result reproducible. `callback(i, t, x_t, x0_pred)` is
-        called after each step (x_t holds the mask times input_scale, plus noise; x0_pred is in [-1, 1]), for figures of the process. `predict_fn(x_t, t)` replaces the
-        network (tests use an oracle).
+        called after each step (x_t holds the mask times input_scale, plus noise; x0_pred is in
+        [-1, 1]), for figures of the process. `predict_fn(x_t, t)` replaces the network (tests use
+        an oracle).
+        """
+        x_t = None
+        for i, (step, x_t, x0) in enumerate(self.reverse_process(images, steps, sampler, eta, seed, generator, predict_fn)):
+            if callback is not None:
+                callback(i, step, x_t, x0)
+        return x_t / self.config.input_scale  # the last step lands on z0 = input_scale * x0
+
+    @torch.no_grad()
+    def reverse_process(self, images, steps: int = 50, sampler: str = "ddim", eta: float = 0.0, seed: Optional[int] = None,
+                        generator: Optional[torch.Generator] = None, predict_fn=None) -> Iterator[tuple]:
+        """The reverse process step by step: yields (t, x_{t_prev}, x0 estimate at t) per step.
+
+        With self-conditioning each step's x0 estimate is handed to the next step's network call.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         self._check_inputs(images)
         if generator is None and seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(seed)
-        predict_fn = predict_fn or (lambda x_t, t: self.network_output(x_t, t, images))
+        if predict_fn is None:
+            def predict_fn(x_t, t, x0_estimate=None):
+                return self.network_output(x_t, t, images, x0_estimate)
+            takes_estimate = True
+        else:
+            takes_estimate = False
         shape = (images.shape[0], self.config.mask_channels, *images.shape[-2:])
+        step_noise = StepNoise(shape, generator, images.device)  # forks the generator before x_T is drawn
         x_t = torch.randn(shape, generator=generator, device=images.device)
 
         timesteps = list(range(self.num_timesteps - 1, -1, -1)) if sampler == "ddpm" else self.sample_timesteps(steps)
+        x0 = None
         for i, step in enumerate(timesteps):
             t = torch.full((shape[0],), step, device=images.device, dtype=torch.long)
-            x0, eps = self.output_to_x0_eps(predict_fn(x_t, t), x_t, t)
+            output = predict_fn(x_t, t, x0) if takes_estimate else predict_fn(x_t, t)
+            x0, eps = self.output_to_x0_eps(output, x_t, t)
             z0 = x0 * self.config.input_scale
             if sampler == "ddpm":
-                x_t = self._ddpm_step(z0, x_t, t, generator)
+                x_t = self._ddpm_step(z0, x_t, t, step_noise)
             else:
                 prev_step = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-                x_t = self._ddim_step(z0, eps, step, prev_step, eta, generator)
-            if callback is not None:
-                callback(i, step, x_t, x0)
-        return x_t / self.config.input_scale  # the last step lands on z0 = input_scale * x0
+                x_t = self._ddim_step(z0, eps, step, prev_step, eta, step_noise)
+            yield step, x_t, x0
 
-    def _ddpm_step(self, x0, x_t, t, generator):
+    def _ddpm_step(self, x0, x_t, t, step_noise):
         """DDPM eq. 6-7: sample x_{t-1} ~ N(posterior mean, posterior variance); no noise at t = 0."""
         mean, _, log_variance = self.q_posterior(x0, x_t, t)
         if int(t[0]) == 0:
             return mean
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device)
+        noise = step_noise()
         return mean + (0.5 * log_variance).exp() * noise
 
-    def _ddim_step(self, x0, eps, step, prev_step, eta, generator):
+    def _ddim_step(self, x0, eps, step, prev_step, eta, step_noise):
         alpha_bar = self.alphas_cumprod[step]
         alpha_bar_prev = self.alphas_cumprod[prev_step] if prev_step >= 0 else torch.ones_like(alpha_bar)
         sigma = ddim_sigma(alpha_bar, alpha_bar_prev, eta)
         noise = None
         if eta > 0 and prev_step >= 0:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+            noise = step_noise()
         return ddim_step(x0, eps, alpha_bar_prev, sigma, noise)
 
     @torch.no_grad()
@@ -402,19 +456,30 @@ class DiffusionSegmentation(nn.Module):
         seed: Optional[int] = None,
         sampler: str = "ddim",
         callback=None,
+        eta: float = 1.0,
+        time_ensemble: bool = True,
     ) -> "SegmentationOutput":
         """Segment images with an ensemble of `ensemble` samples each (Wolleb et al. 2021).
 
-        The soft mask is the mean of the samples' probabilities, the hard mask its threshold
-        (binary) or argmax (multi-class), the uncertainty the per-pixel std over the samples
-        (0 everywhere when ensemble = 1).
+        A sample's probability map is its final x0, or with `time_ensemble` the mean of the x0
+        estimates of all its steps. With eta = 1 (DDIM eq. 16: DDPM's posterior noise at every
+        step) each estimate is made under fresh noise, so the mean over more steps is a better
+        mask: more steps help (BENCHMARKS.md, "Making the steps refine"). The soft mask is
+        the mean of the samples' probabilities, the hard mask its threshold (binary) or argmax
+        (multi-class), the uncertainty the per-pixel std over the samples (0 when ensemble = 1).
         """
         if ensemble < 1:
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         batch = images.shape[0]
         repeated = images.repeat_interleave(ensemble, dim=0)
-        x0 = self.sample(repeated, steps=steps, sampler=sampler, seed=seed, callback=callback)
-        probs = self.x0_to_probabilities(x0).reshape(batch, ensemble, *x0.shape[1:])
+        total, count = 0.0, 0
+        for i, (step, x_t, x0) in enumerate(self.reverse_process(repeated, steps, sampler, eta, seed)):
+            if callback is not None:
+                callback(i, step, x_t, x0)
+            if time_ensemble:
+                total, count = total + self.x0_to_probabilities(x0), count + 1
+        probs = total / count if time_ensemble else self.x0_to_probabilities(x_t / self.config.input_scale)
+        probs = probs.reshape(batch, ensemble, *probs.shape[1:])
         mean_probs = probs.mean(dim=1)
         uncertainty = probs.std(dim=1, unbiased=False).mean(dim=1)
         if self.config.num_classes == 1:
@@ -429,6 +494,28 @@ class DiffusionSegmentation(nn.Module):
                 f"images must be (B, {self.config.in_channels}, H, W), got {tuple(images.shape)}"
             )
         self.unet.check_size(images.shape[-2], images.shape[-1])
+
+
+class StepNoise:
+    """The noise of the stochastic reverse steps, drawn per batch row from its own generator when
+    sampling is seeded: a row's noise then depends only on the seed and the row's position, not
+    on how many rows are sampled with it (so --batch-size never changes a result).
+
+    The row generators are seeded from a fork of `generator` made before anything is drawn from
+    it, so the starting noise x_T stays the first draw of `generator` itself."""
+
+    def __init__(self, shape: tuple, generator: Optional[torch.Generator], device):
+        self.shape, self.device, self.rows = shape, device, None
+        if generator is not None:
+            fork = torch.Generator(device=generator.device)
+            fork.set_state(generator.get_state())
+            seeds = torch.randint(0, 2**62, (shape[0],), generator=fork, device=generator.device).tolist()
+            self.rows = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self) -> torch.Tensor:
+        if self.rows is None:
+            return torch.randn(self.shape, device=self.device)
+        return torch.stack([torch.randn(self.shape[1:], generator=row, device=self.device) for row in self.rows])
 
 
 @dataclass

@@ -24,7 +24,8 @@ MODEL_FLAGS = {
     "timesteps": "timesteps", "schedule": "schedule", "prediction_type": "prediction_type",
     "dice_weight": "dice_weight", "input_scale": "input_scale", "base_channels": "base_channels", "channel_mults": "channel_mults",
     "num_res_blocks": "num_res_blocks", "attention_resolutions": "attention_resolutions", "dropout": "dropout",
-    "patch_size": "patch_size", "bounded_x0": "bounded_x0",
+    "patch_size": "patch_size", "bounded_x0": "bounded_x0", "self_condition": "self_condition",
+    "refine_from_estimate": "refine_from_estimate",
 }
 
 
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="masks are multiplied by this before noising; < 1 makes the model read the image (default: %(default)s)")
     model.add_argument("--bounded-x0", action=argparse.BooleanOptionalAction, default=m.bounded_x0,
                        help="x0 target: predict a logit, x0 = tanh(logit), BCE on the logit (default: on)")
+    model.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=m.self_condition,
+                       help="the network also sees its previous mask estimate, so sampling steps refine it (default: on)")
+    model.add_argument("--refine-from-estimate", action=argparse.BooleanOptionalAction, default=m.refine_from_estimate,
+                       help="self-conditioned training also noises the estimate, not the true mask, into x_t (default: off)")
     model.add_argument("--base-channels", type=_positive_int, default=m.base_channels)
     model.add_argument("--channel-mults", type=_int_list, default=m.channel_mults)
     model.add_argument("--num-res-blocks", type=_positive_int, default=m.num_res_blocks)

@@ -25,7 +25,8 @@ from src.training.config import TrainConfig
 from src.training.data import build_training_data
 from src.training.distributed import cleanup_distributed, distributed_device, setup_distributed
 from src.training.ema import EMA
-from src.training.lr_schedule import learning_rate
+from src.training.lr_schedule import LearningRateSchedule
+from src.training.optim import build_optimizer
 from src.training.rng import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
 from src.training.tracking import NullTracker, WandbTracker
 from src.training.validation import evaluate
@@ -57,6 +58,7 @@ class _Progress:
     best_val_dice: Optional[float] = None
     history: list = field(default_factory=list)
     epoch_loss_sum: float = 0.0  # over the batches of `epoch` trained so far, so a resumed epoch's mean is exact
+    elapsed_seconds: float = 0.0  # wall-clock time of the run so far, over all its resumes (--max-minutes counts it)
 
 
 def train(config: TrainConfig, model_config: Optional[DiffusionConfig] = None) -> TrainResult:
@@ -89,8 +91,7 @@ class _Trainer:
         if context.enabled:
             device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                           fused=self.runtime.fused_optimizer)
+        self.optimizer = build_optimizer(self.model.parameters(), config.lr, config.weight_decay, self.runtime)
         self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.needs_grad_scaler)
 
         self.data = build_training_data(config, model_config, context.world_size)
@@ -98,6 +99,8 @@ class _Trainer:
         if self.steps_per_epoch == 0:
             raise TrainingError(f"no training batches: {len(self.data.train_loader.dataset)} samples, batch size {config.batch_size}")
         self.total_steps = config.epochs * self.steps_per_epoch
+        budget_seconds = config.max_minutes * 60 if config.max_minutes else None
+        self.lr_schedule = LearningRateSchedule(config.lr, self.total_steps, config.warmup_steps, budget_seconds)
         self.progress = _Progress()
         self.resume_rng = None
         if resume_state is not None:
@@ -116,7 +119,8 @@ class _Trainer:
             print(f"training on {self.runtime.describe()} x{self.context.world_size}: {params / 1e6:.2f}M parameters, "
                   f"{len(self.data.train_loader.dataset)} train / {len(self.data.val_dataset or [])} val samples, "
                   f"{self.steps_per_epoch} steps per epoch")
-        start_time = time.monotonic()
+        start_time = time.monotonic() - progress.elapsed_seconds  # a resumed run's clock goes on
+        self.start_time = start_time
         stopped_early = False
         last_path = None
         try:
@@ -158,6 +162,8 @@ class _Trainer:
             # the state saved after those batches: the next augmentation and noise draws match
             restore_rng_state(self.resume_rng)
         self.resume_rng = None
+        if self._budget_reached(start_time):  # e.g. resumed with the budget already spent
+            return None, True
 
         self.model.train()
         bar = tqdm(total=self.steps_per_epoch, initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}/{config.epochs}",
@@ -182,7 +188,10 @@ class _Trainer:
 
     def _train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
         config, progress = self.config, self.progress
-        lr = learning_rate(progress.step, config.lr, self.total_steps, config.warmup_steps)
+        elapsed = 0.0
+        if self.lr_schedule.budget_seconds:  # ranks must agree on the lr: one clock for all of them
+            elapsed = self.context.mean(time.monotonic() - self.start_time)
+        lr = self.lr_schedule(progress.step, elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = self.runtime.to_device(images)
@@ -271,13 +280,14 @@ class _Trainer:
 
     def _save(self, name: str) -> Path:
         progress = self.progress
+        progress.elapsed_seconds = time.monotonic() - self.start_time
         state = {
             "model_config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
             "ema": self.ema.model.state_dict(),
             "ema_updates": self.ema.num_updates,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"step": progress.step, "total_steps": self.total_steps},
+            "scheduler": {"step": progress.step, "total_steps": self.total_steps, "elapsed_seconds": progress.elapsed_seconds},
             "scaler": self.scaler.state_dict(),
             "epoch": progress.epoch,
             "batch_in_epoch": progress.batch_in_epoch,
@@ -307,6 +317,7 @@ class _Trainer:
             progress.best_val_dice = state.get("best_val_dice")
             progress.history = list(state.get("history", []))
             progress.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))
+            progress.elapsed_seconds = float(state.get("scheduler", {}).get("elapsed_seconds", 0.0))
             self.resume_rng = state["rng"]
         except (KeyError, RuntimeError, ValueError) as error:
             raise CheckpointError(f"{path}: cannot resume from it: {str(error).splitlines()[0][:200]}") from None

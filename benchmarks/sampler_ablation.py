@@ -1,0 +1,94 @@
+"""Sampler settings of one trained checkpoint, scored on the ablations' 100 images held out of the
+TRAIN split (never val): do more steps help, with and without fresh noise per step (eta) and
+time-ensembling (a sample is the mean of its steps' estimates)? Also the Dice of every step's own
+x0 estimate along a deterministic 10-step trajectory, which shows where the estimate gets better
+or worse.
+
+    python benchmarks/sampler_ablation.py --checkpoint benchmarks/results/checkpoints/ablation_128_33/last.pth
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from src.checkpoint import load_model  # noqa: E402
+from src.device import select_runtime  # noqa: E402
+
+# (DDIM steps, eta, time_ensemble, ensemble)
+SETTINGS = [(1, 0.0, False, 1), (10, 0.0, False, 1), (50, 0.0, False, 1), (10, 1.0, False, 1), (10, 0.0, True, 1),
+            (5, 1.0, True, 1), (10, 1.0, True, 1), (50, 1.0, True, 1), (10, 0.0, False, 5), (10, 1.0, True, 5)]
+
+
+def held_out_set(data, holdout: int, image_size: int):
+    train = common.read_stems(data, "train")
+    _, held = common.holdout_split(train, holdout, seed=0)
+    return common.kvasir_dataset(data, held, image_size)
+
+
+def batches(dataset, size: int = 8):
+    for start in range(0, len(dataset), size):
+        indices = list(range(start, min(start + size, len(dataset))))
+        yield start, indices, torch.stack([dataset[i][0] for i in indices])
+
+
+@torch.no_grad()
+def score_setting(model, dataset, runtime, steps, eta, time_ensemble, ensemble, seed) -> list:
+    per_image = []
+    for start, indices, images in batches(dataset):
+        with runtime.autocast():
+            output = model.segment(runtime.to_device(images), steps=steps, ensemble=ensemble, seed=seed + start,
+                                   eta=eta, time_ensemble=time_ensemble)
+        probabilities = output.probabilities.float().cpu()
+        per_image += [common.score_probabilities(probabilities[k], dataset.load_original_mask(i))["dice"]
+                      for k, i in enumerate(indices)]
+    return per_image
+
+
+@torch.no_grad()
+def trajectory_dice(model, dataset, runtime, steps: int, seed: int) -> dict:
+    """Mean Dice of each step's own x0 estimate along deterministic DDIM (eta 0), keyed by t."""
+    per_step = {}
+    for start, indices, images in batches(dataset):
+        with runtime.autocast():
+            for t, _, x0 in model.reverse_process(runtime.to_device(images), steps, eta=0.0, seed=seed + start):
+                probabilities = model.x0_to_probabilities(x0).float().cpu()
+                per_step.setdefault(t, []).extend(
+                    common.score_probabilities(probabilities[k], dataset.load_original_mask(i))["dice"] for k, i in enumerate(indices))
+    return {str(t): float(np.mean(v)) for t, v in per_step.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=str(common.DEFAULT_DATA))
+    p.add_argument("--holdout", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(common.RESULTS / "sampler_ablation.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runtime = select_runtime()
+    model = runtime.prepare_model(load_model(args.checkpoint, use_ema=True)).eval()
+    dataset = held_out_set(args.data, args.holdout, model.config.image_size[0])
+    rows = []
+    for steps, eta, time_ensemble, ensemble in SETTINGS:
+        per_image = score_setting(model, dataset, runtime, steps, eta, time_ensemble, ensemble, args.seed)
+        rows.append({"steps": steps, "eta": eta, "time_ensemble": time_ensemble, "ensemble": ensemble,
+                     "dice": float(np.mean(per_image)), "per_image_dice": per_image})
+        print(f"DDIM {steps}, eta {eta:g}, time ensemble {time_ensemble}, ensemble {ensemble}: Dice {rows[-1]['dice']:.4f}", flush=True)
+    trajectory = trajectory_dice(model, dataset, runtime, 10, args.seed)
+    print("per-step estimate along DDIM 10 (eta 0): " + ", ".join(f"t={t} {d:.4f}" for t, d in trajectory.items()))
+    common.write_json(args.out, {"checkpoint": args.checkpoint, "config": model.config.to_dict(),
+                                 "scored_on": f"{len(dataset)} held-out TRAIN images", "rows": rows,
+                                 "trajectory_ddim10": trajectory, "machine": common.machine_info()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

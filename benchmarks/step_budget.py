@@ -1,0 +1,75 @@
+"""Optimizer steps that ours and the plain UNet make in N minutes on one idle core of this CPU.
+
+The quality runs of benchmarks/kvasir.py then train each model for its own step count
+(`--max-steps`): the same wall-clock budget as if each had the core to itself, but immune to
+whatever else the shared machine runs meanwhile (a wall-clock budget on a busy 2-core machine
+measures the load as much as the model). Step times: batch 8, bf16 where the CPU has it,
+1 torch thread, median over alternated rounds of the fastest of 4 timed steps.
+
+    benchmarks/.peer-venv/bin/python benchmarks/step_budget.py --minutes 20 40
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import kvasir  # noqa: E402
+
+from src.device import select_runtime  # noqa: E402
+from src.training.config import TrainConfig  # noqa: E402
+from src.training.optim import build_optimizer  # noqa: E402
+
+
+def anchor_step_seconds(args, runtime) -> float:
+    module = runtime.prepare_model(kvasir.plain_unet())
+    optimizer = build_optimizer(module.parameters(), args.lr, TrainConfig.weight_decay, runtime)
+
+    def step(images, masks):
+        with runtime.autocast():
+            loss = kvasir.unet_loss(module, images, masks)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), TrainConfig.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return kvasir.measure_step_seconds(step, kvasir.random_batch(args, runtime))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, nargs="+", default=[20.0, 40.0])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=str(common.RESULTS / "step_budget.json"))
+    args = p.parse_args(argv)
+    args.smoke = False
+    torch.set_num_threads(1)
+    runtime = select_runtime()
+    config = kvasir.model_config(args)
+    times = {"ours": [], "unet": []}
+    for round_index in range(args.rounds):
+        times["ours"].append(kvasir.estimate_ours_step(args, config, runtime))
+        times["unet"].append(anchor_step_seconds(args, runtime))
+        print(f"round {round_index + 1}: ours {times['ours'][-1]:.3f} s/step, unet {times['unet'][-1]:.3f} s/step", flush=True)
+    seconds = {name: float(np.median(values)) for name, values in times.items()}
+    budgets = {f"{minutes:g}": {name: math.floor(minutes * 60 / value) for name, value in seconds.items()}
+               for minutes in args.minutes}
+    for minutes, steps in budgets.items():
+        print(f"{minutes} min: " + ", ".join(f"{name} {count} steps" for name, count in steps.items()))
+    common.write_json(args.out, {"seconds_per_step": seconds, "rounds": times, "steps_for_minutes": budgets,
+                                 "precision": runtime.describe(), "config": config.to_dict(),
+                                 "machine": common.machine_info()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
