@@ -382,6 +382,43 @@ def calibration_table(ours, unet) -> str:
     return "\n".join(lines)
 
 
+def refinement_ablation_table(ablation) -> str:
+    """Variants of the "make the steps refine" round: Dice at each DDIM step count they were scored
+    with (ensemble 1) and with the ensemble, on the held-out TRAIN images."""
+    if not ablation:
+        return "(not run)"
+    variants = {name: row for name, row in ablation["variants"].items() if "scores" in row}
+    if not variants:
+        return "(not run)"
+    keys = list(next(iter(variants.values()))["scores"]["rows"])
+    lines = [f"| variant | {' | '.join(row_label(k) for k in keys)} | DDIM 10 − DDIM 1 (paired, 95 % interval) | "
+             "optimizer steps | params |",
+             "|---|" + "---|" * (len(keys) + 3)]
+    for name, row in variants.items():
+        rows = row["scores"]["rows"]
+        mean, low, high = common.paired_bootstrap(rows["ddim10_ens1"]["per_image_dice"], rows["ddim1_ens1"]["per_image_dice"])
+        lines.append(f"| {name} | " + " | ".join(f"{rows[k]['dice']:.3f}" for k in keys) +
+                     f" | {mean:+.3f} [{low:+.3f}, {high:+.3f}] | {row['train']['optimizer_steps']} | "
+                     f"{row['train']['parameters'] / 1e6:.1f}M |")
+    return "\n".join(lines)
+
+
+def sampler_table(sampler) -> str:
+    """benchmarks/sampler_ablation.py: sampler settings of one checkpoint, paired against DDIM 1."""
+    if not sampler:
+        return "(not run)"
+    base = next(r for r in sampler["rows"] if r["steps"] == 1 and r["ensemble"] == 1)
+    lines = [f"Checkpoint `{sampler['checkpoint']}`, scored on {sampler['scored_on']}.", "",
+             "| DDIM steps | eta | time-ensembled | samples | Dice | − DDIM 1 (paired, 95 % interval) |", "|---|---|---|---|---|---|"]
+    for row in sampler["rows"]:
+        mean, low, high = common.paired_bootstrap(row["per_image_dice"], base["per_image_dice"])
+        lines.append(f"| {row['steps']} | {row['eta']:g} | {'yes' if row['time_ensemble'] else 'no'} | {row['ensemble']} | "
+                     f"{row['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
+    trajectory = ", ".join(f"t={t}: {d:.3f}" for t, d in sampler["trajectory_ddim10"].items())
+    lines += ["", f"Dice of each step's own x0 estimate along deterministic DDIM 10: {trajectory}."]
+    return "\n".join(lines)
+
+
 def merged_ablation(pattern: str):
     """All ablation results files matching `pattern` as one, in file-name order; a variant run with
     a learning rate other than the default gets it in its name."""
@@ -409,7 +446,10 @@ def main() -> int:
                 "## Uncertainty vs error, 40 minutes\n\n" + uncertainty_table(ours_long),
                 "## Uncertainty vs error, 20 minutes\n\n" + uncertainty_table(ours),
                 "## Ablations, 64 px, 300 steps\n\n" + ablation_table(merged_ablation("kvasir_ablation_64*.json")),
-                "## Ablations, 128 px, 6 minutes\n\n" + ablation_table(merged_ablation("kvasir_ablation_128_*.json")),
+                "## Ablations, 128 px, 6 minutes\n\n" + ablation_table(merged_ablation("kvasir_ablation_128_patch*.json")),
+                "## Making the steps refine: ablations, 128 px\n\n" + refinement_ablation_table(
+                    merged_ablation("kvasir_ablation_128_[rs]*.json")),
+                "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
                 "## Calibration and uncertainty vs the plain UNet, 40 minutes\n\n" + calibration_table(ours_long, unet_long),
                 "## Calibration and uncertainty vs the plain UNet, 20 minutes\n\n" + calibration_table(ours, unet),
                 "## Paired Dice differences, 40 minutes\n\n" + paired_table(ours_long, unet_long),
