@@ -101,9 +101,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     calls = {"n": 0}
     original = DiffusionSegmentation.training_losses
 
-    def failing(self, images, masks, t=None):
+    def failing(self, images, masks, t=None, valid=None):
         calls["n"] += 1
-        losses = original(self, images, masks, t)
+        losses = original(self, images, masks, t, valid)
         if calls["n"] > 5:  # epoch 1 (4 steps) is fine, then the loss explodes
             losses["loss"] = losses["loss"] * float("nan")
         return losses

@@ -43,7 +43,7 @@ def claim_output_dir(output_dir, resume: bool = False, overwrite: bool = False, 
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RunFolderError(f"{output_dir}: cannot create the output folder: {error.strerror or error}") from None
+        raise RunFolderError(f"{output_dir}: output directory is not writable: {error.strerror or error}") from None
     lock = _acquire(output_dir / LOCK_NAME)
     try:
         _check_previous_run(output_dir, resume, overwrite)
