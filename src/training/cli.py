@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from src.checkpoint import CheckpointError
-from src.cli import ArgumentParser
+from src.cli import ArgumentParser, image_size_from_parts, size_part
 from src.device import PRECISIONS
 from src.models import DiffusionConfig
 from src.models.diffusion_model import PREDICTION_TYPES, SCHEDULES
@@ -52,27 +52,6 @@ def _val_fraction(text: str) -> float:
     return value
 
 
-def _size_part(text: str) -> list:
-    """One token of --image-size: "256" or "480x640" (H x W)."""
-    try:
-        values = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 256, 256 320 or 256x320 (H W), got {text!r}") from None
-    if len(values) > 2 or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected a size like 256, 256 320 or 256x320 (H W), got {text!r}")
-    return values
-
-
-def image_size_from_parts(parts) -> tuple:
-    """--image-size's tokens (nargs="+") -> (H, W): N, "H W" or "HxW"; argparse.ArgumentTypeError otherwise."""
-    values = [v for part in parts for v in (part if isinstance(part, list) else [part])]
-    if len(values) == 1:
-        return (values[0], values[0])
-    if len(values) == 2:
-        return tuple(values)
-    raise argparse.ArgumentTypeError(f"expected one size, H W or HxW, got {len(values)} numbers")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d, m = TrainConfig(), DiffusionConfig()
     p = ArgumentParser(prog="train.py", description="Train the diffusion segmentation model.")
@@ -116,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir (its files are removed)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     model = p.add_argument_group("model")
-    model.add_argument("--image-size", type=_size_part, nargs="+", default=list(m.image_size), metavar="SIZE",
+    model.add_argument("--image-size", type=size_part, nargs="+", default=list(m.image_size), metavar="SIZE",
                        help="N, H W or HxW (default: %(default)s), each divisible by patch-size x 2^(levels-1)")
     model.add_argument("--in-channels", type=_positive_int, default=None, help="image channels (default: detected, 1 or 3)")
     model.add_argument("--num-classes", type=_positive_int, default=m.num_classes, help="1 = binary; K > 1: mask values are class ids")
