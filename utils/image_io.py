@@ -26,7 +26,7 @@ import struct
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
@@ -304,25 +304,38 @@ def load_labels(
 CLASS_ID_MAX = 127
 
 
-def looks_like_class_ids(levels, value_max: float, ignore_index: int | None = None) -> int | None:
-    """K when the distinct mask values ``levels`` (of one mask or a whole dataset) look like class
-    ids 0..K-1 rather than a binary mask; None otherwise.
+class ClassIds(NamedTuple):
+    """Masks that look like class ids 0..count-1; `unlabelled`: a top-of-range value (255) beside
+    them, the usual "void" label, to pass as --ignore-index (None when there is none)."""
 
-    Class ids: integers, at least three levels (0/1 and 0/255 are binary), all small
-    (<= CLASS_ID_MAX), so a 12-class mask 0..11 is recognised and a grey-edged 0/255 mask is not.
+    count: int
+    unlabelled: int | None = None
+
+
+def looks_like_class_ids(levels, value_max: float, ignore_index: int | None = None) -> ClassIds | None:
+    """ClassIds when the distinct mask values ``levels`` (of one mask or a whole dataset) look
+    like class ids rather than a binary mask; None otherwise.
+
+    Class ids: integers, at least three levels besides a void value (0/1 and 0/255 are binary),
+    all small (<= CLASS_ID_MAX), so a 12-class mask 0..11 (with or without 255 for unlabelled
+    pixels) is recognised and a grey-edged 0/255 mask, whose levels sit near both ends, is not.
     """
     levels = {float(v) for v in levels} - ({float(ignore_index)} if ignore_index is not None else set())
-    if len(levels) < 3 or value_max < CLASS_ID_MAX or any(v != int(v) or v < 0 for v in levels):
+    if any(v != int(v) or v < 0 for v in levels) or value_max < CLASS_ID_MAX:
         return None
-    top = max(levels)
-    return int(top) + 1 if top <= CLASS_ID_MAX else None
+    unlabelled = int(value_max) if value_max in levels else None
+    ids = levels - {float(value_max)}
+    if len(ids) < 3 or max(ids) > CLASS_ID_MAX:
+        return None
+    return ClassIds(int(max(ids)) + 1, unlabelled)
 
 
-def class_id_hint(num_class_ids: int) -> str:
+def class_id_hint(class_ids: ClassIds) -> str:
     """The one line analyze, validate and train print when masks look like class ids."""
-    return (f"the masks look like {num_class_ids} class ids (values 0..{num_class_ids - 1}), not binary masks: "
-            f"pass --num-classes {num_class_ids} to train on the classes (read as binary, they are thresholded at half "
-            "their range)")
+    k = class_ids.count
+    void = f" and --ignore-index {class_ids.unlabelled} (for the {class_ids.unlabelled} pixels)" if class_ids.unlabelled else ""
+    return (f"the masks look like {k} class ids (values 0..{k - 1}), not binary masks: pass --num-classes {k}{void} "
+            "to train on the classes (read as binary, they are thresholded at half their range)")
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

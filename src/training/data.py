@@ -88,7 +88,7 @@ def build_training_data(config, model_config: DiffusionConfig, world_size: int =
 
 
 def detect_class_id_masks(mask_paths: list, ignore_index=None, sample: int = 16):
-    """K when the first `sample` masks together look like class ids 0..K-1 (see looks_like_class_ids), else None."""
+    """ClassIds when the first `sample` masks together look like class ids (see looks_like_class_ids), else None."""
     from utils.errors import DatasetError
     from utils.image_io import looks_like_class_ids, read_mask_values
 
