@@ -322,6 +322,8 @@ class DiffusionSegmentation(nn.Module):
             valid = (valid if valid.ndim == 4 else valid.unsqueeze(1)).to(images.device)
             masks = masks.clamp(min=0)  # any class will do under a pixel no loss looks at
         x0 = self.masks_to_x0(masks).to(images.device)
+        if valid is not None:
+            x0 = x0 * valid  # 0, "no class", under ignored pixels: x_t there holds noise only
         z0 = x0 * self.config.input_scale  # what is noised
         batch = x0.shape[0]
         if t is None:
