@@ -155,6 +155,7 @@ def validate_dataset(
         print(f"note: {class_id_hint(class_ids)}")
         drop_binary_mask_issues(reports)
         num_classes = class_ids.count  # --fix-issues keeps the ids (resize, PNG) instead of binarising them
+        ignore_index = class_ids.unlabelled if ignore_index is None else ignore_index  # and the 255s as they are
 
     if fix_issues:
         result.backup_dir = Path(output_dir) / "backup" if output_dir else mask_dir.parent / f"{mask_dir.name}_backup"
