@@ -196,7 +196,8 @@ class Predictor:
         def run(tiles: torch.Tensor, first: int):
             with self.runtime.autocast():
                 output = self.model.segment(self.runtime.to_device(tiles), steps=options.steps, ensemble=options.ensemble,
-                                            threshold=options.threshold, seed=None if seed is None else seed + first)
+                                            threshold=options.threshold, seed=None if seed is None else seed + first,
+                                            eta=options.eta, time_ensemble=options.time_ensemble)
             return output.probabilities, output.uncertainty
 
         probabilities, uncertainty = sliding_window(image, self.image_size, run, self.config.mask_channels,
