@@ -23,8 +23,8 @@ REQUIRED = {
 # Every flag an action reads; any other flag typed with it is a mistake worth stopping on
 # (e.g. --fix-issues with analyze would silently repair nothing).
 USES = {
-    "analyze": {"image_dir", "mask_dir", "output_dir", "num_classes", "mask_threshold"},
-    "validate": {"image_dir", "mask_dir", "output_dir", "fix_issues", "num_classes", "mask_threshold"},
+    "analyze": {"image_dir", "mask_dir", "output_dir", "num_classes", "mask_threshold", "ignore_index"},
+    "validate": {"image_dir", "mask_dir", "output_dir", "fix_issues", "num_classes", "mask_threshold", "ignore_index"},
     "organize": {"source_dir", "output_dir", "train_split", "seed"},
     "create-sample": {"output_dir", "num_samples", "image_size", "num_classes", "seed"},
 }
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-threshold", type=float,
                         help="binary masks: foreground above this fraction of the mask's range (default 0.5)")
     parser.add_argument("--seed", type=int, help="organize split and create-sample data (default 42)")
+    parser.add_argument("--ignore-index", type=int,
+                        help="analyze, validate: mask value of unlabelled pixels (often 255): counted apart, kept by --fix-issues")
     return parser
 
 

@@ -212,11 +212,11 @@ def train_ours(args, train_stems, config, name: str):
     budget = f"{args.max_steps} steps" if args.max_steps else f"{args.minutes} min ({step_seconds:.2f} s/step measured)"
     print(f"[{name}] {epochs} epochs x {steps_per_epoch} steps, budget {budget}", flush=True)
     train_config = TrainConfig(
-        image_dir=str(image_dir), mask_dir=str(mask_dir), val_split=None, augmentation_mode="medium",
+        image_dir=str(image_dir), mask_dir=str(mask_dir), val_split=0, augmentation_mode="medium",
         output_dir=str(run_dir), epochs=epochs, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, seed=args.seed, max_minutes=None if args.max_steps else args.minutes,
         max_steps=args.max_steps,
-        save_every=10_000, progress=False,
+        save_every=10_000, progress=False, overwrite=True,  # a rerun replaces its own run folder
     )
     clock = common.Stopwatch()
     result = train(train_config, config)

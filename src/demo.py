@@ -127,7 +127,7 @@ def _train_config(settings: DemoSettings, output_dir: Path, seed: int, device: s
                        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                        warmup_steps=settings.warmup_steps, max_minutes=settings.max_minutes,
                        val_steps=settings.val_steps, save_every=settings.epochs, seed=seed, device=device,
-                       ema_decay=0.99, progress=progress)
+                       ema_decay=0.99, progress=progress, overwrite=True)  # each demo run replaces the last one
 
 
 def chance_dice(truths: np.ndarray) -> float:

@@ -21,3 +21,9 @@ def probabilities_to_mask(probabilities: torch.Tensor, num_classes: int, thresho
     if num_classes == 1:
         return (probabilities[0] > threshold).long()
     return probabilities.argmax(0)
+
+
+def crop_box(maps: torch.Tensor, box) -> torch.Tensor:
+    """(..., H, W) -> (..., h, w): the content of a letterboxed input, box = (top, left, h, w)."""
+    top, left, height, width = box
+    return maps[..., top:top + height, left:left + width]

@@ -32,3 +32,23 @@ def write_image(path, size, mode="RGB", seed=0) -> Path:
     channels = {"RGB": (3,), "L": ()}[mode]
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], *channels), dtype=np.uint8), mode).save(path)
     return Path(path)
+
+
+def write_class_id_dataset(root, count: int = 12, size=(24, 40), ignore_rows: int = 3) -> Path:
+    """`root/images` + `root/masks`: `count` RGB images of `size` = (H, W) whose masks hold class ids
+    0, 1, 2 (blocks that the image shows in colour) and 255 (unlabelled) in the top `ignore_rows` rows."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    height, width = size
+    for i in range(count):
+        labels = np.zeros(size, dtype=np.uint8)
+        top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        labels[top:top + height // 2, left:left + width // 3] = 1
+        labels[height // 2:, width - width // 4:] = 2
+        image = np.stack([labels == 1, labels == 2, labels == 0], axis=-1).astype(np.uint8) * 200
+        labels[:ignore_rows] = 255
+        Image.fromarray(image + rng.integers(0, 40, image.shape, dtype=np.uint8)).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(labels).save(root / "masks" / f"{i:02d}.png")
+    return root

@@ -551,3 +551,65 @@ def test_readme_custom_augmentation_example(tiny_dataset):
     image, mask = dataset[0]
     assert image.shape == (3, 256, 256) and mask.shape == (1, 256, 256)
     assert [type(t) for t in dataset.transform.transforms] == [DualRandomHorizontalFlip, DualRandomRotation, ColorJitter]
+
+
+# ---- datasets as users bring them: ignore label, aspect ratio, EXIF, default split ---------
+
+
+def test_ignore_index_becomes_void_and_rotation_fills_void(tmp_path):
+    labels = np.zeros((H, W), dtype=np.uint8)
+    labels[:, 8:] = 2
+    labels[:3] = 255  # unlabelled rows
+    save(tmp_path / "images" / "a.png", photo())
+    save(tmp_path / "masks" / "a.png", labels)
+    plain = SegmentationDataset(tmp_path / "images", tmp_path / "masks", (H, W), num_classes=3, ignore_index=255)
+    _, mask = plain[0]
+    assert mask.dtype == torch.int64 and torch.equal(mask[:3], torch.full((3, W), -1))
+    assert torch.equal(mask[3:], torch.from_numpy(labels[3:]).long())
+    rotated = SegmentationDataset(tmp_path / "images", tmp_path / "masks", (H, W), num_classes=3, ignore_index=255,
+                                  augmentations=[DualRandomRotation(degrees=(45, 45), mask_fill=255)])
+    _, mask = rotated[0]
+    assert mask[0, 0] == -1 and mask[-1, -1] == -1  # corners rotated in: no class, not background
+    save(tmp_path / "binary" / "a.png", np.where(labels == 2, 1, labels).astype(np.uint8))  # 0/1 labels and 255
+    binary = SegmentationDataset(tmp_path / "images", tmp_path / "binary", (H, W), ignore_index=255)
+    _, mask = binary[0]
+    assert mask.shape == (1, H, W) and torch.equal(mask[0, :3], torch.full((3, W), -1.0))
+    assert torch.equal(mask[0, 3:], torch.from_numpy(labels[3:] // 2).float())
+
+
+def test_pad_keeps_the_aspect_ratio_and_marks_the_padding_void(tmp_path):
+    save(tmp_path / "images" / "wide.png", np.full((10, 40, 3), 200, dtype=np.uint8))
+    save(tmp_path / "masks" / "wide.png", np.full((10, 40), 255, dtype=np.uint8))
+    dataset = SegmentationDataset(tmp_path / "images", tmp_path / "masks", (16, 16), resize="pad")
+    image, mask = dataset[0]
+    # 40x10 fits 16x16 as 16x4, centred: rows 6..9 hold the picture
+    assert torch.all(mask[0, 6:10] == 1) and torch.all(mask[0, :6] == -1) and torch.all(mask[0, 10:] == -1)
+    assert torch.all(image[:, 6:10] > 0.7) and torch.all(image[:, :6] == 0)
+    stretched = SegmentationDataset(tmp_path / "images", tmp_path / "masks", (16, 16))
+    assert torch.all(stretched[0][1] == 1)
+
+
+def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
+    """A JPEG stored sideways with EXIF 'rotate 90' is read as viewers show it, matching a mask drawn on it."""
+    shown = np.zeros((20, 12, 3), dtype=np.uint8)  # as displayed: 12 wide, 20 high, bright top half
+    shown[:10] = 255
+    stored = np.ascontiguousarray(np.rot90(shown, 1))  # the sensor's landscape pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    save(tmp_path / "images" / "phone.jpg", stored, exif=exif, quality=95)
+    save(tmp_path / "masks" / "phone.png", (shown[..., 0] > 0).astype(np.uint8) * 255)
+    dataset = SegmentationDataset(tmp_path / "images", tmp_path / "masks", (20, 12))
+    image, mask = dataset[0]
+    assert torch.all(mask[0, :10] == 1) and torch.all(mask[0, 10:] == 0)
+    assert image[:, :9].mean() > 0.9 and image[:, 11:].mean() < 0.1
+    assert dataset.load_original_image(0).shape == (20, 12, 3)
+
+
+@pytest.mark.parametrize("count, expected_val", [(9, 0), (10, 1), (25, 2)])
+def test_auto_val_split_holds_out_ten_percent_from_ten_pairs(tmp_path, count, expected_val):
+    for i in range(count):
+        save(tmp_path / "images" / f"{i:02d}.png", photo(i, 8, 8))
+        save(tmp_path / "masks" / f"{i:02d}.png", box_mask(8, 8))
+    loaders = load_dataset(tmp_path / "images", tmp_path / "masks", image_size=8, val_split="auto", cache=False)
+    val = len(loaders[1].dataset) if isinstance(loaders, tuple) else 0
+    assert val == expected_val

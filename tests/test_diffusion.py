@@ -266,3 +266,33 @@ def test_old_checkpoint_config_without_patch_size_or_bounded_x0_means_neither():
     values.pop("patch_size"), values.pop("bounded_x0")
     config = DiffusionConfig.from_dict(values)
     assert config.patch_size == 1 and config.bounded_x0 is False
+
+
+# -- ignored pixels (an ignore label, letterbox padding) --------------------------------------------
+
+
+def test_ignored_pixels_change_no_loss_term():
+    """Whatever the network predicts under pixels marked invalid, and whatever class sits there,
+    MSE, BCE and soft Dice are unchanged; without the mask they do change."""
+    model = tiny_model(num_classes=3)
+    images = torch.rand(2, 3, 16, 16)
+    masks = torch.randint(0, 3, (2, 16, 16))
+    valid = torch.ones(2, 16, 16, dtype=torch.bool)
+    valid[:, :5] = False
+    other_masks = masks.clone()
+    other_masks[:, :5] = -1  # what the dataset hands over for ignored pixels
+    out_a = torch.randn(2, 3, 16, 16)
+    out_b = out_a.clone()
+    out_b[:, :, :5] = torch.randn(2, 3, 5, 16) * 5  # a wild prediction under the ignored rows only
+    t = torch.tensor([10, 700])
+
+    def losses(output, mask_batch, valid_mask):
+        model.network_output = lambda *inputs: output
+        torch.manual_seed(0)
+        return model.training_losses(images, mask_batch, t=t, valid=valid_mask)
+
+    a, b = losses(out_a, masks, valid), losses(out_b, other_masks, valid)
+    for term in ("mse", "bce", "dice", "loss"):
+        torch.testing.assert_close(a[term], b[term], rtol=0, atol=0, msg=term)
+    unmasked_a, unmasked_b = losses(out_a, masks, None), losses(out_b, masks, None)
+    assert not torch.allclose(unmasked_a["loss"], unmasked_b["loss"])

@@ -282,3 +282,26 @@ def test_batch_refuses_to_write_into_the_input_folder(workspace, capsys):
 def test_runtime_is_the_shared_one(workspace):
     predictor = Predictor.from_checkpoint(workspace["checkpoint"], device="cpu")
     assert predictor.runtime == select_runtime("cpu", "auto")
+
+
+def test_mask_dir_scoring_leaves_the_ignore_label_out_and_reports_per_class_iou(tmp_path, capsys):
+    from src.metrics import segmentation_scores
+    from tests.helpers import write_class_id_dataset
+
+    data = write_class_id_dataset(tmp_path / "data", count=2)
+    model = tiny_model(num_classes=3)
+    # the run's own --ignore-index travels in the checkpoint and is the default at scoring
+    checkpoint = save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(),
+                                  "train_config": {"ignore_index": 255}}, tmp_path / "three.pth")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(data / "images"), "--mask-dir", str(data / "masks"),
+                 "--output", str(out), *FAST]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ignore_index"] == 255 and len(summary["per_class_iou"]) == 3 and 0 <= summary["miou"] <= 1
+    rows = {row["image"]: row for row in csv.DictReader(open(out / "metrics.csv"))}
+    for stem in ("00", "01"):
+        pred, truth = read_png(out / f"{stem}.png"), read_png(data / "masks" / f"{stem}.png")
+        labelled = truth != 255  # the top rows are unlabelled: whatever was predicted there does not count
+        expected = segmentation_scores(pred[labelled], truth[labelled], 3)
+        assert float(rows[f"{stem}.png"]["dice"]) == pytest.approx(expected["dice"], abs=1e-6)

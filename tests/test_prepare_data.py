@@ -240,3 +240,47 @@ def test_script_runs_as_a_command(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "masks").iterdir())) == 2
+
+
+# ---- class-id masks, ignore label, EXIF --------------------------------------------------------
+
+
+def test_class_id_masks_are_named_and_never_binarised(tmp_path, capsys):
+    from tests.helpers import write_class_id_dataset
+
+    data = write_class_id_dataset(tmp_path / "data", count=3)
+    assert run("--action", "analyze", "--image-dir", data / "images", "--mask-dir", data / "masks") == 0
+    report = capsys.readouterr().out
+    hint = "the masks look like 3 class ids (values 0..2), not binary masks: pass --num-classes 3 and --ignore-index 255"
+    assert hint in report
+    assert "grey_mask" not in report and "empty_mask" not in report and "fix-issues" not in report
+    # a mask at the wrong size: --fix-issues resizes it, keeping its class ids (and its unlabelled 255s)
+    original = np.asarray(Image.open(data / "masks" / "01.png"))
+    Image.fromarray(original).resize((20, 12), Image.Resampling.NEAREST).save(data / "masks" / "01.png")
+    assert run("--action", "validate", "--image-dir", data / "images", "--mask-dir", data / "masks", "--fix-issues") == 0
+    assert hint in capsys.readouterr().out
+    fixed = np.asarray(Image.open(data / "masks" / "01.png"))
+    assert fixed.shape == original.shape and set(np.unique(fixed)) == {0, 1, 2, 255}
+
+
+def test_analyze_reports_the_ignored_fraction(tmp_path, capsys):
+    from tests.helpers import write_class_id_dataset
+
+    data = write_class_id_dataset(tmp_path / "data", count=2, size=(24, 40), ignore_rows=6)
+    assert run("--action", "analyze", "--image-dir", data / "images", "--mask-dir", data / "masks", "--num-classes", 3,
+               "--ignore-index", 255, "--output-dir", tmp_path / "report") == 0
+    assert "ignored fraction (value 255): min 0.250, mean 0.250, max 0.250" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "report" / "analysis.json").read_text())
+    assert summary["ignored_fraction"]["mean"] == pytest.approx(0.25) and summary["issue_counts"] == {}
+
+
+def test_exif_rotated_photo_matches_its_mask_in_validate(tmp_path, capsys):
+    stored = np.zeros((12, 20, 3), np.uint8)  # landscape pixels of a photo displayed as 12 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 270 degrees clockwise to display
+    save(tmp_path / "images" / "phone.jpg", stored, exif=exif)
+    mask = np.zeros((20, 12), np.uint8)
+    mask[5:10, 3:9] = 255
+    save(tmp_path / "masks" / "phone.png", mask)
+    assert run("--action", "validate", "--image-dir", tmp_path / "images", "--mask-dir", tmp_path / "masks") == 0
+    assert "size_mismatch" not in capsys.readouterr().out

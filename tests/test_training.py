@@ -101,9 +101,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     calls = {"n": 0}
     original = DiffusionSegmentation.training_losses
 
-    def failing(self, images, masks, t=None):
+    def failing(self, images, masks, t=None, valid=None):
         calls["n"] += 1
-        losses = original(self, images, masks, t)
+        losses = original(self, images, masks, t, valid)
         if calls["n"] > 5:  # epoch 1 (4 steps) is fine, then the loss explodes
             losses["loss"] = losses["loss"] * float("nan")
         return losses
@@ -271,3 +271,78 @@ def test_resumed_budget_run_keeps_its_clock(tmp_path, monkeypatch):
     # --max-minutes counts the whole run: resumed with the same budget it has nothing left to do
     again = train(tiny_train_config(tmp_path, epochs=100, max_minutes=0.05, resume=str(first.last_checkpoint)), TINY_MODEL)
     assert again.steps == first.steps
+
+
+# -- datasets as users bring them: default validation, one run per folder, ignore label, any aspect --
+
+
+@pytest.fixture(scope="module")
+def class_id_run(tmp_path_factory):
+    """One train.py run on 12 non-square class-id pairs with an unlabelled band: no split flag,
+    --ignore-index 255, --resize pad, a non-square --image-size."""
+    from tests.helpers import write_class_id_dataset
+
+    root = tmp_path_factory.mktemp("class_ids")
+    data = write_class_id_dataset(root / "data")
+    out = root / "run"
+    args = ["--image-dir", str(data / "images"), "--mask-dir", str(data / "masks"), "--num-classes", "3", "--ignore-index", "255",
+            "--resize", "pad", "--epochs", "1", "--batch-size", "4", "--val-steps", "2", "--no-progress", "--output-dir", str(out),
+            *TINY_FLAGS, "--image-size", "16x32", "--patch-size", "2"]
+    return data, out, args, run_cli(*args)
+
+
+def test_validation_is_on_by_default_with_per_class_scores(class_id_run):
+    _, out, _, result = class_id_run
+    assert result.returncode == 0, result.stderr
+    assert "validation: held out 1 of 12 pairs (seeded 10 %)" in result.stdout
+    assert (out / "best.pth").is_file()
+    entry = json.loads((out / "history.json").read_text())[-1]
+    assert 0 <= entry["val_miou"] <= 1 and 0 <= entry["val_dice"] <= 1
+    assert len(entry["val_per_class_iou"]) == len(entry["val_per_class_dice"]) == 3
+    assert tuple(load_checkpoint(out / "last.pth")["model_config"]["image_size"]) == (16, 32)
+
+
+def test_periodic_checkpoints_keep_only_what_inference_needs(class_id_run):
+    _, out, _, _ = class_id_run
+    weights, last = load_checkpoint(out / "checkpoint_epoch_1.pth"), load_checkpoint(out / "last.pth")
+    assert weights["resumable"] is False and "optimizer" not in weights and "rng" not in weights
+    for name, value in last["ema"].items():
+        assert torch.equal(weights["model"][name], value)  # the EMA weights, as inference uses
+    assert (out / "checkpoint_epoch_1.pth").stat().st_size < (out / "last.pth").stat().st_size / 2
+    result = run_cli("--resume", str(out / "checkpoint_epoch_1.pth"), "--epochs", "2")
+    assert result.returncode == 1 and "inference only" in result.stderr and "last.pth" in result.stderr
+
+
+def test_a_second_run_in_the_same_folder_is_refused_until_overwrite(class_id_run):
+    _, out, args, _ = class_id_run
+    before = {p.name: p.read_bytes() for p in out.glob("*.pth")}
+    refused = run_cli(*args)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert all(flag in refused.stderr for flag in ("--resume", "--output-dir", "--overwrite"))
+    assert {p.name: p.read_bytes() for p in out.glob("*.pth")} == before
+    # --overwrite replaces it; --val-split 0 turns validation off (so no best.pth in the new run)
+    replaced = run_cli(*args, "--overwrite", "--val-split", "0")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "removed" in replaced.stdout and "validation:" not in replaced.stdout
+    assert not (out / "best.pth").exists() and (out / "last.pth").exists()
+    assert json.loads((out / "history.json").read_text())[-1]["val_dice"] is None
+
+
+def test_too_few_pairs_for_a_split_say_so(tiny_dataset):
+    from src.training.data import build_training_data
+
+    config = TrainConfig(image_dir=str(tiny_dataset / "images"), mask_dir=str(tiny_dataset / "masks"), batch_size=2)
+    data = build_training_data(config, TINY_MODEL)
+    assert data.val_dataset is None
+    assert data.notes == ["validation: none: 6 pairs are too few to hold out 10 % (fewer than 10); "
+                          "--val-split F holds out a share anyway"]
+
+
+def test_class_id_masks_trained_as_binary_are_named(tmp_path):
+    from src.training.data import build_training_data
+    from tests.helpers import write_class_id_dataset
+
+    data_dir = write_class_id_dataset(tmp_path, count=4, ignore_rows=0)
+    config = TrainConfig(image_dir=str(data_dir / "images"), mask_dir=str(data_dir / "masks"), batch_size=2)
+    notes = build_training_data(config, TINY_MODEL).notes
+    assert any("look like 3 class ids" in note and "--num-classes 3" in note for note in notes)

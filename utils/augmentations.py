@@ -9,6 +9,7 @@ The classes below only fix the defaults the spec names; they are ordinary v2 tra
 
 from __future__ import annotations
 
+from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 
 from utils.image_io import as_size
@@ -28,11 +29,13 @@ class DualRandomRotation(v2.RandomRotation):
     """Rotate image and mask by the same angle in [-degrees, degrees].
 
     The image is resampled bilinearly, the mask by nearest neighbour; the corners that
-    rotate in are black in the image and background (0) in the mask.
+    rotate in are black in the image and ``mask_fill`` in the mask: background (0), or the
+    void label when the dataset leaves unlabelled pixels out of the loss.
     """
 
-    def __init__(self, degrees: float = 15.0):
-        super().__init__(degrees, interpolation=InterpolationMode.BILINEAR, fill=0)
+    def __init__(self, degrees: float = 15.0, mask_fill: int = 0):
+        super().__init__(degrees, interpolation=InterpolationMode.BILINEAR,
+                         fill={tv_tensors.Image: 0, tv_tensors.Mask: mask_fill})
 
 
 class DualRandomResizedCrop(v2.RandomResizedCrop):
@@ -54,7 +57,7 @@ class ColorJitter(v2.ColorJitter):
         super().__init__(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
 
 
-def build_augmentations(mode: str, image_size: int | tuple[int, int]) -> list[v2.Transform]:
+def build_augmentations(mode: str, image_size: int | tuple[int, int], mask_fill: int = 0) -> list[v2.Transform]:
     """The transforms of one augmentation mode, as the README defines them.
 
     none:   nothing
@@ -62,6 +65,7 @@ def build_augmentations(mode: str, image_size: int | tuple[int, int]) -> list[v2
     medium: horizontal flip (0.5), vertical flip (0.3), rotation (+-15 deg), colour jitter
     heavy:  horizontal flip (0.5), vertical flip (0.3), rotation (+-30 deg),
             random resized crop (70-100 % of the area, back to image_size), colour jitter
+    mask_fill: the mask value of areas rotated in (see DualRandomRotation).
     """
     if mode not in AUGMENTATION_MODES:
         raise ValueError(f"augmentation_mode must be one of {AUGMENTATION_MODES}, got {mode!r}")
@@ -71,5 +75,5 @@ def build_augmentations(mode: str, image_size: int | tuple[int, int]) -> list[v2
         return [DualRandomHorizontalFlip(p=0.5)]
     flips = [DualRandomHorizontalFlip(p=0.5), DualRandomVerticalFlip(p=0.3)]
     if mode == "medium":
-        return [*flips, DualRandomRotation(degrees=15), ColorJitter()]
-    return [*flips, DualRandomRotation(degrees=30), DualRandomResizedCrop(image_size), ColorJitter()]
+        return [*flips, DualRandomRotation(degrees=15, mask_fill=mask_fill), ColorJitter()]
+    return [*flips, DualRandomRotation(degrees=30, mask_fill=mask_fill), DualRandomResizedCrop(image_size), ColorJitter()]

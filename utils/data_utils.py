@@ -4,7 +4,9 @@ Data contract (what the model and trainer rely on): ``dataset[i]`` returns ``(im
     image: (C, H, W) float32 in [0, 1], C = in_channels (3 RGB, 1 grayscale). Not
            normalised further: the model maps [0, 1] to [-1, 1] itself.
     mask:  num_classes == 1: (1, H, W) float32 with values exactly {0., 1.};
-           num_classes == K > 1: (H, W) int64 class ids in 0..K-1.
+           num_classes == K > 1: (H, W) int64 class ids in 0..K-1;
+           with ``ignore_index`` or ``resize="pad"`` also -1 (VOID) where a pixel belongs to no
+           class (the ignore value, letterbox padding, areas rotated in): out of every loss and metric.
 
 Decoded, resized images and masks are cached in memory as uint8, so after the first
 epoch a sample costs only its augmentation. ``load_dataset`` fills the cache up front
@@ -37,7 +39,9 @@ from utils.augmentations import (
 )
 from utils.dataset_checks import check_pairs, resolve_issues
 from utils.errors import DatasetError, DatasetWarning, Issue, display_path, format_issues
-from utils.image_io import IMAGE_EXTENSIONS, as_size, load_image, load_labels, resize_labels
+from utils.image_io import (
+    IMAGE_EXTENSIONS, as_size, label_dtype, letterbox, letterbox_box, load_image, load_labels, resize_labels, void_label,
+)
 from utils.pairing import MASK_SUFFIXES, Pair, find_pairs, read_split_file, split_pairs
 from utils.synthetic import SyntheticSegmentationDataset, make_synthetic_pair, write_synthetic_dataset
 
@@ -50,6 +54,12 @@ __all__ = [
     "load_dataset", "load_synthetic_dataset", "make_synthetic_pair", "read_split_file",
     "split_pairs", "write_synthetic_dataset",
 ]
+
+VOID = -1  # the mask value of pixels that belong to no class, in the tensors a dataset returns
+RESIZE_MODES = ("stretch", "pad")
+# With no split given, hold out this share for validation, when there are at least MIN_PAIRS_TO_SPLIT pairs
+AUTO_VAL_SPLIT = 0.1
+MIN_PAIRS_TO_SPLIT = 10
 
 # Use at most this share of the currently available memory for the in-memory cache.
 CACHE_MEMORY_SHARE = 0.5
@@ -73,10 +83,11 @@ def discover_pairs(
     return pairs
 
 
-def _compose(augmentations: Augmentations, color_jitter: bool, image_size: tuple[int, int]) -> v2.Compose | None:
+def _compose(augmentations: Augmentations, color_jitter: bool, image_size: tuple[int, int],
+             mask_fill: int = 0) -> v2.Compose | None:
     """One callable ``(image, mask) -> (image, mask)`` from a mode name, a list or a transform."""
     if isinstance(augmentations, str):
-        transforms = build_augmentations(augmentations, image_size)
+        transforms = build_augmentations(augmentations, image_size, mask_fill)
     elif augmentations is None:
         transforms = []
     elif callable(augmentations):
@@ -117,6 +128,10 @@ class SegmentationDataset(Dataset):
             whose pixel values are the class ids.
         num_classes: 1 for binary masks, K > 1 for class-id masks.
         in_channels: 3 (RGB; grayscale is repeated, alpha dropped) or 1 (grayscale).
+        ignore_index: mask value of pixels that belong to no class (often 255); they become
+            VOID (-1) in the returned masks, as do areas rotated in by augmentation.
+        resize: "stretch" to image_size (default), or "pad": keep the aspect ratio and letterbox,
+            with black image padding and VOID mask padding.
         stems: keep only these image stems (e.g. the lines of splits/train.txt).
         pairs: explicit (image_path, mask_path) pairs instead of folders.
         skip_invalid: skip bad pairs with a warning instead of raising DatasetError.
@@ -142,6 +157,8 @@ class SegmentationDataset(Dataset):
         pairs: list[Pair] | None = None,
         skip_invalid: bool = False,
         cache: bool = True,
+        ignore_index: int | None = None,
+        resize: str = "stretch",
     ):
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
@@ -149,7 +166,11 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.image_size = as_size(image_size)
+        self.resize = resize
+        self.ignore_index = ignore_index
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.mask_threshold = mask_threshold
@@ -171,7 +192,10 @@ class SegmentationDataset(Dataset):
             if not self.pairs:
                 raise DatasetError("no usable image/mask pairs left after skipping invalid ones")
 
-        self.transform = _compose(augmentations, color_jitter, self.image_size)
+        # labels of the uint8/int64 cache, and whether masks may hold VOID pixels at all
+        self.void = void_label(label_dtype(num_classes))
+        self.has_void = ignore_index is not None or resize == "pad"
+        self.transform = _compose(augmentations, color_jitter, self.image_size, self.void if self.has_void else 0)
         self.cache = cache and self._cache_fits()
         self._images: np.ndarray | None = None  # (N, C, H, W) uint8, filled on first use
         self._labels: np.ndarray | None = None  # (N, H, W) class ids
@@ -198,7 +222,7 @@ class SegmentationDataset(Dataset):
     # ---- decoding and caching -------------------------------------------------------------
 
     def _label_dtype(self) -> type:
-        return np.uint8 if self.num_classes <= 256 else np.int64
+        return label_dtype(self.num_classes)
 
     def _cache_fits(self) -> bool:
         height, width = self.image_size
@@ -217,10 +241,16 @@ class SegmentationDataset(Dataset):
     def _decode(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
         """Pair ``idx`` from disk: image (C, H, W) uint8 and mask (H, W) class ids, both at image_size."""
         image_path, mask_path = self.pairs[idx]
-        # Channels first and contiguous, as the transforms and the model want them.
-        image = np.ascontiguousarray(load_image(image_path, self.in_channels, self.image_size).transpose(2, 0, 1))
         labels = self.load_original_mask(idx)
-        if not labels.any() and mask_path not in self._empty_masks:
+        if self.resize == "pad":
+            box = letterbox_box(labels.shape, self.image_size)
+            image = letterbox(load_image(image_path, self.in_channels, box[2:]), box, self.image_size, 0)
+            labels = letterbox(resize_labels(labels, box[2:]), box, self.image_size, self.void)
+        else:
+            image = load_image(image_path, self.in_channels, self.image_size)
+        # Channels first and contiguous, as the transforms and the model want them.
+        image = np.ascontiguousarray(image.transpose(2, 0, 1))
+        if not (labels[labels != self.void] if self.has_void else labels).any() and mask_path not in self._empty_masks:
             # Legal data, but often a mistake: reported once per file, in one warning per preload.
             self._empty_masks.add(mask_path)
             self._unreported.append(Issue("empty_mask", f"{display_path(mask_path)}: mask is all background",
@@ -283,14 +313,18 @@ class SegmentationDataset(Dataset):
         # Both conversions copy, so the cache is never modified.
         image = image.as_subclass(torch.Tensor).float().div_(255.0)
         mask = mask.as_subclass(torch.Tensor)
+        if self.has_void:
+            void = mask == self.void
+            mask = mask.long().masked_fill_(void, VOID)
         if self.num_classes == 1:
             return image, mask.float().unsqueeze(0)
         return image, mask.long()
 
     def load_original_mask(self, idx: int) -> np.ndarray:
         """Mask ``idx`` at the file's resolution: (H0, W0) uint8 class ids (int64 when
-        num_classes > 256), thresholded exactly like the training masks."""
-        return load_labels(self.pairs[idx][1], self.num_classes, self.mask_threshold)
+        num_classes > 255), thresholded exactly like the training masks; ignored pixels hold
+        ``self.void`` (255 in uint8, -1 in int64)."""
+        return load_labels(self.pairs[idx][1], self.num_classes, self.mask_threshold, ignore_index=self.ignore_index)
 
     def load_original_image(self, idx: int) -> np.ndarray:
         """Image ``idx`` at the file's resolution: (H0, W0, C) uint8."""
@@ -331,11 +365,26 @@ def _make_loader(
     )
 
 
+def is_presplit(data_dir: str | Path | None) -> bool:
+    """Whether ``data_dir`` brings its own validation set (val/ folder or splits/*.txt)."""
+    if data_dir is None:
+        return False
+    root = Path(data_dir)
+    return ((root / "train" / "images").is_dir() and (root / "val" / "images").is_dir()) or all(
+        (root / "splits" / name).is_file() for name in ("train.txt", "val.txt"))
+
+
+def auto_val_split(num_pairs: int) -> float | None:
+    """The validation share used when none is given: AUTO_VAL_SPLIT (at least one pair), or
+    None (no validation) below MIN_PAIRS_TO_SPLIT pairs, where one image says little and costs a tenth of the data."""
+    return AUTO_VAL_SPLIT if num_pairs >= MIN_PAIRS_TO_SPLIT else None
+
+
 def _split_sources(
     image_dir: str | Path | None,
     mask_dir: str | Path | None,
     data_dir: str | Path | None,
-    val_split: float | None,
+    val_split: float | str | None,
     seed: int,
     skip_invalid: bool,
 ) -> tuple[list[Pair], list[Pair] | None]:
@@ -344,11 +393,13 @@ def _split_sources(
     data_dir may hold ``train/{images,masks}`` + ``val/{images,masks}`` (pre-split), or
     ``images/`` + ``masks/``, optionally with ``splits/train.txt`` + ``splits/val.txt``
     (stems, one a line: the official split of e.g. Kvasir-SEG). Otherwise image_dir and
-    mask_dir are used, split by ``val_split`` when it is set.
+    mask_dir are used, split by ``val_split`` when it is set ("auto": ``auto_val_split``).
     """
     if data_dir is not None:
         root = Path(data_dir)
         if (root / "train" / "images").is_dir() and (root / "val" / "images").is_dir():
+            if val_split == "auto":
+                val_split = None
             if val_split is not None:
                 warnings.warn(f"{root} is already split into train/ and val/: val_split ignored",
                               DatasetWarning, stacklevel=3)
@@ -360,13 +411,15 @@ def _split_sources(
                 f"{root}: expected train/ and val/ (each with images/ and masks/), or images/ and masks/")
         image_dir, mask_dir = root / "images", root / "masks"
         split_files = (root / "splits" / "train.txt", root / "splits" / "val.txt")
-        if val_split is None and all(path.is_file() for path in split_files):
+        if val_split in (None, "auto") and all(path.is_file() for path in split_files):
             train, val = (discover_pairs(image_dir, mask_dir, read_split_file(path), skip_invalid)
                           for path in split_files)
             return train, val
     if image_dir is None or mask_dir is None:
         raise ValueError("give image_dir and mask_dir, or data_dir")
     pairs = discover_pairs(image_dir, mask_dir, None, skip_invalid)
+    if val_split == "auto":
+        val_split = auto_val_split(len(pairs))
     if val_split is None:
         return pairs, None
     return split_pairs(pairs, val_split, seed)
@@ -391,11 +444,14 @@ def load_dataset(
     data_dir: str | Path | None = None,
     drop_last: bool = False,
     distributed: bool = False,
+    ignore_index: int | None = None,
+    resize: str = "stretch",
 ) -> DataLoader | tuple[DataLoader, DataLoader]:
     """A DataLoader over image/mask folders, or ``(train_loader, val_loader)``.
 
     Returns two loaders when ``val_split`` is set (seeded split of the pairs) or when
-    ``data_dir`` is pre-split (see ``_split_sources``). Only the training set is augmented
+    ``data_dir`` is pre-split (see ``_split_sources``). ``val_split="auto"`` holds out
+    AUTO_VAL_SPLIT of the pairs when there are at least MIN_PAIRS_TO_SPLIT (one loader otherwise). Only the training set is augmented
     (``augmentation_mode``) and shuffled; the validation loader keeps stem order.
     ``loader.dataset`` is the SegmentationDataset itself.
     Every file is decoded (and cached, with ``cache``) here, before any training step:
@@ -407,7 +463,7 @@ def load_dataset(
         raise ValueError(f"augmentation_mode must be one of {AUGMENTATION_MODES}, got {augmentation_mode!r}")
     train_pairs, val_pairs = _split_sources(image_dir, mask_dir, data_dir, val_split, seed, skip_invalid)
     common = dict(image_size=image_size, mask_threshold=mask_threshold, num_classes=num_classes,
-                  in_channels=in_channels, skip_invalid=skip_invalid, cache=cache)
+                  in_channels=in_channels, skip_invalid=skip_invalid, cache=cache, ignore_index=ignore_index, resize=resize)
     train_set = SegmentationDataset.from_pairs(train_pairs, augmentations=augmentation_mode, **common).preload()
     train_loader = _make_loader(train_set, batch_size, shuffle, num_workers, pin_memory, seed, drop_last, distributed)
     if val_pairs is None:

@@ -19,11 +19,13 @@ from tqdm import tqdm
 from utils.dataset_checks import check_pair_header
 from utils.errors import ISSUE_KINDS, DatasetError, Issue, display_path
 from utils.image_io import (
-    JPEG_EXTENSIONS, load_image, mask_to_labels, open_image, read_mask_values, values_are_binary,
+    JPEG_EXTENSIONS, ClassIds, class_id_hint, displayed_size, load_image, looks_like_class_ids, mask_to_labels, open_image,
+    read_mask_values, values_are_binary, void_label,
 )
 from utils.pairing import find_pairs, list_image_files
 
 IMAGE_SIZE_CHOICES = (64, 128, 256, 512)
+MAX_LEVELS = 256  # more distinct values than this is a grey or photo-like mask, never class ids
 
 
 @dataclass
@@ -37,7 +39,11 @@ class PairReport:
     mask_size: tuple[int, int] | None = None
     mask_mode: str | None = None
     foreground_fraction: float | None = None
-    class_counts: list[int] = field(default_factory=list)  # pixels per class id
+    class_counts: list[int] = field(default_factory=list)  # pixels per class id (ignored pixels not counted)
+    ignored_fraction: float | None = None  # share of pixels equal to ignore_index
+    levels: list | None = None  # distinct raw mask values, when there are at most MAX_LEVELS
+    value_max: float | None = None  # the top of the mask file's value range (255, 65535, ...)
+    is_colour: bool = False
     issues: list[Issue] = field(default_factory=list)
 
     @property
@@ -51,26 +57,36 @@ def inspect_pair(
     num_classes: int = 1,
     mask_threshold: float = 0.5,
     decode_image: bool = True,
+    ignore_index: int | None = None,
 ) -> PairReport:
-    """Read one pair (the image fully only when ``decode_image``) and collect its issues."""
+    """Read one pair (the image fully only when ``decode_image``) and collect its issues.
+    Pixels equal to ``ignore_index`` are counted apart (``ignored_fraction``), not as a class."""
     report = PairReport(image_path, mask_path, issues=check_pair_header(image_path, mask_path))
     try:
         with open_image(image_path) as img:
-            report.image_size, report.image_mode = img.size, img.mode
+            report.image_size, report.image_mode = displayed_size(img), img.mode
         with open_image(mask_path) as img:
-            report.mask_size, report.mask_mode = img.size, img.mode
+            report.mask_size, report.mask_mode = displayed_size(img), img.mode
         if decode_image:
             load_image(image_path)
         values, value_max, is_colour = read_mask_values(mask_path)
-        labels = mask_to_labels(values, value_max, mask_path, num_classes, mask_threshold, is_colour)
+        labels = mask_to_labels(values, value_max, mask_path, num_classes, mask_threshold, is_colour, ignore_index)
     except DatasetError as error:
         report.issues += [issue for issue in error.issues if issue not in report.issues]
         return report
 
-    report.class_counts = np.bincount(labels.ravel(), minlength=max(num_classes, 2)).tolist()
-    report.foreground_fraction = float((labels > 0).mean())
+    levels = np.unique(values)
+    report.levels = levels.tolist() if levels.size <= MAX_LEVELS else None
+    report.value_max, report.is_colour = value_max, is_colour
+    counted = labels.ravel()
+    if ignore_index is not None:
+        counted = counted[counted != void_label(labels.dtype)]
+        report.ignored_fraction = 1 - counted.size / labels.size
+        values = values[values != ignore_index]
+    report.class_counts = np.bincount(counted, minlength=max(num_classes, 2)).tolist()
+    report.foreground_fraction = float((counted > 0).mean()) if counted.size else 0.0
     name = display_path(mask_path)
-    if not labels.any():
+    if not counted.any():
         report.issues.append(Issue("empty_mask", f"{name}: mask is all background", (mask_path,), fatal=False))
     if num_classes == 1 and (is_colour or not values_are_binary(values, value_max)):
         levels = len(np.unique(values))
@@ -87,6 +103,22 @@ def inspect_pair(
     return report
 
 
+def class_id_masks(reports: list[PairReport], ignore_index: int | None = None) -> ClassIds | None:
+    """ClassIds when the masks together look like class ids 0..K-1 rather than binary masks (see
+    ``utils.image_io.looks_like_class_ids``, which train.py uses too), else None."""
+    decoded = [r for r in reports if r.value_max is not None]
+    if not decoded or any(r.levels is None or r.is_colour for r in decoded):
+        return None
+    levels = set().union(*(r.levels for r in decoded))
+    return looks_like_class_ids(levels, max(r.value_max for r in decoded), ignore_index) if len(levels) <= MAX_LEVELS else None
+
+
+def drop_binary_mask_issues(reports: list[PairReport]) -> None:
+    """Class-id masks are neither grey nor empty binary masks: no such warnings, nothing for --fix-issues to binarise."""
+    for report in reports:
+        report.issues = [issue for issue in report.issues if issue.kind not in ("grey_mask", "empty_mask")]
+
+
 def _stats(values: list[float]) -> dict:
     if not values:
         return {}
@@ -98,6 +130,8 @@ def _stats(values: list[float]) -> dict:
 def recommendations(summary: dict) -> list[str]:
     """Advice from the statistics, following the README's dataset recommendations."""
     advice = []
+    if summary.get("class_id_masks"):
+        advice.append(class_id_hint(ClassIds(**summary["class_id_masks"])))
     num_pairs = summary["counts"]["pairs"]
     if num_pairs == 0:
         advice.append("no image/mask pairs: check --image-dir and --mask-dir (see Issues)")
@@ -116,7 +150,7 @@ def recommendations(summary: dict) -> list[str]:
     aspect = summary.get("aspect_ratio", {})
     if aspect and aspect["max"] / max(aspect["min"], 1e-9) > 1.5:
         advice.append(f"aspect ratios range {aspect['min']:.2f}-{aspect['max']:.2f}: images are stretched to "
-                      "image_size; crop or pad them first if shapes matter")
+                      "image_size; train with --resize pad to keep their shape")
     if summary["distinct_sizes"] > 1:
         advice.append(f"{summary['distinct_sizes']} distinct image sizes: all are resized to image_size")
     foreground = summary.get("foreground_fraction", {})
@@ -137,15 +171,20 @@ def analyze_dataset(
     output_dir: str | Path | None = None,
     num_classes: int = 1,
     mask_threshold: float = 0.5,
+    ignore_index: int | None = None,
 ) -> dict:
     """Statistics of a dataset; writes analysis.{json,md,png} under ``output_dir`` when given.
 
     Images are read from their headers only (fast); masks are decoded for their statistics.
+    With num_classes 1, masks that look like class ids are reported as such (``class_id_masks``).
     """
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     pairing = find_pairs(image_dir, mask_dir)
-    reports = [inspect_pair(image, mask, num_classes, mask_threshold, decode_image=False)
+    reports = [inspect_pair(image, mask, num_classes, mask_threshold, decode_image=False, ignore_index=ignore_index)
                for image, mask in tqdm(pairing.pairs, desc="Analyzing", disable=None)]
+    class_ids = class_id_masks(reports, ignore_index) if num_classes == 1 else None
+    if class_ids:
+        drop_binary_mask_issues(reports)
     issues = pairing.issues + [issue for report in reports for issue in report.issues]
     sized = [report for report in reports if report.image_size]
     masked = [report for report in reports if report.foreground_fraction is not None]
@@ -174,6 +213,9 @@ def analyze_dataset(
         "formats": dict(Counter(r.image_path.suffix.lower() for r in reports)),
         "image_modes": dict(Counter(r.image_mode for r in sized)),
         "mask_modes": dict(Counter(r.mask_mode for r in sized)),
+        "class_id_masks": class_ids._asdict() if class_ids else None,
+        "ignore_index": ignore_index,
+        "ignored_fraction": _stats([r.ignored_fraction for r in masked if r.ignored_fraction is not None]),
         "foreground_fraction": _stats([r.foreground_fraction for r in masked]),
         "class_histogram": {
             str(c): {"pixel_fraction": float(class_pixels[c] / max(class_pixels.sum(), 1)),
@@ -199,6 +241,8 @@ def format_summary(summary: dict) -> str:
         f"{counts['images']} images, {counts['masks']} masks, {counts['pairs']} pairs, "
         f"{counts['usable_pairs']} usable", "",
     ]
+    if summary.get("class_id_masks"):
+        lines[2:2] = [f"**Note:** {class_id_hint(ClassIds(**summary['class_id_masks']))}", ""]
     if summary["width"]:
         width, height, aspect = summary["width"], summary["height"], summary["aspect_ratio"]
         common = ", ".join(f"{size} ({n})" for size, n in summary["common_sizes"])
@@ -213,9 +257,12 @@ def format_summary(summary: dict) -> str:
         ]
     if summary["foreground_fraction"]:
         fg = summary["foreground_fraction"]
+        ignored = summary.get("ignored_fraction")
         lines += ["## Masks", "",
                   f"foreground fraction: min {fg['min']:.3f}, median {fg['median']:.3f}, "
                   f"mean {fg['mean']:.3f}, max {fg['max']:.3f}", "",
+                  *([f"ignored fraction (value {summary['ignore_index']}): min {ignored['min']:.3f}, "
+                     f"mean {ignored['mean']:.3f}, max {ignored['max']:.3f}", ""] if ignored else []),
                   "| class | pixel fraction | images |", "|---|---|---|",
                   *(f"| {c} | {h['pixel_fraction']:.4f} | {h['images']} |"
                     for c, h in summary["class_histogram"].items()), ""]

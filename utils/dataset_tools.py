@@ -22,9 +22,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.dataset_analysis import PairReport, analyze_dataset, format_summary, inspect_pair
+from utils.dataset_analysis import (
+    PairReport, analyze_dataset, class_id_masks, drop_binary_mask_issues, format_summary, inspect_pair,
+)
 from utils.errors import ISSUE_KINDS, DatasetError, Issue, display_path
-from utils.image_io import as_size, load_labels, resize_labels
+from utils.image_io import as_size, class_id_hint, load_labels, resize_labels, void_label
 from utils.pairing import find_pairs, split_pairs
 from utils.synthetic import write_synthetic_dataset
 
@@ -75,23 +77,27 @@ def backup_file(path: Path, backup_dir: Path) -> Path:
 
 
 def fix_mask(
-    report: PairReport, backup_dir: Path, num_classes: int = 1, mask_threshold: float = 0.5
+    report: PairReport, backup_dir: Path, num_classes: int = 1, mask_threshold: float = 0.5, ignore_index: int | None = None
 ) -> tuple[Path, Path]:
     """Rewrite a mask as a lossless 8-bit PNG at its image's size, after backing it up.
 
     Binary masks become 0/255 (thresholded like the loader does), class-id masks keep their
     ids; both are resized to the image by nearest neighbour. A mask that was not a PNG is
-    replaced by ``<stem>.png`` (the original lives on in the backup). Returns (new, backup).
+    replaced by ``<stem>.png`` (the original lives on in the backup). Ignored pixels keep the
+    value ``ignore_index``. Returns (new, backup).
     """
     mask_path = report.mask_path
-    labels = load_labels(mask_path, num_classes, mask_threshold)
+    labels = load_labels(mask_path, num_classes, mask_threshold, ignore_index=ignore_index)
     width, height = report.image_size
     labels = resize_labels(labels, (height, width))
     target = mask_path.with_suffix(".png")
     if target != mask_path and target.exists():
         raise DatasetError(f"{display_path(target)} exists: cannot convert {display_path(mask_path)} to PNG")
     backup = backup_file(mask_path, backup_dir)
-    pixels = labels * 255 if num_classes == 1 else labels
+    void = labels == void_label(labels.dtype) if ignore_index is not None else None
+    pixels = labels * 255 if num_classes == 1 else labels.copy()
+    if void is not None:
+        pixels[void] = ignore_index
     write_png_atomically(Image.fromarray(pixels.astype(np.uint8)), target)
     if target != mask_path:
         mask_path.unlink()
@@ -131,17 +137,25 @@ def validate_dataset(
     output_dir: str | Path | None = None,
     num_classes: int = 1,
     mask_threshold: float = 0.5,
+    ignore_index: int | None = None,
 ) -> ValidationResult:
     """Decode every pair and list every problem; with ``fix_issues`` repair masks that can be
     repaired safely (size mismatch, grey or colour values, JPEG format), backing each
     original up first to ``<output_dir>/backup`` or ``<mask_dir>_backup`` next to mask_dir.
-    Writes ``validation.json`` under ``output_dir`` when given.
+    Masks that look like class ids (while num_classes is 1) are said to, and never binarised:
+    they are repaired as class ids. Writes ``validation.json`` under ``output_dir`` when given.
     """
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     pairing = find_pairs(image_dir, mask_dir)
-    reports = [inspect_pair(image, mask, num_classes, mask_threshold)
+    reports = [inspect_pair(image, mask, num_classes, mask_threshold, ignore_index=ignore_index)
                for image, mask in tqdm(pairing.pairs, desc="Validating", disable=None)]
     result = ValidationResult(len(pairing.pairs), [])
+    class_ids = class_id_masks(reports, ignore_index) if num_classes == 1 else None
+    if class_ids:
+        print(f"note: {class_id_hint(class_ids)}")
+        drop_binary_mask_issues(reports)
+        num_classes = class_ids.count  # --fix-issues keeps the ids (resize, PNG) instead of binarising them
+        ignore_index = class_ids.unlabelled if ignore_index is None else ignore_index  # and the 255s as they are
 
     if fix_issues:
         result.backup_dir = Path(output_dir) / "backup" if output_dir else mask_dir.parent / f"{mask_dir.name}_backup"
@@ -149,7 +163,7 @@ def validate_dataset(
             if not _fixable(report, num_classes):
                 continue
             try:
-                result.fixed.append(fix_mask(report, result.backup_dir, num_classes, mask_threshold))
+                result.fixed.append(fix_mask(report, result.backup_dir, num_classes, mask_threshold, ignore_index))
             except DatasetError as error:  # e.g. the PNG name is taken: report it, fix the rest
                 report.issues += error.issues
                 continue
@@ -264,17 +278,18 @@ def create_sample_dataset(output_dir: str | Path, num_samples: int = 50, image_s
 
 
 def run_action(action: str, *, image_dir=None, mask_dir=None, output_dir=None, source_dir=None, fix_issues=False,
-               train_split=0.8, num_samples=50, image_size=256, num_classes=1, mask_threshold=0.5, seed=42) -> int:
+               train_split=0.8, num_samples=50, image_size=256, num_classes=1, mask_threshold=0.5, seed=42,
+               ignore_index=None) -> int:
     """Run one prepare_data action; returns the exit status (1 when the data has errors)."""
     try:
         if action == "analyze":
-            summary = analyze_dataset(image_dir, mask_dir, output_dir, num_classes, mask_threshold)
+            summary = analyze_dataset(image_dir, mask_dir, output_dir, num_classes, mask_threshold, ignore_index)
             print(format_summary(summary))
             if output_dir is not None:
                 print(f"Report written to {Path(output_dir) / 'analysis.md'} (also .json, .png)")
             return 0 if summary["counts"]["pairs"] else 1  # nothing to analyze: an empty or unpaired folder
         if action == "validate":
-            result = validate_dataset(image_dir, mask_dir, fix_issues, output_dir, num_classes, mask_threshold)
+            result = validate_dataset(image_dir, mask_dir, fix_issues, output_dir, num_classes, mask_threshold, ignore_index)
             return 0 if result.ok else 1
         if action == "organize":
             organize_dataset(source_dir, output_dir, train_split, seed)

@@ -5,6 +5,13 @@ grayscale, palette, RGB, RGBA (alpha dropped), CMYK. Masks come back as (H, W) c
 0/1 for binary masks (grey values thresholded), the pixel value for multi-class masks.
 Every failure is a ``DatasetError`` naming the file.
 
+EXIF orientation is applied, as every viewer and annotation tool shows the file: a phone photo
+stored sideways with "rotate 90" in its header is read upright, so it matches a mask drawn on it.
+
+Pixels that belong to no class (an ``ignore_index`` value in the file, letterbox padding) get the
+label ``void_label(dtype)``: 255 in uint8 labels (so at most 255 classes fit in uint8), -1 in
+int64 ones. Losses and metrics leave them out.
+
 The file's content, not its suffix, picks the decoder, and only the PNG, JPEG, BMP and TIFF
 decoders are allowed: PIL knows ~40 formats (EPS even runs Ghostscript), and a hostile file
 named ``x.png`` should not reach them. Images over ``PIL.Image.MAX_IMAGE_PIXELS`` are refused
@@ -19,10 +26,10 @@ import struct
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from utils.errors import DatasetError, Issue, display_path
 
@@ -34,6 +41,21 @@ DECODERS = ("PNG", "JPEG", "BMP", "TIFF")
 # a huge one a MemoryError): all mean "this file cannot be used".
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError, IndexError, KeyError,
                  ArithmeticError, MemoryError)
+
+
+# EXIF orientations 5-8 turn the picture by 90 degrees: displayed width and height swap
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ORIENTATION = 0x0112
+
+
+def label_dtype(num_classes: int) -> type:
+    """uint8 while the class ids and the void label (255) fit, else int64."""
+    return np.uint8 if num_classes <= 255 else np.int64
+
+
+def void_label(dtype) -> int:
+    """The label of pixels left out of losses and metrics: 255 in uint8 labels, -1 otherwise."""
+    return 255 if np.dtype(dtype) == np.uint8 else -1
 
 
 def as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -98,10 +120,30 @@ def open_image(path: Path) -> Iterator[Image.Image]:
         raise _unreadable(path, f"unreadable or truncated image ({reason})") from error
 
 
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except DECODE_ERRORS:  # a damaged EXIF block: show the pixels as stored, as most viewers do
+        return 1
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as viewers show the file: swapped when EXIF says it is stored sideways."""
+    width, height = img.size
+    return (height, width) if _orientation(img) in TRANSPOSED_ORIENTATIONS else (width, height)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The decoded image turned as its EXIF orientation says (the same image when it says nothing)."""
+    if _orientation(img) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def read_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header only: cheap, no decoding."""
+    """Displayed (width, height) from the file header only: cheap, no decoding."""
     with open_image(path) as img:
-        return img.size
+        return displayed_size(img)
 
 
 def _value_max(img: Image.Image, values: np.ndarray) -> float:
@@ -137,12 +179,13 @@ def load_image(path: Path, in_channels: int = 3, size: tuple[int, int] | None = 
     """
     path = Path(path)
     with open_image(path) as img:
+        sideways = _orientation(img) in TRANSPOSED_ORIENTATIONS
         if size is not None and img.format == "JPEG":
             # Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (still >= size):
             # several times faster than decoding at full size and resizing.
-            img.draft(None, (size[1], size[0]))
+            img.draft(None, (size[0], size[1]) if sideways else (size[1], size[0]))
         img.load()
-        img = _to_8bit(img, in_channels)
+        img = _to_8bit(_upright(img), in_channels)
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         pixels = np.array(img)  # a writable copy: torch.from_numpy warns on read-only arrays
@@ -158,6 +201,7 @@ def read_mask_values(path: Path) -> tuple[np.ndarray, float, bool]:
     path = Path(path)
     with open_image(path) as img:
         img.load()
+        img = _upright(img)
         if img.mode in ("1", "L", "P", "I", "F") or img.mode.startswith("I;16"):
             values = np.asarray(img)
             if values.dtype == bool:
@@ -184,19 +228,27 @@ def mask_to_labels(
     num_classes: int = 1,
     mask_threshold: float = 0.5,
     is_colour: bool = False,
+    ignore_index: int | None = None,
 ) -> np.ndarray:
-    """Raw mask values -> (H, W) class ids: uint8 (int64 when num_classes > 256).
+    """Raw mask values -> (H, W) class ids of ``label_dtype(num_classes)``.
 
     Binary (num_classes == 1): foreground where value > mask_threshold * value_max.
     A lossless mask whose values are all 0 or 1 is read as 0/1 labels, so 0/1 PNG masks
     are not silently thresholded to all background.
     Multi-class: the pixel value is the class id and must be < num_classes.
+    Pixels equal to ``ignore_index`` get ``void_label`` in both cases.
     """
+    dtype = label_dtype(num_classes)
+    ignored = (values == ignore_index) if ignore_index is not None else None
     if num_classes == 1:
+        kept = values if ignored is None else values[~ignored]
         is_jpeg = Path(path).suffix.lower() in JPEG_EXTENSIONS  # JPEG noise makes 0/1 values meaningless
-        if not is_jpeg and np.issubdtype(values.dtype, np.integer) and values.max(initial=0) == 1:
+        if not is_jpeg and np.issubdtype(values.dtype, np.integer) and kept.max(initial=0) == 1:
             value_max = 1.0
-        return (values > mask_threshold * value_max).astype(np.uint8)
+        labels = (values > mask_threshold * value_max).astype(dtype)
+        if ignored is not None:
+            labels[ignored] = void_label(dtype)
+        return labels
 
     name = display_path(path)
     if is_colour:
@@ -207,7 +259,10 @@ def mask_to_labels(
         ))
     labels = values.astype(np.int64)
     # the file's own values (a float TIFF's 0.5, not the 0 it would truncate to)
-    bad = np.unique(values[(labels < 0) | (labels >= num_classes) | (labels != values)])
+    wrong = (labels < 0) | (labels >= num_classes) | (labels != values)
+    if ignored is not None:
+        wrong &= ~ignored
+    bad = np.unique(values[wrong])
     if bad.size:
         listed = ", ".join(str(v.item()) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
         hint = ""
@@ -215,24 +270,72 @@ def mask_to_labels(
             hint = "; it looks like a 0/255 binary mask: use num_classes=1"
         elif Path(path).suffix.lower() in JPEG_EXTENSIONS:
             hint = "; JPEG compression changes class ids: save masks as PNG"
+        elif ignore_index is None and bad.size == 1:
+            hint = f"; if {listed} marks unlabelled pixels, pass --ignore-index {listed}"
         raise DatasetError(Issue(
             "bad_mask_values",
             f"{name}: values {listed} are not class ids 0..{num_classes - 1} (num_classes={num_classes}){hint}",
             (Path(path),),
         ))
-    return labels.astype(np.uint8) if num_classes <= 256 else labels
+    if ignored is not None:
+        labels[ignored] = void_label(dtype)
+    return labels.astype(dtype)
 
 
 def load_labels(
-    path: Path, num_classes: int = 1, mask_threshold: float = 0.5, size: tuple[int, int] | None = None
+    path: Path,
+    num_classes: int = 1,
+    mask_threshold: float = 0.5,
+    size: tuple[int, int] | None = None,
+    ignore_index: int | None = None,
 ) -> np.ndarray:
     """Decode a mask to (H, W) class ids (see ``mask_to_labels``), resized to ``size`` when given.
 
     Resizing is nearest-neighbour so class ids stay class ids.
     """
     values, value_max, is_colour = read_mask_values(path)
-    labels = mask_to_labels(values, value_max, path, num_classes, mask_threshold, is_colour)
+    labels = mask_to_labels(values, value_max, path, num_classes, mask_threshold, is_colour, ignore_index)
     return labels if size is None else resize_labels(labels, size)
+
+
+# Masks whose values are at most this, in at least 3 levels, look like class ids (0, 1, 2, ...)
+# rather than a binary mask, whose foreground sits at the top of the range (255, 65535) and whose
+# anti-aliased or JPEG edges add levels near 0 and near the top.
+CLASS_ID_MAX = 127
+
+
+class ClassIds(NamedTuple):
+    """Masks that look like class ids 0..count-1; `unlabelled`: a top-of-range value (255) beside
+    them, the usual "void" label, to pass as --ignore-index (None when there is none)."""
+
+    count: int
+    unlabelled: int | None = None
+
+
+def looks_like_class_ids(levels, value_max: float, ignore_index: int | None = None) -> ClassIds | None:
+    """ClassIds when the distinct mask values ``levels`` (of one mask or a whole dataset) look
+    like class ids rather than a binary mask; None otherwise.
+
+    Class ids: integers, at least three levels besides a void value (0/1 and 0/255 are binary),
+    all small (<= CLASS_ID_MAX), so a 12-class mask 0..11 (with or without 255 for unlabelled
+    pixels) is recognised and a grey-edged 0/255 mask, whose levels sit near both ends, is not.
+    """
+    levels = {float(v) for v in levels} - ({float(ignore_index)} if ignore_index is not None else set())
+    if any(v != int(v) or v < 0 for v in levels) or value_max < CLASS_ID_MAX:
+        return None
+    unlabelled = int(value_max) if value_max in levels else None
+    ids = levels - {float(value_max)}
+    if len(ids) < 3 or max(ids) > CLASS_ID_MAX:
+        return None
+    return ClassIds(int(max(ids)) + 1, unlabelled)
+
+
+def class_id_hint(class_ids: ClassIds) -> str:
+    """The one line analyze, validate and train print when masks look like class ids."""
+    k = class_ids.count
+    void = f" and --ignore-index {class_ids.unlabelled} (for the {class_ids.unlabelled} pixels)" if class_ids.unlabelled else ""
+    return (f"the masks look like {k} class ids (values 0..{k - 1}), not binary masks: pass --num-classes {k}{void} "
+            "to train on the classes (read as binary, they are thresholded at half their range)")
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -242,3 +345,21 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     pil_labels = Image.fromarray(labels.astype(np.int32) if labels.dtype == np.int64 else labels)
     resized = pil_labels.resize((size[1], size[0]), Image.Resampling.NEAREST)
     return np.asarray(resized).astype(labels.dtype)
+
+
+def letterbox_box(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where a (H0, W0) picture lands when fitted into (H, W) keeping its aspect, centred:
+    (top, left, height, width) of the content; the rest is padding."""
+    (h0, w0), (h, w) = source_hw, target_hw
+    scale = min(h / h0, w / w0)
+    height, width = max(1, min(h, round(h0 * scale))), max(1, min(w, round(w0 * scale)))
+    return (h - height) // 2, (w - width) // 2, height, width
+
+
+def letterbox(array: np.ndarray, box: tuple[int, int, int, int], target_hw: tuple[int, int], fill) -> np.ndarray:
+    """Place ``array`` ((height, width) or (height, width, C), already at the box's size) at ``box``
+    in a (H, W[, C]) array filled with ``fill``."""
+    top, left, height, width = box
+    out = np.full((*target_hw, *array.shape[2:]), fill, dtype=array.dtype)
+    out[top:top + height, left:left + width] = array
+    return out

@@ -2,7 +2,9 @@
 
 Writes the usual per-image files (see `src.inference.outputs`) plus
     summary.json   count, failures (file and reason), seconds per image, options, mean scores
-    metrics.csv    with a mask folder: Dice and IoU per image and their mean (last row)
+    metrics.csv    with a mask folder: Dice and IoU per image and their mean (last row); for
+                   multi-class models summary.json adds per-class IoU/Dice and mIoU over all images
+Mask pixels equal to `ignore_index` are left out of every score.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from tqdm import tqdm
 
 from src.inference.outputs import OutputOptions, prepare_output_dir, save_prediction
 from src.inference.predictor import InferenceError, Predictor
-from src.metrics import segmentation_scores
+from src.metrics import ClassOverlap, segmentation_scores
 from utils.errors import DatasetError
-from utils.image_io import IMAGE_EXTENSIONS, load_labels
+from utils.image_io import IMAGE_EXTENSIONS, label_dtype, load_labels, void_label
 from utils.pairing import find_pairs, list_image_files
 
 
@@ -38,6 +40,11 @@ class BatchSummary:
     mean_dice: Optional[float] = None
     mean_iou: Optional[float] = None
     scored: int = 0  # images with a ground-truth mask that were scored
+    ignore_index: Optional[int] = None
+    miou: Optional[float] = None  # multi-class: over all scored pixels (see src.metrics.ClassOverlap)
+    mdice: Optional[float] = None
+    per_class_iou: Optional[list] = None
+    per_class_dice: Optional[list] = None
     options: dict = field(default_factory=dict)
     summary_path: Optional[str] = None
     metrics_path: Optional[str] = None
@@ -51,6 +58,7 @@ def run_batch(
     batch_size: int = 8,
     mask_dir=None,
     progress: bool = True,
+    ignore_index: Optional[int] = None,
 ) -> BatchSummary:
     """Segment every image in `input_dir` (not recursive), `batch_size` images per forward pass.
 
@@ -68,8 +76,10 @@ def run_batch(
             raise InferenceError(f"--output {output_dir} is the {flag} folder: masks named <stem>.png would overwrite its files")
     stems = unique_stems(images)
     prepare_output_dir(output_dir)
-    summary = BatchSummary(str(input_dir), str(output_dir), options={**asdict(predictor.options), "batch_size": batch_size})
+    summary = BatchSummary(str(input_dir), str(output_dir), options={**asdict(predictor.options), "batch_size": batch_size},
+                           ignore_index=ignore_index)
     scores = []
+    overlap = ClassOverlap(predictor.num_classes) if predictor.num_classes > 1 else None
 
     start = time.perf_counter()
     bar = tqdm(total=len(images), desc="Segmenting", unit="img", disable=not progress, dynamic_ncols=True)
@@ -86,7 +96,7 @@ def run_batch(
             save_prediction(prediction, image, output_dir, stems[path], predictor.num_classes, options, source=path)
             summary.count += 1
             if path in masks:
-                score = _score(prediction.mask, masks[path], predictor.num_classes, summary)
+                score = _score(prediction.mask, masks[path], predictor.num_classes, summary, ignore_index, overlap)
                 if score is not None:
                     scores.append({"image": path.name, "mask": masks[path].name, **score})
         bar.update(len(chunk))
@@ -101,6 +111,10 @@ def run_batch(
             if scores:
                 summary.mean_dice = float(np.mean([s["dice"] for s in scores]))
                 summary.mean_iou = float(np.mean([s["iou"] for s in scores]))
+            if overlap is not None and scores:
+                class_scores = overlap.scores()
+                summary.miou, summary.mdice = class_scores["miou"], class_scores["mdice"]
+                summary.per_class_iou, summary.per_class_dice = class_scores["per_class_iou"], class_scores["per_class_dice"]
         summary.summary_path = str(output_dir / "summary.json")
         Path(summary.summary_path).write_text(json.dumps(asdict(summary), indent=2))
     except OSError as error:
@@ -135,10 +149,12 @@ def unique_stems(paths: list[Path]) -> dict[Path, str]:
     return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in paths}
 
 
-def _score(mask: np.ndarray, mask_path: Path, num_classes: int, summary: BatchSummary) -> Optional[dict]:
-    """Dice/IoU of one prediction against its ground truth; a bad mask is a failure, not a stop."""
+def _score(mask: np.ndarray, mask_path: Path, num_classes: int, summary: BatchSummary, ignore_index=None,
+           overlap: Optional[ClassOverlap] = None) -> Optional[dict]:
+    """Dice/IoU of one prediction against its ground truth (ignored pixels left out); a bad mask is
+    a failure, not a stop. Adds the pixels to `overlap` for per-class scores."""
     try:
-        truth = load_labels(mask_path, num_classes=num_classes)
+        truth = load_labels(mask_path, num_classes=num_classes, ignore_index=ignore_index)
     except DatasetError as error:
         summary.failures.append({"file": str(mask_path), "reason": f"mask not scored: {error}"})
         return None
@@ -146,7 +162,10 @@ def _score(mask: np.ndarray, mask_path: Path, num_classes: int, summary: BatchSu
         summary.failures.append({"file": str(mask_path), "reason": f"mask not scored: its size {truth.shape[1]}x{truth.shape[0]} "
                                  f"differs from the image's {mask.shape[1]}x{mask.shape[0]}"})
         return None
-    return segmentation_scores(mask, truth, num_classes)
+    void = void_label(label_dtype(num_classes)) if ignore_index is not None else None
+    if overlap is not None:
+        overlap.update(mask, truth, void)
+    return segmentation_scores(mask, truth, num_classes, void)
 
 
 def write_metrics_csv(scores: list[dict], path: Path) -> Path:

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 from src.checkpoint import CheckpointError
-from src.cli import ArgumentParser
+from src.cli import ArgumentParser, image_size_from_parts, size_part
 from src.device import PRECISIONS
 from src.inference.batch import run_batch
 from src.inference.interactive import run_interactive
 from src.inference.outputs import OutputOptions, check_output_dir, format_written
-from src.inference.predictor import InferenceError, Predictor, PredictorOptions
+from src.inference.predictor import RESIZE_MODES, TILE_FACTOR, InferenceError, Predictor, PredictorOptions
 from src.inference.single import segment_file
 from utils.errors import DatasetError
 
@@ -51,6 +51,16 @@ def _unit_interval(text: str) -> float:
     return _number_in(text, 0, 1, inclusive=True)
 
 
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = PredictorOptions()
     p = ArgumentParser(
@@ -68,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--interactive", action="store_true", help="prompt for image paths, one at a time")
     mode.add_argument("--mask-dir", help="batch mode: ground-truth masks (a.png, a_mask.png or a_gt.png for a.jpg) to score against: "
                            "metrics.csv with Dice and IoU")
-    mode.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default: %(default)s)")
+    mode.add_argument("--ignore-index", type=int, default=None,
+                      help="with --mask-dir: mask value left out of the scores (default: the checkpoint's --ignore-index)")
+    mode.add_argument("--batch-size", type=_positive_int, default=8, help="images (or tiles) per forward pass (default: %(default)s)")
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--steps", type=_positive_int, default=d.steps, help="DDIM steps (default: %(default)s)")
     sampling.add_argument("--ensemble", type=_positive_int, default=d.ensemble,
@@ -80,8 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--threshold", type=_probability, default=d.threshold,
                           help="foreground probability threshold for binary models (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=d.seed, help="sampling seed: same seed, same masks (default: %(default)s)")
-    sampling.add_argument("--image-size", type=_positive_int, default=None,
-                          help="square model input size in pixels, a multiple of the UNet's downsampling (default: the checkpoint's own)")
+    sampling.add_argument("--image-size", type=size_part, nargs="+", default=None, metavar="SIZE",
+                          help="model input size: N, H W or HxW, multiples of the UNet's downsampling (default: the checkpoint's own)")
+    sampling.add_argument("--resize", choices=RESIZE_MODES, default=None,
+                          help="stretch to the model size, or pad: keep the aspect ratio, letterbox (default: as the checkpoint was trained)")
+    sampling.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
+                          help=f"segment window by window at the model's size, blended with Gaussian weights (default: only images "
+                               f"over {TILE_FACTOR}x the model size; --no-tile: never)")
+    sampling.add_argument("--tile-overlap", type=_overlap, default=d.tile_overlap,
+                          help="overlap of neighbouring windows, a fraction of the window (default: %(default)s)")
     runtime = p.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     runtime.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -134,16 +153,21 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     mode = resolve_mode(args)
+    try:
+        image_size = image_size_from_parts(args.image_size) if args.image_size else None
+    except argparse.ArgumentTypeError as error:
+        raise InferenceError(f"--image-size: {error}") from None
     options = PredictorOptions(steps=args.steps, ensemble=args.ensemble, threshold=args.threshold, seed=args.seed,
-                               eta=args.eta, time_ensemble=args.time_ensemble)
+                               resize=args.resize, tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.batch_size,
+                               progress=args.progress, eta=args.eta, time_ensemble=args.time_ensemble)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                          options=options, image_size=args.image_size)
+                                          options=options, image_size=image_size)
     check_output_dir(args.output)  # a bad --output stops here, before any image is segmented
     outputs = OutputOptions(overlay=args.overlay, save_probs=args.save_probs, uncertainty=args.ensemble > 1,
                             process=args.visualize_process)
     config = predictor.config
     print(f"model: {config.num_classes} class(es), {config.in_channels} channel(s), runs at "
-          f"{predictor.image_size[0]}x{predictor.image_size[1]} on {predictor.runtime.describe()}; "
+          f"{predictor.image_size[0]}x{predictor.image_size[1]} ({predictor.options.resize}) on {predictor.runtime.describe()}; "
           f"{args.steps} DDIM steps, ensemble {args.ensemble}, seed {args.seed}")
 
     if mode == "interactive":
@@ -153,8 +177,9 @@ def run(args) -> int:
         result = segment_file(predictor, args.input, args.output, outputs)
         print(f"segmented {result.source} in {result.seconds:.2f} s; saved {format_written(result.written)}")
         return 0
+    ignore_index = args.ignore_index if args.ignore_index is not None else predictor.training_options.get("ignore_index")
     return _report_batch(run_batch(predictor, args.input, args.output, outputs, batch_size=args.batch_size,
-                                   mask_dir=args.mask_dir, progress=args.progress))
+                                   mask_dir=args.mask_dir, progress=args.progress, ignore_index=ignore_index))
 
 
 def _report_batch(summary) -> int:
@@ -169,6 +194,9 @@ def _report_batch(summary) -> int:
         if summary.mean_dice is not None:
             print(f"mean Dice {summary.mean_dice:.4f}, mean IoU {summary.mean_iou:.4f} over {summary.scored} image(s) "
                   f"-> {summary.metrics_path}")
+            if summary.miou is not None:
+                per_class = ", ".join("-" if v is None else f"{v:.3f}" for v in summary.per_class_iou)
+                print(f"mIoU {summary.miou:.4f} (per class: {per_class})")
         else:
             print(f"no prediction could be scored (no matching masks) -> {summary.metrics_path}")
     print(f"summary -> {summary.summary_path}")

@@ -1,13 +1,17 @@
 """Segment images of any size with a trained checkpoint.
 
 The model works at one size (its config's `image_size`, or an override): each image is resized
-to it (bilinear, antialiased), segmented, and the probabilities are resized back to the image's
-ORIGINAL size (bilinear) before thresholding / argmax, so masks match the input pixel for pixel.
+to it (bilinear, antialiased; with resize "pad" fitted inside it keeping its aspect ratio and
+letterboxed, as in training), segmented, and the probabilities are cropped to the content and
+resized back to the image's ORIGINAL size (bilinear) before thresholding / argmax, so masks
+match the input pixel for pixel. Images more than TILE_FACTOR times the model's size in a
+dimension (or every image with `tile=True`) are segmented window by window at the model's own
+resolution instead (src/inference/tiling.py), so their detail is not shrunk away.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,11 +19,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.checkpoint import load_model
+from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.device import Runtime, select_runtime
-from src.masks import probabilities_to_mask, resize_maps
+from src.inference.tiling import sliding_window
+from src.masks import crop_box, probabilities_to_mask, resize_maps
 from src.models import DiffusionSegmentation
-from utils.image_io import as_size, load_image
+from utils.image_io import as_size, letterbox_box, load_image
+
+# An image more than this many times the model's input size (in height or width) is tiled
+TILE_FACTOR = 2
+RESIZE_MODES = ("stretch", "pad")
 
 
 class InferenceError(ValueError):
@@ -76,13 +85,23 @@ class PredictorOptions:
     threshold: float = 0.5
     seed: Optional[int] = 0
     process_frames: int = 8  # frames kept per image when the process is recorded
+    resize: Optional[str] = None  # "stretch" or "pad" (letterbox); None: as the checkpoint was trained
+    tile: Optional[bool] = None  # None: tile images over TILE_FACTOR x the model size; True: always; False: never
+    tile_overlap: float = 0.25
+    tile_batch: int = 8  # windows per forward pass
+    progress: bool = False  # a bar over the windows of a tiled image
 
 
 class Predictor:
     """A model in eval mode on its runtime, plus the pre/post-processing around it."""
 
-    def __init__(self, model: DiffusionSegmentation, runtime: Runtime, options: PredictorOptions = None, image_size=None):
-        self.options = options or PredictorOptions()
+    def __init__(self, model: DiffusionSegmentation, runtime: Runtime, options: PredictorOptions = None, image_size=None,
+                 training_options: Optional[dict] = None):
+        self.options = replace(options or PredictorOptions())
+        # the run's train_config, when the checkpoint has one: how images were resized, the ignore label
+        self.training_options = dict(training_options or {})
+        if self.options.resize is None:
+            self.options.resize = self.training_options.get("resize") or "stretch"
         self.runtime = runtime
         self.model = runtime.prepare_model(model).eval()
         self.config = model.config
@@ -98,15 +117,16 @@ class Predictor:
                         image_size=None) -> "Predictor":
         """Rebuild the model from the checkpoint's own config (EMA weights when saved).
 
-        Raises CheckpointError for a missing or unusable checkpoint, InferenceError for bad
-        options or an unavailable device.
+        The checkpoint's train_config (resize, ignore_index) becomes `training_options`. Raises CheckpointError for a missing or unusable checkpoint,
+        InferenceError for bad options or an unavailable device.
         """
         try:
             runtime = select_runtime(device, precision)
         except ValueError as error:
             raise InferenceError(f"--device {device} / --precision {precision}: {error}") from None
-        model = load_model(checkpoint, use_ema=True)
-        return cls(model, runtime, options, image_size)
+        state = load_checkpoint(checkpoint)
+        model = model_from_checkpoint(state, checkpoint, use_ema=True).eval()
+        return cls(model, runtime, options, image_size, training_options=state.get("train_config"))
 
     @property
     def num_classes(self) -> int:
@@ -124,20 +144,33 @@ class Predictor:
         """
         return load_image(Path(path), in_channels=self.config.in_channels)
 
+    def content_box(self, image_hw) -> tuple:
+        """(top, left, h, w) of an image of size image_hw inside the model input: all of it when
+        stretched, the letterboxed part with resize "pad"."""
+        if self.options.resize == "pad":
+            return letterbox_box(tuple(image_hw), self.image_size)
+        return (0, 0, *self.image_size)
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(H_i, W_i, C) uint8 images of any sizes -> (B, C, h, w) float in [0, 1] at model size."""
         resized = []
         for image in images:
-            array = np.asarray(image)
-            array = array[..., None] if array.ndim == 2 else array
-            if array.shape[-1] != self.config.in_channels:
-                raise InferenceError(f"image has {array.shape[-1]} channel(s), the model takes {self.config.in_channels}")
+            array = _check_channels(image, self.config.in_channels)
             tensor = torch.tensor(array, dtype=torch.float32).permute(2, 0, 1)[None] / 255
-            if tuple(tensor.shape[-2:]) != self.image_size:
+            top, left, height, width = self.content_box(array.shape[:2])
+            if tuple(tensor.shape[-2:]) != (height, width):
                 # antialias: downscaling a large photo without it aliases fine texture
-                tensor = F.interpolate(tensor, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+                tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+            if (height, width) != self.image_size:  # letterbox: black borders, as in training
+                tensor = F.pad(tensor, (left, self.image_size[1] - width - left, top, self.image_size[0] - height - top))
             resized.append(tensor.clamp(0, 1))
         return torch.cat(resized)
+
+    def tiles(self, image: np.ndarray) -> bool:
+        """Whether `image` is segmented window by window (see TILE_FACTOR and options.tile)."""
+        if self.options.tile is not None:
+            return self.options.tile
+        return any(size > TILE_FACTOR * model_size for size, model_size in zip(image.shape[:2], self.image_size))
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], record_process: bool = False, seed: Optional[int] = None) -> list[Prediction]:
@@ -145,10 +178,36 @@ class Predictor:
 
         The batch (times the ensemble) is sampled together. With DDIM (eta = 0) an image's result
         depends only on the seed and its position in the batch. `seed` overrides options.seed
-        for this call.
+        for this call. Tiled images are segmented one by one (no process figure for them).
         """
         if not images:
             return []
+        seed = self.options.seed if seed is None else seed
+        tiled = [self.tiles(np.asarray(image)) for image in images]
+        whole = [image for image, tile in zip(images, tiled) if not tile]
+        results = iter(self._predict_resized(whole, record_process, seed) if whole else [])
+        return [self._predict_tiled(image, seed) if tile else next(results) for image, tile in zip(images, tiled)]
+
+    def _predict_tiled(self, image: np.ndarray, seed: Optional[int]) -> Prediction:
+        """One image, window by window at the model's resolution, blended (src/inference/tiling.py)."""
+        options = self.options
+        image = _check_channels(image, self.config.in_channels)
+
+        def run(tiles: torch.Tensor, first: int):
+            with self.runtime.autocast():
+                output = self.model.segment(self.runtime.to_device(tiles), steps=options.steps, ensemble=options.ensemble,
+                                            threshold=options.threshold, seed=None if seed is None else seed + first,
+                                            eta=options.eta, time_ensemble=options.time_ensemble)
+            return output.probabilities, output.uncertainty
+
+        probabilities, uncertainty = sliding_window(image, self.image_size, run, self.config.mask_channels,
+                                                    options.tile_overlap, options.tile_batch, options.progress)
+        mask = probabilities_to_mask(torch.from_numpy(probabilities), self.num_classes, options.threshold)
+        return Prediction(mask=mask.numpy().astype(self.mask_dtype), probabilities=probabilities,
+                          uncertainty=np.maximum(uncertainty, 0))
+
+    def _predict_resized(self, images: Sequence[np.ndarray], record_process: bool, seed: Optional[int]) -> list[Prediction]:
+        """A batch of images resized (or letterboxed) to the model's size, sampled together."""
         options = self.options
         batch = self.runtime.to_device(self.preprocess(images))
         recorder = _ProcessRecorder(options, self.model) if record_process else None
@@ -158,7 +217,7 @@ class Predictor:
                 steps=options.steps,
                 ensemble=options.ensemble,
                 threshold=options.threshold,
-                seed=options.seed if seed is None else seed,
+                seed=seed,
                 callback=recorder,
                 eta=options.eta,
                 time_ensemble=options.time_ensemble,
@@ -168,17 +227,30 @@ class Predictor:
         predictions = []
         for i, image in enumerate(images):
             size = image.shape[:2]
-            probs = resize_maps(probabilities[i], size)
+            box = self.content_box(size)
+            probs = resize_maps(crop_box(probabilities[i], box), size)
             predictions.append(Prediction(
                 mask=probabilities_to_mask(probs, self.num_classes, options.threshold).numpy().astype(self.mask_dtype),
                 probabilities=probs.numpy(),
-                uncertainty=resize_maps(uncertainty[i][None], size)[0].clamp(min=0).numpy(),
+                uncertainty=resize_maps(crop_box(uncertainty[i][None], box), size)[0].clamp(min=0).numpy(),
                 process=recorder.trace(i * options.ensemble, batch[i].float().cpu()) if recorder else None,
             ))
         return predictions
 
 
+def _check_channels(image, in_channels: int) -> np.ndarray:
+    array = np.asarray(image)
+    array = array[..., None] if array.ndim == 2 else array
+    if array.shape[-1] != in_channels:
+        raise InferenceError(f"image has {array.shape[-1]} channel(s), the model takes {in_channels}")
+    return array
+
+
 def _check_options(options: PredictorOptions, timesteps: int) -> None:
+    if options.resize not in RESIZE_MODES:
+        raise InferenceError(f"--resize must be one of {RESIZE_MODES}, got {options.resize!r}")
+    if not 0 <= options.tile_overlap < 1:
+        raise InferenceError(f"--tile-overlap must be in [0, 1), got {options.tile_overlap}")
     if not 1 <= options.steps <= timesteps:
         raise InferenceError(f"--steps must be between 1 and the model's {timesteps} timesteps, got {options.steps}")
     if options.ensemble < 1:

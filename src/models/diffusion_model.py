@@ -306,14 +306,24 @@ class DiffusionSegmentation(nn.Module):
 
     # -- training -------------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Training loss for a batch: images (B, C, H, W) in [0, 1], masks as in the module doc."""
-        return self.training_losses(images, masks)["loss"]
+        return self.training_losses(images, masks, valid=valid)["loss"]
 
-    def training_losses(self, images: torch.Tensor, masks: torch.Tensor, t: Optional[torch.Tensor] = None) -> dict:
-        """MSE on the prediction target, plus `dice_weight` x (soft Dice + BCE) on the predicted x0."""
+    def training_losses(self, images: torch.Tensor, masks: torch.Tensor, t: Optional[torch.Tensor] = None,
+                        valid: Optional[torch.Tensor] = None) -> dict:
+        """MSE on the prediction target, plus `dice_weight` x (soft Dice + BCE) on the predicted x0.
+
+        valid: (B, 1, H, W) or (B, H, W) bool, False where a pixel belongs to no class (an ignore
+        label, padding): those pixels count in no loss term. None: every pixel counts.
+        """
         self._check_inputs(images)
+        if valid is not None:
+            valid = (valid if valid.ndim == 4 else valid.unsqueeze(1)).to(images.device)
+            masks = masks.clamp(min=0)  # any class will do under a pixel no loss looks at
         x0 = self.masks_to_x0(masks).to(images.device)
+        if valid is not None:
+            x0 = x0 * valid  # 0, "no class", under ignored pixels: x_t there holds noise only
         z0 = x0 * self.config.input_scale  # what is noised
         batch = x0.shape[0]
         if t is None:
@@ -328,21 +338,21 @@ class DiffusionSegmentation(nn.Module):
         if target is None:
             target = self.predict_v(z0, t, noise)
         logits = 2 * output if self._predicts_logits else None
-        mse = F.mse_loss(torch.tanh(output) if logits is not None else output, target)
+        mse = masked_mean(F.mse_loss(torch.tanh(output) if logits is not None else output, target, reduction="none"), valid)
         losses = {"mse": mse, "loss": mse}
         if self.config.dice_weight > 0:
             truth = (x0 + 1) / 2
             if logits is not None:
                 probs = torch.sigmoid(logits)
-                losses["bce"] = F.binary_cross_entropy_with_logits(logits, truth)
+                losses["bce"] = masked_mean(F.binary_cross_entropy_with_logits(logits, truth, reduction="none"), valid)
             else:
                 x0_pred, _ = self.output_to_x0_eps(output, x_t, t, clip=False)
                 probs = ((x0_pred + 1) / 2).clamp(1e-4, 1 - 1e-4)
                 # In fp32 with autocast off: CUDA autocast refuses binary_cross_entropy (its log is
                 # unsafe in fp16), and the clamped probs are not logits, so the _with_logits form is no substitute.
                 with torch.autocast(probs.device.type, enabled=False):
-                    losses["bce"] = F.binary_cross_entropy(probs.float(), truth.float())
-            losses["dice"] = soft_dice_loss(probs, truth)
+                    losses["bce"] = masked_mean(F.binary_cross_entropy(probs.float(), truth.float(), reduction="none"), valid)
+            losses["dice"] = soft_dice_loss(probs, truth, valid)
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 
@@ -528,8 +538,19 @@ class SegmentationOutput:
     uncertainty: torch.Tensor
 
 
-def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice, averaged over images and channels. probs, truth: (B, K, H, W) in [0, 1]."""
+def masked_mean(per_pixel: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of (B, K, H, W) per-pixel losses over the pixels where valid (B, 1, H, W) is True (all when None)."""
+    if valid is None:
+        return per_pixel.mean()
+    weight = valid.to(per_pixel.dtype).expand_as(per_pixel)
+    return (per_pixel * weight).sum() / weight.sum().clamp(min=1)
+
+
+def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, valid: Optional[torch.Tensor] = None, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice, averaged over images and channels. probs, truth: (B, K, H, W) in [0, 1];
+    valid: (B, 1, H, W) bool, pixels outside it count for nothing (None: all count)."""
+    if valid is not None:
+        probs, truth = probs * valid, truth * valid
     dims = (2, 3)
     intersection = (probs * truth).sum(dims)
     total = probs.sum(dims) + truth.sum(dims)

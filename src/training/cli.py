@@ -5,13 +5,15 @@ import sys
 from pathlib import Path
 
 from src.checkpoint import CheckpointError
-from src.cli import ArgumentParser
+from src.cli import ArgumentParser, image_size_from_parts, size_part
 from src.device import PRECISIONS
 from src.models import DiffusionConfig
 from src.models.diffusion_model import PREDICTION_TYPES, SCHEDULES
 from src.training.config import TrainConfig
 from src.training.distributed import DistributedError
+from src.training.interrupt import Interrupted
 from src.training.trainer import TrainingError, train
+from utils.data_utils import RESIZE_MODES
 from src.training.tracking import TrackingError
 from utils.errors import DatasetError
 
@@ -43,10 +45,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
+def _val_fraction(text: str) -> float:
     value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (no validation) or a fraction below 1, got {value}")
     return value
 
 
@@ -59,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--mask-dir", help="folder of masks (same stems, or _mask/_gt suffixes)")
     data.add_argument("--synthetic", action="store_true", help="train on built-in synthetic shapes")
     data.add_argument("--synthetic-samples", type=_positive_int, default=d.synthetic_samples)
-    data.add_argument("--val-split", type=_fraction, default=None, help="fraction held out for validation")
+    data.add_argument("--val-split", type=_val_fraction, default=None,
+                      help="fraction held out for validation (default: 0.1 when there are >= 10 pairs and no val/ folder; 0: none)")
+    data.add_argument("--ignore-index", type=int, default=None,
+                      help="mask value of pixels that belong to no class (often 255): left out of losses and metrics")
+    data.add_argument("--resize", choices=RESIZE_MODES, default=d.resize,
+                      help="stretch to --image-size (default), or pad: keep the aspect ratio, letterbox, padding ignored")
     data.add_argument("--augmentation-mode", choices=AUGMENTATION_MODES, default=d.augmentation_mode)
     data.add_argument("--num-workers", type=int, default=d.num_workers)
     run = p.add_argument_group("run")
@@ -85,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
     run.add_argument("--wandb-project", default=d.wandb_project)
     run.add_argument("--resume", help="checkpoint to continue from (its data and model settings are reused)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir (its files are removed)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     model = p.add_argument_group("model")
-    model.add_argument("--image-size", type=_positive_int, default=m.image_size[0], help="square size, divisible by 2^(levels-1)")
+    model.add_argument("--image-size", type=size_part, nargs="+", default=list(m.image_size), metavar="SIZE",
+                       help="N, H W or HxW (default: %(default)s), each divisible by patch-size x 2^(levels-1)")
     model.add_argument("--in-channels", type=_positive_int, default=None, help="image channels (default: detected, 1 or 3)")
     model.add_argument("--num-classes", type=_positive_int, default=m.num_classes, help="1 = binary; K > 1: mask values are class ids")
     model.add_argument("--timesteps", type=_positive_int, default=m.timesteps)
@@ -154,6 +163,8 @@ def configs_from_args(parser, args, argv) -> tuple:
         except CheckpointError as error:
             parser.error(str(error))
         saved = dict(state.get("train_config") or {})
+        if saved.get("val_split") is None and not (state.get("data_split") or {}).get("val", True):
+            saved["val_split"] = 0  # saved before validation became the default: keep its split
         for key in MODEL_FLAGS:
             if key in explicit:
                 print(f"warning: --{key.replace('_', '-')} is ignored with --resume: the model is rebuilt from {args.resume}")
@@ -171,6 +182,10 @@ def configs_from_args(parser, args, argv) -> tuple:
     if values["in_channels"] is None:
         image_dir = args.image_dir or (Path(args.data_dir) / "train" / "images" if args.data_dir else None)
         values["in_channels"] = detect_in_channels(image_dir) if image_dir and Path(image_dir).is_dir() else 3
+    try:
+        values["image_size"] = image_size_from_parts(values["image_size"])
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--image-size: {error}")
     model_values = {field: values[flag] for flag, field in MODEL_FLAGS.items()}
     try:
         model_config = DiffusionConfig(**model_values)
@@ -185,7 +200,7 @@ def _check_image_size(config: DiffusionConfig) -> None:
     multiple = config.size_multiple
     height, width = config.image_size
     if height % multiple or width % multiple:
-        raise ValueError(f"--image-size {height} is not divisible by {multiple} (--patch-size {config.patch_size} x "
+        raise ValueError(f"--image-size {height}x{width} is not divisible by {multiple} (--patch-size {config.patch_size} x "
                          f"2^(levels-1) for --channel-mults {','.join(map(str, config.channel_mults))})")
 
 
@@ -200,8 +215,11 @@ def main(argv=None) -> int:
         # DatasetError: bad data found before the first step; its message names every bad file
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: the last completed epoch is in last.pth; continue with --resume", file=sys.stderr)
+    except Interrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # before training was set up to save anything
+        print("\ninterrupted before training started: nothing saved", file=sys.stderr)
         return 130
     _report(result)
     return 0

@@ -12,9 +12,11 @@ class TrainConfig:
     mask_dir: Optional[str] = None
     synthetic: bool = False
     synthetic_samples: int = 256
-    val_split: Optional[float] = None
+    val_split: Optional[float] = None  # None: 10 % when there are >= 10 pairs and no val/ folder; 0: none
     augmentation_mode: str = "medium"
     num_workers: int = 0
+    ignore_index: Optional[int] = None  # mask value left out of losses and metrics (often 255)
+    resize: str = "stretch"  # or "pad": keep the aspect ratio, letterbox, padding ignored
     # run
     output_dir: str = "./outputs"
     epochs: int = 100
@@ -38,6 +40,7 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "diffusion-segmentation"
     resume: Optional[str] = None
+    overwrite: bool = False  # replace the run already in output_dir
     progress: bool = True
 
     def to_dict(self) -> dict:

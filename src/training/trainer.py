@@ -1,14 +1,18 @@
 """The training loop: AdamW with warm-up + cosine lr, autocast, EMA, validation Dice, exact resume.
 
 `train(TrainConfig, DiffusionConfig)` runs everything; `train.py` only turns flags into these two.
-Files in `output_dir`: last.pth (every epoch and when a budget stops the run), best.pth (highest
-validation Dice), checkpoint_epoch_N.pth (every `save_every` epochs and the last one),
+Files in `output_dir`: last.pth (every epoch, and when a budget or a signal stops the run: the
+full resumable state), best.pth (highest validation Dice), checkpoint_epoch_N.pth (every
+`save_every` epochs and the last one: the EMA weights and config only, what inference needs),
 history.json, training_curves.png and val_predictions.png after each validation.
+The folder is claimed first (src/training/run_folder.py): no run starts over another's files.
+SIGTERM/SIGINT save last.pth after the current step and raise Interrupted (src/training/interrupt.py).
 """
 
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +29,11 @@ from src.training.config import TrainConfig
 from src.training.data import build_training_data
 from src.training.distributed import cleanup_distributed, distributed_device, setup_distributed
 from src.training.ema import EMA
+from src.training.interrupt import Interrupted, StopSignals
 from src.training.lr_schedule import LearningRateSchedule
 from src.training.optim import build_optimizer
 from src.training.rng import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
+from src.training.run_folder import RunFolderError, claim_output_dir
 from src.training.tracking import NullTracker, WandbTracker
 from src.training.validation import evaluate
 
@@ -65,19 +71,34 @@ def train(config: TrainConfig, model_config: Optional[DiffusionConfig] = None) -
     """Train (or resume, with config.resume) and return where the results went."""
     resume_state = load_checkpoint(config.resume) if config.resume else None
     if resume_state is not None:
+        if resume_state.get("resumable") is False:
+            raise CheckpointError(f"{config.resume}: holds the weights for inference only (a periodic checkpoint); "
+                                  f"resume from last.pth of the same run")
         model_config = DiffusionConfig.from_dict(dict(resume_state["model_config"]))
     model_config = model_config or DiffusionConfig()
 
     context = setup_distributed(config.device)
+    trainer = None
     try:
-        return _Trainer(config, model_config, context, resume_state).run()
+        with StopSignals() as signals, claim_output_dir(config.output_dir, resume=bool(config.resume),
+                                                        overwrite=config.overwrite, enabled=context.is_main):
+            try:
+                trainer = _Trainer(config, model_config, context, resume_state, signals)
+                return trainer.run()
+            except KeyboardInterrupt:  # a signal before the loop, or a second one: stop now
+                saved = trainer.last_saved if trainer is not None else (None, None)
+                raise Interrupted(signals.signum or signal.SIGINT, *saved) from None
+    except RunFolderError as error:
+        raise TrainingError(str(error)) from None
     finally:
         cleanup_distributed(context)
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, model_config: DiffusionConfig, context, resume_state):
+    def __init__(self, config: TrainConfig, model_config: DiffusionConfig, context, resume_state, signals=None):
         self.config = config
+        self.signals = signals or StopSignals()
+        self.last_saved = (None, None)  # (path of last.pth written by this run, its step)
         self.context = context
         self.output_dir = Path(config.output_dir)
         self.runtime = select_runtime(distributed_device(context, config.device), config.precision)
@@ -119,21 +140,27 @@ class _Trainer:
             print(f"training on {self.runtime.describe()} x{self.context.world_size}: {params / 1e6:.2f}M parameters, "
                   f"{len(self.data.train_loader.dataset)} train / {len(self.data.val_dataset or [])} val samples, "
                   f"{self.steps_per_epoch} steps per epoch")
+            for note in self.data.notes:
+                print(note)
         start_time = time.monotonic() - progress.elapsed_seconds  # a resumed run's clock goes on
         self.start_time = start_time
         stopped_early = False
         last_path = None
+        self.signals.deferring = True  # from here a signal stops the run cleanly after the current step
         try:
             while progress.epoch < config.epochs and not stopped_early:
                 epoch_loss, stopped_early = self._train_epoch(start_time)
                 if stopped_early:
                     last_path = self._save("last.pth")
+                    if self.stop_signal is not None:
+                        raise Interrupted(self.stop_signal, last_path, progress.step)
                     break
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
                 self._end_of_epoch(epoch_loss)
                 last_path = self.output_dir / "last.pth"
         finally:
+            self.signals.deferring = False
             self.tracker.finish()
         if self.context.is_main and stopped_early:
             print(f"stopped by budget at step {progress.step} (epoch {progress.epoch + 1}); resume with --resume {last_path}")
@@ -179,7 +206,7 @@ class _Trainer:
             images_per_second = seen / max(time.monotonic() - epoch_start, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.1f}")
             bar.update(1)
-            if self._budget_reached(start_time):
+            if self._signalled() or self._budget_reached(start_time):
                 bar.close()
                 return None, True
         bar.close()
@@ -194,10 +221,11 @@ class _Trainer:
         lr = self.lr_schedule(progress.step, elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        valid = masks >= 0 if (masks < 0).any() else None  # -1: a pixel of no class (ignore label, padding)
         images = self.runtime.to_device(images)
         masks = self.runtime.to_device(masks)
         with self.runtime.autocast():
-            loss = self.train_model(images, masks)
+            loss = self.train_model(images, masks, valid)
         loss_value = loss.item()
         if not math.isfinite(self.context.mean(loss_value)):
             raise TrainingError(
@@ -214,6 +242,15 @@ class _Trainer:
         self.ema.update(self.model)
         progress.step += 1
         return loss_value
+
+    stop_signal = None  # the signal all ranks agreed to stop on
+
+    def _signalled(self) -> bool:
+        """Whether any rank got SIGTERM/SIGINT (every rank must stop at the same step)."""
+        if self.context.mean(float(self.signals.requested)) > 0:
+            self.stop_signal = self.signals.signum or signal.SIGTERM  # a rank that got none stops as if terminated
+            return True
+        return False
 
     def _budget_reached(self, start_time: float) -> bool:
         config = self.config
@@ -233,6 +270,9 @@ class _Trainer:
             scores = evaluate(self.ema.model, self.data.val_dataset, self.runtime, steps=config.val_steps,
                               batch_size=config.batch_size, seed=config.seed, max_images=config.val_max_images)
             entry.update(val_dice=scores["dice"], val_iou=scores["iou"])
+            if "miou" in scores:  # multi-class: per-class scores over the whole validation set
+                entry.update(val_miou=scores["miou"], val_mdice=scores["mdice"],
+                             val_per_class_iou=scores["per_class_iou"], val_per_class_dice=scores["per_class_dice"])
             improved = progress.best_val_dice is None or scores["dice"] > progress.best_val_dice
             if improved:
                 progress.best_val_dice = scores["dice"]
@@ -244,13 +284,15 @@ class _Trainer:
         message = f"epoch {progress.epoch}/{config.epochs}: loss {epoch_loss:.4f}, lr {entry['lr']:.2e}"
         if entry["val_dice"] is not None:
             message += f", val Dice {entry['val_dice']:.4f}, IoU {entry['val_iou']:.4f}"
+            if entry.get("val_miou") is not None:
+                message += f", mIoU {entry['val_miou']:.4f}"
         tqdm.write(message) if config.progress else print(message)
         self._write_history()
         self._save("last.pth")
         if improved:
             self._save("best.pth")
         if progress.epoch % config.save_every == 0 or progress.epoch == config.epochs:
-            self._save(f"checkpoint_epoch_{progress.epoch}.pth")
+            self._save_weights(f"checkpoint_epoch_{progress.epoch}.pth")
         self.tracker.log({k: v for k, v in entry.items() if k != "epoch"} | {"epoch": progress.epoch}, step=progress.step)
         if validate:
             self.tracker.log_images({"curves": self.output_dir / "training_curves.png",
@@ -298,6 +340,26 @@ class _Trainer:
             "rng": capture_rng_state(),
             "train_config": self.config.to_dict(),
             "data_split": self.data.split,
+        }
+        try:
+            path = save_checkpoint(state, self.output_dir / name)
+        except CheckpointError as error:
+            raise TrainingError(str(error)) from None
+        if name == "last.pth":
+            self.last_saved = (path, progress.step)
+        return path
+
+    def _save_weights(self, name: str) -> Path:
+        """An inference-only checkpoint: config and EMA weights (as "model"), about a quarter of
+        last.pth's size (no raw weights, no optimizer moments); `resumable` False."""
+        state = {
+            "model_config": self.model.config.to_dict(),
+            "model": self.ema.model.state_dict(),
+            "weights": "ema",
+            "resumable": False,
+            "epoch": self.progress.epoch,
+            "step": self.progress.step,
+            "train_config": self.config.to_dict(),
         }
         try:
             return save_checkpoint(state, self.output_dir / name)

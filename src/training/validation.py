@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from src.device import Runtime
-from src.masks import probabilities_to_mask, resize_maps
-from src.metrics import segmentation_scores
+from src.masks import crop_box, probabilities_to_mask, resize_maps
+from src.metrics import ClassOverlap, segmentation_scores
 from src.models import DiffusionSegmentation
+from utils.image_io import letterbox_box
 
 
 def original_mask(dataset, index: int) -> np.ndarray:
@@ -30,10 +31,16 @@ def evaluate(
     """Mean Dice and IoU of DDIM samples over `dataset` (never augmented).
 
     Returns {"dice", "iou", "dice_std", "per_image": [...], "examples": (images, truths, preds,
-    uncertainty) at model resolution for the first `keep_examples` images}.
+    uncertainty) at model resolution for the first `keep_examples` images}, and for multi-class
+    models "per_class_iou", "per_class_dice", "miou", "mdice" (see ClassOverlap). Pixels the
+    dataset marks void (its ignore label) are left out; letterboxed predictions are cropped to the
+    content before they are resized to the mask.
     """
     model.eval()
     num_classes = model.config.num_classes
+    void = dataset.void if getattr(dataset, "has_void", False) else None
+    padded = getattr(dataset, "resize", "stretch") == "pad"
+    overlap = ClassOverlap(num_classes) if num_classes > 1 else None
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     per_image, examples = [], {"images": [], "truths": [], "preds": [], "uncertainty": []}
     for start in range(0, count, batch_size):
@@ -45,16 +52,23 @@ def evaluate(
         probabilities = output.probabilities.float().cpu()
         for offset, index in enumerate(indices):
             truth = original_mask(dataset, index)
-            full = resize_maps(probabilities[offset], truth.shape[-2:])
-            per_image.append(segmentation_scores(probabilities_to_mask(full, num_classes).numpy(), truth, num_classes))
+            maps = probabilities[offset]
+            if padded:
+                maps = crop_box(maps, letterbox_box(truth.shape[-2:], maps.shape[-2:]))
+            pred = probabilities_to_mask(resize_maps(maps, truth.shape[-2:]), num_classes).numpy()
+            per_image.append(segmentation_scores(pred, truth, num_classes, void))
+            if overlap is not None:
+                overlap.update(pred, truth, void)
             if len(examples["images"]) < keep_examples:
-                mask = samples[offset][1]
+                mask = samples[offset][1].clamp(min=0)  # void pixels shown as background
                 examples["images"].append(samples[offset][0])
                 examples["truths"].append(mask[0] if mask.ndim == 3 else mask)
                 examples["preds"].append(output.mask[offset].cpu())
                 examples["uncertainty"].append(output.uncertainty[offset].float().cpu())
     dices = [s["dice"] for s in per_image]
+    class_scores = overlap.scores() if overlap is not None else {}
     return {
+        **class_scores,
         "dice": float(np.mean(dices)) if dices else float("nan"),
         "dice_std": float(np.std(dices)) if dices else float("nan"),
         "iou": float(np.mean([s["iou"] for s in per_image])) if per_image else float("nan"),
