@@ -166,10 +166,13 @@ class Predictor:
             resized.append(tensor.clamp(0, 1))
         return torch.cat(resized)
 
-    def tiles(self, image: np.ndarray) -> bool:
-        """Whether `image` is segmented window by window (see TILE_FACTOR and options.tile)."""
+    def tiles(self, image: np.ndarray, record_process: bool = False) -> bool:
+        """Whether `image` is segmented window by window (see TILE_FACTOR and options.tile). A
+        process figure needs the whole image in one pass, so asking for it turns automatic tiling off."""
         if self.options.tile is not None:
             return self.options.tile
+        if record_process:
+            return False
         return any(size > TILE_FACTOR * model_size for size, model_size in zip(image.shape[:2], self.image_size))
 
     @torch.no_grad()
@@ -178,12 +181,13 @@ class Predictor:
 
         The batch (times the ensemble) is sampled together. With DDIM (eta = 0) an image's result
         depends only on the seed and its position in the batch. `seed` overrides options.seed
-        for this call. Tiled images are segmented one by one (no process figure for them).
+        for this call. Tiled images are segmented one by one (no process figure for them: with
+        `record_process` only an explicit options.tile = True tiles).
         """
         if not images:
             return []
         seed = self.options.seed if seed is None else seed
-        tiled = [self.tiles(np.asarray(image)) for image in images]
+        tiled = [self.tiles(np.asarray(image), record_process) for image in images]
         whole = [image for image, tile in zip(images, tiled) if not tile]
         results = iter(self._predict_resized(whole, record_process, seed) if whole else [])
         return [self._predict_tiled(image, seed) if tile else next(results) for image, tile in zip(images, tiled)]
