@@ -61,8 +61,9 @@ class DiffusionConfig:
     bounded_x0: bool = True
     # Self-conditioning (Chen, Zhang & Hinton 2022, "Analog Bits", sec. 3.3): the UNet also sees its
     # previous x0 estimate. At a low input_scale x_t alone says almost nothing about the mask, so
-    # without it every reverse step starts from scratch and more steps cannot help; with it each
-    # step refines the last step's mask (BENCHMARKS.md, "Making the steps refine").
+    # without it every reverse step starts from scratch; with it a step can build on the last
+    # step's mask, which the time-ensembled sampler (segment) turns into a gain from more steps
+    # (BENCHMARKS.md, "Making the steps refine").
     self_condition: bool = True
     # With self-conditioning: the self-conditioned half of training also noises the estimate, not
     # the true mask, into x_t. Sampling puts the last estimate into x_t (DDIM eq. 12); a network
