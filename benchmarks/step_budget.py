@@ -29,15 +29,7 @@ from src.training.optim import build_optimizer  # noqa: E402
 def anchor_step_seconds(args, runtime) -> float:
     module = runtime.prepare_model(kvasir.plain_unet())
     optimizer = build_optimizer(module.parameters(), args.lr, TrainConfig.weight_decay, runtime)
-
-    def step(images, masks):
-        with runtime.autocast():
-            loss = kvasir.unet_loss(module, images, masks)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), TrainConfig.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = kvasir.training_step(module, kvasir.unet_loss, optimizer, runtime)
     return kvasir.measure_step_seconds(step, kvasir.random_batch(args, runtime))
 
 

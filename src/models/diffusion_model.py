@@ -417,11 +417,11 @@ class DiffusionSegmentation(nn.Module):
         if generator is None and seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(seed)
         if predict_fn is None:
-            def predict_fn(x_t, t, x0_estimate=None):
+            def network(x_t, t, x0_estimate):
                 return self.network_output(x_t, t, images, x0_estimate)
-            takes_estimate = True
-        else:
-            takes_estimate = False
+        else:  # a test's oracle knows the mask and ignores the estimate
+            def network(x_t, t, x0_estimate):
+                return predict_fn(x_t, t)
         shape = (images.shape[0], self.config.mask_channels, *images.shape[-2:])
         step_noise = StepNoise(shape, generator, images.device)  # forks the generator before x_T is drawn
         x_t = torch.randn(shape, generator=generator, device=images.device)
@@ -430,8 +430,7 @@ class DiffusionSegmentation(nn.Module):
         x0 = None
         for i, step in enumerate(timesteps):
             t = torch.full((shape[0],), step, device=images.device, dtype=torch.long)
-            output = predict_fn(x_t, t, x0) if takes_estimate else predict_fn(x_t, t)
-            x0, eps = self.output_to_x0_eps(output, x_t, t)
+            x0, eps = self.output_to_x0_eps(network(x_t, t, x0), x_t, t)
             z0 = x0 * self.config.input_scale
             if sampler == "ddpm":
                 x_t = self._ddpm_step(z0, x_t, t, step_noise)

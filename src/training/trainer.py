@@ -142,14 +142,13 @@ class _Trainer:
                   f"{self.steps_per_epoch} steps per epoch")
             for note in self.data.notes:
                 print(note)
-        start_time = time.monotonic() - progress.elapsed_seconds  # a resumed run's clock goes on
-        self.start_time = start_time
+        self.start_time = time.monotonic() - progress.elapsed_seconds  # a resumed run's clock goes on
         stopped_early = False
         last_path = None
         self.signals.deferring = True  # from here a signal stops the run cleanly after the current step
         try:
             while progress.epoch < config.epochs and not stopped_early:
-                epoch_loss, stopped_early = self._train_epoch(start_time)
+                epoch_loss, stopped_early = self._train_epoch()
                 if stopped_early:
                     last_path = self._save("last.pth")
                     if self.stop_signal is not None:
@@ -176,7 +175,7 @@ class _Trainer:
             model=self.ema.model,
         )
 
-    def _train_epoch(self, start_time: float):
+    def _train_epoch(self):
         """Train the rest of the current epoch; returns (mean loss, whether a budget stopped it)."""
         config, progress, loader = self.config, self.progress, self.data.train_loader
         seed_everything(epoch_seed(config.seed, progress.epoch, self.context.rank))
@@ -189,7 +188,7 @@ class _Trainer:
             # the state saved after those batches: the next augmentation and noise draws match
             restore_rng_state(self.resume_rng)
         self.resume_rng = None
-        if self._budget_reached(start_time):  # e.g. resumed with the budget already spent
+        if self._budget_reached():  # e.g. resumed with the budget already spent
             return None, True
 
         self.model.train()
@@ -206,7 +205,7 @@ class _Trainer:
             images_per_second = seen / max(time.monotonic() - epoch_start, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.1f}")
             bar.update(1)
-            if self._signalled() or self._budget_reached(start_time):
+            if self._signalled() or self._budget_reached():
                 bar.close()
                 return None, True
         bar.close()
@@ -252,10 +251,10 @@ class _Trainer:
             return True
         return False
 
-    def _budget_reached(self, start_time: float) -> bool:
+    def _budget_reached(self) -> bool:
         config = self.config
         over_steps = config.max_steps is not None and self.progress.step >= config.max_steps
-        over_time = config.max_minutes is not None and (time.monotonic() - start_time) / 60 >= config.max_minutes
+        over_time = config.max_minutes is not None and (time.monotonic() - self.start_time) / 60 >= config.max_minutes
         # every rank must agree, or one would wait forever in the next all-reduce
         return self.context.mean(float(over_steps or over_time)) > 0
 
