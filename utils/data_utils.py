@@ -40,7 +40,7 @@ from utils.augmentations import (
 from utils.dataset_checks import check_pairs, resolve_issues
 from utils.errors import DatasetError, DatasetWarning, Issue, display_path, format_issues
 from utils.image_io import (
-    IMAGE_EXTENSIONS, as_size, label_dtype, letterbox, letterbox_box, load_image, load_labels, resize_labels, void_label,
+    IMAGE_EXTENSIONS, as_size, fit_image, label_dtype, letterbox, letterbox_box, load_image, load_labels, resize_labels, void_label,
 )
 from utils.pairing import MASK_SUFFIXES, Pair, find_pairs, read_split_file, split_pairs
 from utils.synthetic import SyntheticSegmentationDataset, make_synthetic_pair, write_synthetic_dataset
@@ -242,12 +242,10 @@ class SegmentationDataset(Dataset):
         """Pair ``idx`` from disk: image (C, H, W) uint8 and mask (H, W) class ids, both at image_size."""
         image_path, mask_path = self.pairs[idx]
         labels = self.load_original_mask(idx)
+        image = fit_image(load_image(image_path, self.in_channels), self.image_size, self.resize)
         if self.resize == "pad":
             box = letterbox_box(labels.shape, self.image_size)
-            image = letterbox(load_image(image_path, self.in_channels, box[2:]), box, self.image_size, 0)
             labels = letterbox(resize_labels(labels, box[2:]), box, self.image_size, self.void)
-        else:
-            image = load_image(image_path, self.in_channels, self.image_size)
         # Channels first and contiguous, as the transforms and the model want them.
         image = np.ascontiguousarray(image.transpose(2, 0, 1))
         if not (labels[labels != self.void] if self.has_void else labels).any() and mask_path not in self._empty_masks:

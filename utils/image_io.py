@@ -172,24 +172,39 @@ def _to_8bit(img: Image.Image, in_channels: int) -> Image.Image:
     return img.convert("RGB" if in_channels == 3 else "L")
 
 
-def load_image(path: Path, in_channels: int = 3, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image to (H, W, C) uint8, resized to ``size`` = (H, W) when given.
+def load_image(path: Path, in_channels: int = 3) -> np.ndarray:
+    """Decode an image to (H, W, C) uint8 at its own size, upright (EXIF orientation applied).
 
-    Resizing is bilinear with antialiasing (PIL's resize filters cover the source area).
+    Always the full-resolution decode: every model input is then made from it by
+    ``fit_image``, so training, validation, inference and the benchmarks give the model the
+    same pixels for the same file (a reduced-scale JPEG decode would not).
     """
     path = Path(path)
     with open_image(path) as img:
-        sideways = _orientation(img) in TRANSPOSED_ORIENTATIONS
-        if size is not None and img.format == "JPEG":
-            # Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (still >= size):
-            # several times faster than decoding at full size and resizing.
-            img.draft(None, (size[0], size[1]) if sideways else (size[1], size[0]))
         img.load()
         img = _to_8bit(_upright(img), in_channels)
-        if size is not None and img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         pixels = np.array(img)  # a writable copy: torch.from_numpy warns on read-only arrays
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H0, W0, C) uint8 -> (H, W, C) uint8, bilinear with antialiasing (PIL's filter covers the
+    source area, so downscaling a large photo does not alias fine texture). No-op at that size."""
+    if pixels.shape[:2] == tuple(size):
+        return pixels
+    img = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    resized = np.array(img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return resized[..., None] if resized.ndim == 2 else resized
+
+
+def fit_image(pixels: np.ndarray, image_size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
+    """The model input made from a decoded (H0, W0, C) uint8 image: (H, W, C) uint8 at
+    ``image_size``, stretched, or with ``resize="pad"`` fitted keeping its aspect ratio and
+    letterboxed with black borders. The one resize path of the project."""
+    if resize == "pad":
+        box = letterbox_box(pixels.shape[:2], image_size)
+        return letterbox(resize_image(pixels, box[2:]), box, image_size, 0)
+    return resize_image(pixels, image_size)
 
 
 def read_mask_values(path: Path) -> tuple[np.ndarray, float, bool]:

@@ -17,14 +17,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.device import Runtime, select_runtime
 from src.inference.tiling import sliding_window
 from src.masks import crop_box, probabilities_to_mask, resize_maps
 from src.models import DiffusionSegmentation
-from utils.image_io import as_size, letterbox_box, load_image
+from utils.image_io import as_size, fit_image, letterbox_box, load_image
 
 # An image more than this many times the model's input size (in height or width) is tiled
 TILE_FACTOR = 2
@@ -152,19 +151,11 @@ class Predictor:
         return (0, 0, *self.image_size)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """(H_i, W_i, C) uint8 images of any sizes -> (B, C, h, w) float in [0, 1] at model size."""
-        resized = []
-        for image in images:
-            array = _check_channels(image, self.config.in_channels)
-            tensor = torch.tensor(array, dtype=torch.float32).permute(2, 0, 1)[None] / 255
-            top, left, height, width = self.content_box(array.shape[:2])
-            if tuple(tensor.shape[-2:]) != (height, width):
-                # antialias: downscaling a large photo without it aliases fine texture
-                tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-            if (height, width) != self.image_size:  # letterbox: black borders, as in training
-                tensor = F.pad(tensor, (left, self.image_size[1] - width - left, top, self.image_size[0] - height - top))
-            resized.append(tensor.clamp(0, 1))
-        return torch.cat(resized)
+        """(H_i, W_i, C) uint8 images of any sizes -> (B, C, h, w) float in [0, 1] at model size,
+        through the same ``fit_image`` as training (the model sees the pixels it was trained on)."""
+        fitted = [fit_image(_check_channels(image, self.config.in_channels), self.image_size, self.options.resize)
+                  for image in images]
+        return torch.stack([torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) for pixels in fitted]).float() / 255
 
     def tiles(self, image: np.ndarray, record_process: bool = False) -> bool:
         """Whether `image` is segmented window by window (see TILE_FACTOR and options.tile). A
@@ -247,6 +238,8 @@ def _check_channels(image, in_channels: int) -> np.ndarray:
     array = array[..., None] if array.ndim == 2 else array
     if array.shape[-1] != in_channels:
         raise InferenceError(f"image has {array.shape[-1]} channel(s), the model takes {in_channels}")
+    if array.dtype != np.uint8:
+        raise InferenceError(f"image must be 8-bit (uint8, as load() returns it), got {array.dtype}")
     return array
 
 
