@@ -420,7 +420,7 @@ def unet_loss(module, images, masks):
     """Soft Dice + BCE on the logits: the mask terms of our own loss."""
     import torch.nn.functional as F
 
-    from src.models.diffusion_model import soft_dice_loss
+    from src.models.losses import soft_dice_loss
 
     logits = module(images * 2 - 1).float()
     return soft_dice_loss(torch.sigmoid(logits), masks) + F.binary_cross_entropy_with_logits(logits, masks)

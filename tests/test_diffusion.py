@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from src.models import DiffusionConfig, DiffusionSegmentation
-from src.models.diffusion_model import cosine_beta_schedule, linear_beta_schedule, soft_dice_loss
+from src.models.losses import soft_dice_loss
+from src.models.schedules import cosine_beta_schedule, linear_beta_schedule
 
 # patch_size 1: the diffusion math is checked on 8-16 px images, below what the default patch size 4 allows
 TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2, patch_size=1)
@@ -23,7 +24,7 @@ def tiny_model(**overrides) -> DiffusionSegmentation:
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_alphas_cumprod_is_decreasing_from_one_to_near_zero(schedule):
     model = tiny_model(schedule=schedule)
-    abar = model.alphas_cumprod
+    abar = model.process.alphas_cumprod
     assert abar.shape == (1000,)
     assert torch.all(abar[1:] < abar[:-1])
     assert 0.99 < abar[0] <= 1.0
@@ -51,19 +52,19 @@ def test_q_sample_statistics_match_forward_process():
     model = tiny_model()
     t = torch.full((20000,), 300)
     x0 = torch.full((20000, 1, 1, 1), 0.7)
-    x_t = model.q_sample(x0, t, torch.randn_like(x0))
-    abar = model.alphas_cumprod[300].item()
+    x_t = model.process.q_sample(x0, t, torch.randn_like(x0))
+    abar = model.process.alphas_cumprod[300].item()
     assert x_t.mean().item() == pytest.approx(math.sqrt(abar) * 0.7, abs=0.02)
     assert x_t.var().item() == pytest.approx(1 - abar, rel=0.05)
 
 
 def test_posterior_mean_and_variance_formulas():
     model = tiny_model(schedule="linear")
-    betas = model.betas.double()
+    betas = model.process.betas.double()
     abar = torch.cumprod(1 - betas, 0)
     t = 400
     x0, x_t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
-    mean, variance, _ = model.q_posterior(x0, x_t, torch.tensor([t, t]))
+    mean, variance, _ = model.process.q_posterior(x0, x_t, torch.tensor([t, t]))
     # Ho et al. eq. 7
     expected_mean = (abar[t - 1].sqrt() * betas[t] / (1 - abar[t])) * x0 + ((1 - betas[t]).sqrt() * (1 - abar[t - 1]) / (1 - abar[t])) * x_t
     expected_var = (1 - abar[t - 1]) / (1 - abar[t]) * betas[t]
@@ -77,29 +78,30 @@ def test_x0_eps_v_conversions_round_trip():
     # x0 from eps divides by sqrt(abar_t) ~ 1e-3 at t = T-1 and eps from x0 by sqrt(1/abar - 1) ~ 1e-2
     # at t = 0: both ill-conditioned in float32 there, which is why x0 and v targets are preferred.
     t = torch.tensor([1, 10, 500, 900])
-    x_t = model.q_sample(x0, t, eps)
-    torch.testing.assert_close(model.predict_x0_from_eps(x_t, t, eps), x0, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(model.predict_eps_from_x0(x_t, t, x0), eps, rtol=1e-3, atol=1e-3)
+    x_t = model.process.q_sample(x0, t, eps)
+    torch.testing.assert_close(model.process.predict_x0_from_eps(x_t, t, eps), x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.process.predict_eps_from_x0(x_t, t, x0), eps, rtol=1e-3, atol=1e-3)
     t = torch.tensor([0, 10, 500, 999])
-    x_t = model.q_sample(x0, t, eps)
-    v = model.predict_v(x0, t, eps)
-    torch.testing.assert_close(model.predict_x0_from_v(x_t, t, v), x0, rtol=1e-4, atol=1e-4)
+    x_t = model.process.q_sample(x0, t, eps)
+    v = model.process.predict_v(x0, t, eps)
+    torch.testing.assert_close(model.process.predict_x0_from_v(x_t, t, v), x0, rtol=1e-4, atol=1e-4)
 
 
 # -- samplers with an oracle denoiser -------------------------------------------------------------
 
 
 def oracle_for(model: DiffusionSegmentation, x0: torch.Tensor):
-    """A perfect denoiser: knows the true mask and answers in the model's prediction type."""
+    """A perfect denoiser to put in place of model.network_output: knows the true mask and answers
+    in the model's prediction type."""
 
     z0 = x0 * model.config.input_scale  # the mask as the model noises it
 
-    def predict(x_t, t):
-        eps = model.predict_eps_from_x0(x_t, t, z0)
+    def predict(x_t, t, images, x0_estimate=None):
+        eps = model.process.predict_eps_from_x0(x_t, t, z0)
         kind = model.config.prediction_type
         # with bounded_x0 the network answers a logit: 20 is far enough that tanh(20) == 1 in float32
         x0_output = x0 * 20 if model.config.bounded_x0 else x0
-        return {"eps": eps, "x0": x0_output, "v": model.predict_v(z0, t, eps)}[kind]
+        return {"eps": eps, "x0": x0_output, "v": model.process.predict_v(z0, t, eps)}[kind]
 
     return predict
 
@@ -116,7 +118,8 @@ def test_ddim_with_oracle_recovers_mask_exactly(prediction_type, steps, input_sc
     model = tiny_model(prediction_type=prediction_type, input_scale=input_scale)
     x0 = random_mask()
     images = torch.rand(2, 3, 16, 16)
-    out = model.sample(images, steps=steps, seed=1, predict_fn=oracle_for(model, x0))
+    model.network_output = oracle_for(model, x0)
+    out = model.sample(images, steps=steps, seed=1)
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
 
 
@@ -124,14 +127,14 @@ def test_ddim_with_oracle_recovers_mask_exactly(prediction_type, steps, input_sc
 def test_ddpm_with_oracle_recovers_mask(input_scale):
     model = tiny_model(timesteps=200, input_scale=input_scale)
     x0 = random_mask()
-    out = model.sample(torch.rand(2, 3, 16, 16), sampler="ddpm", seed=1, predict_fn=oracle_for(model, x0))
+    model.network_output = oracle_for(model, x0)
+    out = model.sample(torch.rand(2, 3, 16, 16), sampler="ddpm", seed=1)
     assert (out - x0).abs().max().item() < 1e-2
 
 
 def test_ddim_visits_requested_number_of_steps_and_reports_them():
     model = tiny_model()
-    seen = []
-    model.sample(torch.rand(1, 3, 8, 8), steps=7, seed=0, callback=lambda i, t, x_t, x0: seen.append(t))
+    seen = [step.t for step in model.reverse_process(torch.rand(1, 3, 8, 8), steps=7, seed=0)]
     assert len(seen) == 7 and seen[0] == 999 and seen[-1] == 0
     assert model.sample_timesteps(1) == [999]
     with pytest.raises(ValueError, match="steps must be between 1 and 1000"):

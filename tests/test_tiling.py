@@ -60,7 +60,7 @@ class _EchoModel:
     def __init__(self, model):
         self.model, self.calls = model, []
 
-    def __call__(self, images, steps, ensemble, threshold, seed, callback=None, **sampler_options):
+    def __call__(self, images, steps, ensemble, threshold, seed, **sampler_options):
         self.calls.append(tuple(images.shape))
         probabilities = images[:, :1].clone()
         return SegmentationOutput(probabilities=probabilities, mask=(probabilities[:, 0] > threshold).long(),

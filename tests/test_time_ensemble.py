@@ -15,9 +15,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_time_ensembled_probability_is_the_mean_of_the_step_estimates():
     model = tiny_model().eval()
     images = torch.rand(2, 3, 16, 16)
-    estimates = []
-    output = model.segment(images, steps=6, seed=4, eta=1.0, time_ensemble=True,
-                           callback=lambda i, t, x_t, x0: estimates.append(model.x0_to_probabilities(x0)))
+    run = model.segmentation(images, steps=6, seed=4, eta=1.0, time_ensemble=True)
+    estimates = [model.x0_to_probabilities(step.x0) for step in run]
+    output = run.output()
     assert len(estimates) == 6
     torch.testing.assert_close(output.probabilities, torch.stack(estimates).mean(0))
     last_only = model.segment(images, steps=6, seed=4, eta=1.0, time_ensemble=False)

@@ -22,7 +22,7 @@ from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.device import Runtime, select_runtime
 from src.inference.tiling import sliding_window
 from src.masks import crop_box, probabilities_to_mask, resize_maps
-from src.models import DiffusionSegmentation
+from src.models import DiffusionSegmentation, SegmentationOutput, SegmentationRun
 from utils.image_io import as_size, fit_image, letterbox_box, load_image
 
 # An image more than this many times the model's input size (in height or width) is tiled
@@ -205,18 +205,14 @@ class Predictor:
         """A batch of images resized (or letterboxed) to the model's size, sampled together."""
         options = self.options
         batch = self.runtime.to_device(self.preprocess(images))
-        recorder = _ProcessRecorder(options, self.model) if record_process else None
+        sampling = dict(steps=options.steps, ensemble=options.ensemble, threshold=options.threshold, seed=seed,
+                        eta=options.eta, time_ensemble=options.time_ensemble)
         with self.runtime.autocast():
-            output = self.model.segment(
-                batch,
-                steps=options.steps,
-                ensemble=options.ensemble,
-                threshold=options.threshold,
-                seed=seed,
-                callback=recorder,
-                eta=options.eta,
-                time_ensemble=options.time_ensemble,
-            )
+            if record_process:
+                output, frames = run_keeping_frames(self.model.segmentation(batch, **sampling),
+                                                    self.model.sample_timesteps(options.steps), options.process_frames)
+            else:
+                output = self.model.segment(batch, **sampling)
         probabilities = output.probabilities.float().cpu()
         uncertainty = output.uncertainty.float().cpu()
         predictions = []
@@ -228,7 +224,8 @@ class Predictor:
                 mask=probabilities_to_mask(probs, self.num_classes, options.threshold).numpy().astype(self.mask_dtype),
                 probabilities=probs.numpy(),
                 uncertainty=resize_maps(crop_box(uncertainty[i][None], box), size)[0].clamp(min=0).numpy(),
-                process=recorder.trace(i * options.ensemble, batch[i].float().cpu()) if recorder else None,
+                process=process_trace(frames, i * options.ensemble, batch[i].float().cpu(), options.time_ensemble)
+                if record_process else None,
             ))
         return predictions
 
@@ -256,33 +253,27 @@ def _check_options(options: PredictorOptions, timesteps: int) -> None:
         raise InferenceError(f"--threshold must be between 0 and 1, got {options.threshold}")
 
 
-class _ProcessRecorder:
-    """`segment()` callback that keeps x_t and x0 at ~`frames` evenly spaced steps, on the CPU,
-    and with time-ensembling the running mean of the estimates (over every step, not only those kept)."""
+def run_keeping_frames(run: SegmentationRun, schedule: list, count: int) -> tuple[SegmentationOutput, dict]:
+    """Run the reverse process to its end, keeping x_t, x0 and the running mean of the x0
+    estimates (over every step, not only those kept) at ~`count` evenly spaced steps, on the CPU."""
+    keep = set(np.linspace(0, len(schedule) - 1, min(count, len(schedule))).round().astype(int).tolist())
+    frames = {"timesteps": [], "next_timesteps": [], "x_t": [], "x0": [], "mean": []}
+    for i, step in enumerate(run):
+        if i in keep:
+            frames["timesteps"].append(int(step.t))
+            frames["next_timesteps"].append(schedule[i + 1] if i + 1 < len(schedule) else -1)
+            for name, frame in (("x_t", step.x_t), ("x0", step.x0), ("mean", run.mean_x0)):
+                frames[name].append(frame.float().cpu())
+    return run.output(), frames
 
-    def __init__(self, options: PredictorOptions, model: DiffusionSegmentation):
-        self.schedule = model.sample_timesteps(options.steps)
-        count = len(self.schedule)
-        self.keep = set(np.linspace(0, count - 1, min(options.process_frames, count)).round().astype(int).tolist())
-        self.timesteps, self.next_timesteps, self.x_t, self.x0, self.mean = [], [], [], [], []
-        self.time_ensemble, self.sum = options.time_ensemble, 0.0
 
-    def __call__(self, i: int, t: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
-        self.sum = self.sum + x0.float()
-        if i in self.keep:
-            self.timesteps.append(int(t))
-            self.next_timesteps.append(self.schedule[i + 1] if i + 1 < len(self.schedule) else -1)
-            self.x_t.append(x_t.float().cpu())
-            self.x0.append(x0.float().cpu())
-            self.mean.append((self.sum / (i + 1)).cpu())
-
-    def trace(self, row: int, image: torch.Tensor) -> ProcessTrace:
-        """The frames of batch row `row` (the first ensemble member of an image)."""
-        return ProcessTrace(
-            timesteps=list(self.timesteps),
-            next_timesteps=list(self.next_timesteps),
-            x_t=torch.stack([frame[row] for frame in self.x_t]),
-            x0=torch.stack([frame[row] for frame in self.x0]),
-            image=image,
-            mean=torch.stack([frame[row] for frame in self.mean]) if self.time_ensemble else None,
-        )
+def process_trace(frames: dict, row: int, image: torch.Tensor, time_ensemble: bool) -> ProcessTrace:
+    """The kept frames of batch row `row` (the first ensemble member of an image)."""
+    return ProcessTrace(
+        timesteps=list(frames["timesteps"]),
+        next_timesteps=list(frames["next_timesteps"]),
+        x_t=torch.stack([frame[row] for frame in frames["x_t"]]),
+        x0=torch.stack([frame[row] for frame in frames["x0"]]),
+        image=image,
+        mean=torch.stack([frame[row] for frame in frames["mean"]]) if time_ensemble else None,
+    )

@@ -1,5 +1,5 @@
 """Frames of the forward diffusion q(x_t | x0) of a mask, for figures (the reverse process is
-recorded while sampling: `Predictor.predict(record_process=True)`)."""
+kept while sampling: `Predictor.predict(record_process=True)`)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def forward_diffusion_frames(
     noise growing over the mask. Returns (timesteps, frames (F, K, H, W) float32 on the CPU).
     """
     timesteps = list(timesteps) if timesteps is not None else evenly_spaced_timesteps(model.num_timesteps)
-    device = model.alphas_cumprod.device
+    device = model.process.alphas_cumprod.device
     mask = torch.as_tensor(np.asarray(mask)).long().to(device)
     x0 = model.masks_to_x0(mask[None]).float()
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     count = len(timesteps)
     t = torch.tensor(timesteps, dtype=torch.long, device=device)
     z0 = x0 * model.config.input_scale  # what the model noises (see DiffusionConfig.input_scale)
-    frames = model.q_sample(z0.expand(count, -1, -1, -1), t, noise.expand(count, -1, -1, -1))
+    frames = model.process.q_sample(z0.expand(count, -1, -1, -1), t, noise.expand(count, -1, -1, -1))
     return timesteps, frames.float().cpu()

@@ -8,7 +8,7 @@ from src.checkpoint import CheckpointError
 from src.cli import ArgumentParser, image_size_from_parts, size_part
 from src.device import PRECISIONS
 from src.models import DiffusionConfig
-from src.models.diffusion_model import PREDICTION_TYPES, SCHEDULES
+from src.models.config import PREDICTION_TYPES, SCHEDULES
 from src.training.config import TrainConfig
 from src.training.distributed import DistributedError
 from src.training.interrupt import Interrupted

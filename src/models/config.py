@@ -1,0 +1,97 @@
+"""DiffusionConfig: everything needed to rebuild a model, saved inside every checkpoint.
+
+Checkpoint compatibility: a checkpoint stores ``config.to_dict()``. A field added later gets an
+entry in LEGACY_DEFAULTS holding the value that reproduces how models were trained before it
+existed (its first behaviour), so an old checkpoint rebuilds the model it was trained as while new
+models get the new default. A field is never renamed or removed: unknown keys are an error.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+from .schedules import SCHEDULES
+from .unet import size_multiple
+
+PREDICTION_TYPES = ("eps", "x0", "v")
+
+# What a checkpoint without these fields was trained with (see the module docstring).
+LEGACY_DEFAULTS = {"input_scale": 1.0, "patch_size": 1, "bounded_x0": False, "self_condition": False,
+                   "refine_from_estimate": False}
+
+
+@dataclass
+class DiffusionConfig:
+    """The network, the noise schedule and the training target. Defaults were chosen by the
+    Kvasir ablations on images held out of the training split (BENCHMARKS.md, "Ablations")."""
+
+    in_channels: int = 3
+    num_classes: int = 1
+    image_size: tuple = (256, 256)
+    base_channels: int = 32
+    channel_mults: tuple = (1, 2, 4, 8)
+    # On a CPU budget, optimizer steps per minute matter more than depth (BENCHMARKS.md, ablations).
+    num_res_blocks: int = 1
+    attention_resolutions: tuple = (8,)
+    dropout: float = 0.0
+    num_heads: int = 4
+    # The UNet runs at 1/patch_size of image_size (pixel unshuffle in, pixel shuffle out): the
+    # step costs ~patch_size^2 less, and a mask needs less resolution than the image suggests.
+    patch_size: int = 4
+    timesteps: int = 1000
+    # linear spends more of its steps at low SNR than cosine, where the image, not x_t, must carry the mask
+    schedule: str = "linear"
+    prediction_type: str = "x0"
+    dice_weight: float = 1.0  # weight of Dice + BCE on the predicted x0; 0 gives plain MSE
+    # Masks in [-1, 1] are multiplied by this before noising (Chen et al. 2022, Pix2Seq-D; Chen 2023,
+    # "On the importance of noise scheduling"). A binary mask is so easy to read through noise that
+    # at scale 1 the network learns to denoise x_t and barely looks at the image; < 1 hides the mask
+    # at every noise level and forces it to segment the image.
+    input_scale: float = 0.05
+    # With prediction_type "x0": the network's output o is a logit and x0 = tanh(o), so the predicted
+    # mask can never leave [-1, 1] and BCE is taken on the logit 2o (p = sigmoid(2o)), whose gradient
+    # does not vanish or explode the way BCE on a clamped linear output does.
+    bounded_x0: bool = True
+    # Self-conditioning (Chen, Zhang & Hinton 2022, "Analog Bits", sec. 3.3): the UNet also sees its
+    # previous x0 estimate. At a low input_scale x_t alone says almost nothing about the mask, so
+    # without it every reverse step starts from scratch; with it a step can build on the last
+    # step's mask, which the time-ensembled sampler (segment) turns into a gain from more steps.
+    self_condition: bool = True
+    # With self-conditioning: the self-conditioned half of training also noises the estimate, not
+    # the true mask, into x_t. Sampling puts the last estimate into x_t (DDIM eq. 12); a network
+    # trained only on true masks there trusts the faint mask it finds in x_t and keeps its own
+    # errors (exposure bias, Ning et al. 2023). Trained on its estimates, it learns to correct them.
+    refine_from_estimate: bool = False
+
+    def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.num_classes < 1 or self.in_channels < 1 or self.timesteps < 1 or self.patch_size < 1:
+            raise ValueError("num_classes, in_channels, timesteps and patch_size must be positive")
+        if not 0 < self.input_scale <= 1:
+            raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(self.image_size)
+        self.channel_mults = tuple(self.channel_mults)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+
+    @property
+    def mask_channels(self) -> int:
+        return self.num_classes
+
+    @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this (what the UNet checks)."""
+        return size_multiple(self.patch_size, len(self.channel_mults))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DiffusionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**{**LEGACY_DEFAULTS, **values})

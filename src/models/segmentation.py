@@ -1,0 +1,65 @@
+"""From reverse-process steps to a segmentation: ensemble and time-ensemble means, hard mask, uncertainty."""
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+
+@dataclass
+class SegmentationOutput:
+    """probabilities: (B, K, H, W) mean over the ensemble; mask: (B, H, W) int64 (0/1 or class ids);
+    uncertainty: (B, H, W) per-pixel std over the ensemble."""
+
+    probabilities: torch.Tensor
+    mask: torch.Tensor
+    uncertainty: torch.Tensor
+
+
+class SegmentationRun:
+    """One segment() call over a batch whose rows are `ensemble` consecutive copies of each image.
+
+    Iterating it runs the reverse process and yields its steps (t, x_t, x0), rows as sampled, while
+    it keeps the running mean of the estimates; `output()` then turns the last step (or, with
+    `time_ensemble`, that mean) into a SegmentationOutput, and `run()` does both at once.
+    """
+
+    def __init__(self, steps: Iterator, batch: int, ensemble: int, to_probabilities: Callable, input_scale: float,
+                 time_ensemble: bool, threshold: float):
+        self.steps, self.batch, self.ensemble = steps, batch, ensemble
+        self.to_probabilities, self.input_scale = to_probabilities, input_scale
+        self.time_ensemble, self.threshold = time_ensemble, threshold
+        self.x0_sum, self.probability_sum, self.count, self.last_x_t = 0.0, 0.0, 0, None
+
+    def __iter__(self):
+        for step in self.steps:
+            self.x0_sum, self.count, self.last_x_t = self.x0_sum + step.x0, self.count + 1, step.x_t
+            if self.time_ensemble:
+                self.probability_sum = self.probability_sum + self.to_probabilities(step.x0)
+            yield step
+
+    @property
+    def mean_x0(self) -> torch.Tensor:
+        """The mean of the x0 estimates of the steps run so far, (B * ensemble, K, H, W) in [-1, 1]."""
+        return self.x0_sum / self.count
+
+    def run(self) -> SegmentationOutput:
+        for _ in self:
+            pass
+        return self.output()
+
+    def output(self) -> SegmentationOutput:
+        if self.count == 0:
+            raise RuntimeError("the reverse process has not run: iterate the SegmentationRun first")
+        if self.time_ensemble:
+            probs = self.probability_sum / self.count
+        else:
+            probs = self.to_probabilities(self.last_x_t / self.input_scale)
+        probs = probs.reshape(self.batch, self.ensemble, *probs.shape[1:])
+        mean_probs = probs.mean(dim=1)
+        uncertainty = probs.std(dim=1, unbiased=False).mean(dim=1)
+        if mean_probs.shape[1] == 1:
+            mask = (mean_probs[:, 0] > self.threshold).long()
+        else:
+            mask = mean_probs.argmax(dim=1)
+        return SegmentationOutput(probabilities=mean_probs, mask=mask, uncertainty=uncertainty)

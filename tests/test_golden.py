@@ -1,0 +1,53 @@
+"""Golden numbers: a fixed-seed tiny model's samples, segmentation and training loss, pinned, so a
+refactor of the diffusion process cannot change outputs silently. If a change is meant to alter
+them, say so in the commit and update the numbers from the new code's run."""
+
+import pytest
+import torch
+
+from src.models import DiffusionConfig, DiffusionSegmentation
+
+TINY = dict(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2, image_size=(16, 16))
+CLOSE = dict(rel=1e-4, abs=1e-4)  # float rounding differs a little between CPU kernels, a real change does not
+
+
+def tiny(**overrides) -> DiffusionSegmentation:
+    torch.manual_seed(0)
+    return DiffusionSegmentation(DiffusionConfig(**{**TINY, **overrides})).eval()
+
+
+@pytest.fixture
+def images():
+    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_ddim_sample(images):
+    x = tiny().sample(images, steps=5, seed=3)
+    assert x.sum().item() == pytest.approx(-6.465662, **CLOSE)
+    assert x[0, 0, 3, :4].tolist() == pytest.approx([0.244547, -0.096526, -0.113578, -0.120926], **CLOSE)
+    assert tiny().sample(images, steps=7, eta=1.0, seed=5).sum().item() == pytest.approx(-7.384354, **CLOSE)
+
+
+def test_ddpm_sample(images):
+    assert tiny(timesteps=20).sample(images, sampler="ddpm", seed=6).sum().item() == pytest.approx(-7.193667, **CLOSE)
+
+
+def test_segment_binary_and_multiclass(images):
+    out = tiny().segment(images, steps=4, ensemble=2, seed=4)
+    assert out.probabilities.sum().item() == pytest.approx(252.262909, **CLOSE)
+    assert out.uncertainty.sum().item() == pytest.approx(11.661495, **CLOSE)
+    assert out.mask.sum().item() == 249
+    assert out.probabilities[1, 0, 5, :3].tolist() == pytest.approx([0.633380, 0.575614, 0.543507], **CLOSE)
+    multi = tiny(num_classes=3).segment(images, steps=3, ensemble=2, seed=8)
+    assert multi.probabilities[:, 1].sum().item() == pytest.approx(168.144714, **CLOSE)
+    assert multi.uncertainty.sum().item() == pytest.approx(9.073611, **CLOSE)
+    assert multi.mask.sum().item() == 483
+
+
+def test_training_losses(images):
+    model = tiny().train()
+    masks = (torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    torch.manual_seed(7)  # the noise and the self-conditioning coin
+    losses = model.training_losses(images, masks, t=torch.tensor([10, 900]))
+    expected = {"bce": 0.720907, "dice": 0.506158, "loss": 2.278052, "mse": 1.050987}
+    assert {name: value.item() for name, value in losses.items()} == pytest.approx(expected, **CLOSE)
