@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.cli import ArgumentParser
+from src.cli import ArgumentParser, number_in, positive_int
 from utils.dataset_tools import run_action
 
 REQUIRED = {
@@ -32,20 +32,6 @@ DEFAULTS = {"train_split": 0.8, "num_samples": 50, "image_size": 256, "num_class
 MUST_EXIST = ("image_dir", "mask_dir", "source_dir")
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="prepare_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--action", required=True, choices=list(REQUIRED))
@@ -56,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fix-issues", action="store_true",
                         help="validate: repair masks (binarise, resize to the image, convert to PNG) after backing them up")
     parser.add_argument("--source-dir", type=Path, help="organize: images/ + masks/, or images and *_mask files together")
-    parser.add_argument("--train-split", type=_fraction, help="organize: training fraction (default 0.8)")
-    parser.add_argument("--num-samples", type=_positive_int, help="create-sample: pairs to write (default 50)")
-    parser.add_argument("--image-size", type=_positive_int, help="create-sample: side in pixels (default 256)")
-    parser.add_argument("--num-classes", type=_positive_int, help="1 for binary masks, K for class-id masks (default 1)")
+    parser.add_argument("--train-split", type=number_in(0, 1, low_inclusive=False, high_inclusive=False), help="organize: training fraction (default 0.8)")
+    parser.add_argument("--num-samples", type=positive_int, help="create-sample: pairs to write (default 50)")
+    parser.add_argument("--image-size", type=positive_int, help="create-sample: side in pixels (default 256)")
+    parser.add_argument("--num-classes", type=positive_int, help="1 for binary masks, K for class-id masks (default 1)")
     parser.add_argument("--mask-threshold", type=float,
                         help="binary masks: foreground above this fraction of the mask's range (default 0.5)")
     parser.add_argument("--seed", type=int, help="organize split and create-sample data (default 42)")

@@ -33,6 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from src.device import select_runtime  # noqa: E402
+from src.models import SegmentationOutput  # noqa: E402
+from src.training import validation  # noqa: E402
 from src.training.ema import EMA  # noqa: E402
 from src.training.config import TrainConfig  # noqa: E402
 from src.training.lr_schedule import LearningRateSchedule  # noqa: E402
@@ -243,55 +245,45 @@ def train_ours(args, train_stems, config, name: str):
 def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int, batch_size: int = 8,
                   max_images=None, keep_examples: int = 6) -> dict:
     """Dice/IoU at every DDIM step count (ensemble 1), and at ENSEMBLE_STEPS with `ensemble`
-    samples plus the uncertainty-error statistics of the ensemble std. Sampling time is recorded
-    too. For every row also the calibration of its (mean) probability ("calibration") and p(1-p)
-    of it as an error detector ("uncertainty_error_pq_rows"; the ensemble row's alone is
+    samples plus the uncertainty-error statistics of the ensemble std, scored by the trainer's
+    validation loop (src/training/validation.scored_batches). Sampling time is recorded too. For
+    every row also the calibration of its (mean) probability ("calibration") and p(1-p) of it as
+    an error detector ("uncertainty_error_pq_rows"; the ensemble row's alone is
     "uncertainty_error_pq"), as run_unet records them for the plain UNet."""
     model.eval()
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
-    rows = {f"ddim{steps}_ens1": [] for steps in steps_list}
     ens_key = f"ddim{ENSEMBLE_STEPS}_ens{ensemble}"
-    rows[ens_key] = []
-    seconds = {key: 0.0 for key in rows}
-    stats = common.UncertaintyErrorStats()
-    # every row: calibration of the (mean) probability and p(1-p) of it as an error detector,
-    # the same statistics run_unet records for the plain UNet's sigmoid
-    calibration = {key: common.CalibrationStats() for key in rows}
-    pq_stats = {key: common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER) for key in rows}
+    runs = {f"ddim{s}_ens1": (s, 1) for s in steps_list}
+    runs.setdefault(ens_key, (ENSEMBLE_STEPS, ensemble))  # ensemble 1 at ENSEMBLE_STEPS may already be a row
+    results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats()
     examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}
-    for start in range(0, count, batch_size):
-        indices = list(range(start, min(start + batch_size, count)))
-        images = torch.stack([dataset[i][0] for i in indices])
-        truths = [dataset.load_original_mask(i) for i in indices]
-        runs = [(f"ddim{s}_ens1", s, 1) for s in steps_list]
-        if ens_key not in {key for key, _, _ in runs}:  # ensemble 1 at ENSEMBLE_STEPS is already a row
-            runs.append((ens_key, ENSEMBLE_STEPS, ensemble))
-        for key, steps, size in runs:
-            began = time.perf_counter()
-            with runtime.autocast():
-                output = model.segment(runtime.to_device(images), steps=steps, ensemble=size, seed=seed + start)
-            seconds[key] += time.perf_counter() - began
-            probabilities = output.probabilities.float().cpu()
-            for offset, truth in enumerate(truths):
-                rows[key].append(common.score_probabilities(probabilities[offset], truth))
-                calibration[key].add(probabilities[offset], truth)
-                pq_stats[key].add_pq(probabilities[offset], truth)
+    for key, (steps, size) in runs.items():
+        def segment(images, first, steps=steps, size=size):
+            return model.segment(images, steps=steps, ensemble=size, seed=seed + first)
+
+        calibration[key] = common.CalibrationStats()
+        pq[key] = common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)
+        per_image, seconds = [], 0.0
+        for batch in validation.scored_batches(segment, dataset, runtime, batch_size=batch_size, max_images=count):
+            per_image.extend(batch.scores)
+            seconds += batch.seconds
+            for offset, (index, truth) in enumerate(zip(batch.indices, batch.truths)):
+                probabilities = batch.output.probabilities[offset]
+                calibration[key].add(probabilities, truth)
+                pq[key].add_pq(probabilities, truth)
                 if key == ens_key:
-                    stats.add(output.uncertainty[offset].float().cpu(), probabilities[offset], truth)
-            if key == ens_key:
-                for offset, index in enumerate(indices):
+                    stats.add(batch.output.uncertainty[offset], probabilities, truth)
                     if len(examples["images"]) < keep_examples:
-                        examples["images"].append(images[offset])
+                        examples["images"].append(batch.images[offset])
                         examples["truths"].append(dataset[index][1][0])
-                        examples["preds"].append(output.mask[offset].cpu())
-                        examples["uncertainty"].append(output.uncertainty[offset].float().cpu())
-        print(f"  scored {indices[-1] + 1}/{count}: " + ", ".join(f"{k} {np.mean([r['dice'] for r in v]):.3f}" for k, v in rows.items()), flush=True)
-    results = {key: {**common.summarize(per_image), "seconds_per_image": seconds[key] / count,
-                     "per_image_dice": [r["dice"] for r in per_image]} for key, per_image in rows.items()}
-    pq = {key: s.result() for key, s in pq_stats.items()}
+                        examples["preds"].append(batch.output.mask[offset])
+                        examples["uncertainty"].append(batch.output.uncertainty[offset])
+        results[key] = {**common.summarize(per_image), "seconds_per_image": seconds / count,
+                        "per_image_dice": [r["dice"] for r in per_image]}
+        print(f"  {key}: Dice {results[key]['dice']:.3f} on {count} images", flush=True)
     return {"rows": results, "uncertainty_error": stats.result(), "ensemble_key": ens_key,
-            "uncertainty_error_pq": pq[ens_key], "uncertainty_error_pq_rows": pq,
-            "calibration": {key: s.result() for key, s in calibration.items()},
+            "uncertainty_error_pq": pq[ens_key].result(), "uncertainty_error_pq_rows": {k: v.result() for k, v in pq.items()},
+            "calibration": {key: c.result() for key, c in calibration.items()},
             "scored_stems": dataset.stems[:count],  # the order of every row's per_image_dice
             "examples": {k: torch.stack(v) for k, v in examples.items() if v}}
 
@@ -524,32 +516,29 @@ def score_peer(model, val, runtime, count: int, seed: int, sampler: str) -> dict
 
 def score_anchor(predict, val, runtime, count: int, label: str, stats=None) -> dict:
     """Dice/IoU on the first `count` val images of `predict(images) -> (B, 1, h, w)` foreground
-    probabilities, batch 8, at each mask's original resolution; one row with the time per image
-    (predict + scoring, as before; "forward_seconds_per_image": predict alone).
+    probabilities, batch 8, scored by the trainer's validation loop; one row with the time per
+    image (predict + scoring: "seconds_per_image"; predict alone: "forward_seconds_per_image").
 
     `stats`, optional: {name: stats object} filled from the same probabilities and pixels, a
     common.CalibrationStats by add(p, truth), a common.UncertaintyErrorStats by add_pq(p, truth)
     (p(1-p) as the uncertainty); the time they take is left out of both timings."""
+    def segment(images, first):
+        probabilities = predict(images).float().clamp(0, 1)
+        return SegmentationOutput(probabilities, (probabilities[:, 0] > 0.5).long(), torch.zeros_like(probabilities[:, 0]))
+
     per_image, began, forward, extra = [], time.perf_counter(), 0.0, 0.0
-    with torch.no_grad():
-        for start in range(0, count, 8):
-            indices = list(range(start, min(start + 8, count)))
-            images = runtime.to_device(torch.stack([val[i][0] for i in indices]))
-            predicted = time.perf_counter()
-            with runtime.autocast():
-                probabilities = predict(images).float().cpu().clamp(0, 1)
-            forward += time.perf_counter() - predicted
-            for offset, index in enumerate(indices):
-                truth = val.load_original_mask(index)
-                per_image.append(common.score_probabilities(probabilities[offset], truth))
-                collected = time.perf_counter()
-                for collector in (stats or {}).values():
-                    if isinstance(collector, common.UncertaintyErrorStats):
-                        collector.add_pq(probabilities[offset], truth)
-                    else:
-                        collector.add(probabilities[offset], truth)
-                extra += time.perf_counter() - collected
-            print(f"  [{label}] scored {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
+    for batch in validation.scored_batches(segment, val, runtime, max_images=count):
+        per_image.extend(batch.scores)
+        forward += batch.seconds
+        collected = time.perf_counter()
+        for offset, truth in enumerate(batch.truths):
+            for collector in (stats or {}).values():
+                if isinstance(collector, common.UncertaintyErrorStats):
+                    collector.add_pq(batch.output.probabilities[offset], truth)
+                else:
+                    collector.add(batch.output.probabilities[offset], truth)
+        extra += time.perf_counter() - collected
+        print(f"  [{label}] scored {batch.indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
     row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began - extra) / count,
            "forward_seconds_per_image": forward / count, "per_image_dice": [r["dice"] for r in per_image]}
     print(f"[{label}] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f} on the first {count} val images",

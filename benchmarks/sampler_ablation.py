@@ -19,6 +19,7 @@ import common  # noqa: E402
 
 from src.checkpoint import load_model  # noqa: E402
 from src.device import select_runtime  # noqa: E402
+from src.training import validation  # noqa: E402
 
 # (DDIM steps, eta, time_ensemble, ensemble)
 SETTINGS = [(1, 0.0, False, 1), (10, 0.0, False, 1), (50, 0.0, False, 1), (10, 1.0, False, 1), (10, 0.0, True, 1),
@@ -37,17 +38,12 @@ def batches(dataset, size: int = 8):
         yield start, indices, torch.stack([dataset[i][0] for i in indices])
 
 
-@torch.no_grad()
 def score_setting(model, dataset, runtime, steps, eta, time_ensemble, ensemble, seed) -> list:
-    per_image = []
-    for start, indices, images in batches(dataset):
-        with runtime.autocast():
-            output = model.segment(runtime.to_device(images), steps=steps, ensemble=ensemble, seed=seed + start,
-                                   eta=eta, time_ensemble=time_ensemble)
-        probabilities = output.probabilities.float().cpu()
-        per_image += [common.score_probabilities(probabilities[k], dataset.load_original_mask(i))["dice"]
-                      for k, i in enumerate(indices)]
-    return per_image
+    """Per-image Dice of one sampler setting, scored by the trainer's validation loop."""
+    def segment(images, first):
+        return model.segment(images, steps=steps, ensemble=ensemble, seed=seed + first, eta=eta, time_ensemble=time_ensemble)
+
+    return [score["dice"] for batch in validation.scored_batches(segment, dataset, runtime) for score in batch.scores]
 
 
 @torch.no_grad()

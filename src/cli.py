@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from src.fields import field_help
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a single-line error (`prog: error: ...`), exit code 2, and no usage dump."""
@@ -36,3 +38,57 @@ def image_size_from_parts(parts) -> tuple:
     if len(values) == 2:
         return tuple(values)
     raise argparse.ArgumentTypeError(f"expected one size, H W or HxW, got {len(values)} numbers")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def number_in(low: float, high: float, low_inclusive: bool = True, high_inclusive: bool = True, hint: str = ""):
+    """argparse type: a number between low and high (each end inclusive or not)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        above = value >= low if low_inclusive else value > low
+        below = value <= high if high_inclusive else value < high
+        if not (above and below):
+            ends = {(True, True): "inclusive", (False, False): "exclusive",
+                    (True, False): f"{low:g} included, {high:g} excluded", (False, True): f"{low:g} excluded, {high:g} included"}
+            raise argparse.ArgumentTypeError(
+                f"must be between {low:g} and {high:g} ({ends[low_inclusive, high_inclusive]}){hint}, got {value}")
+        return value
+
+    return parse
+
+
+def int_list(text: str) -> tuple:
+    """argparse type: comma-separated integers, "1,2,4,8" -> (1, 2, 4, 8)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4,8, got {text!r}") from None
+
+
+def config_flag(group, config_class, name: str, *flag_names: str, **kwargs) -> None:
+    """Add the flag of dataclass field `name` (--name-with-dashes unless `flag_names` are given),
+    its help and shown default taken from the field (src.fields.option). The flag's value is
+    left out of the parsed namespace unless it is typed (default SUPPRESS), so the dataclass's
+    own default applies and the namespace says which flags the user gave."""
+    help_text, default = field_help(config_class, name)
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    elif isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    shown = "" if default is None or "(default" in help_text else f" (default: {default})"
+    group.add_argument(*(flag_names or [f"--{name.replace('_', '-')}"]), dest=name, default=argparse.SUPPRESS,
+                       help=(kwargs.pop("help", None) or help_text) + shown, **kwargs)

@@ -593,7 +593,7 @@ def test_prepare_data_misuse_is_one_line_exit_2(case, tmp_path, capsys):
                                "--source-dir " + str(tmp_path / "nope") + ": folder does not exist"),
         "output dir is a file": (["--action", "create-sample", "--output-dir", a_file], "exists and is not a folder"),
         "zero samples": (["--action", "create-sample", "--output-dir", out, "--num-samples", "0"],
-                         "must be a positive integer"),
+                         "must be >= 1"),
         "threshold out of range": (["--action", "validate", "--image-dir", images, "--mask-dir", masks,
                                     "--mask-threshold", "1.5"], "--mask-threshold must be in [0, 1)"),
     }[case]

@@ -90,8 +90,8 @@ def test_train_flags_set_self_conditioning():
 
     parser = build_parser()
     argv = ["--synthetic", "--no-self-condition"]
-    _, config = configs_from_args(parser, parser.parse_args(argv), argv)
+    _, config = configs_from_args(parser, parser.parse_args(argv))
     assert config.self_condition is False and config.refine_from_estimate is False
     argv = ["--synthetic", "--refine-from-estimate"]
-    _, config = configs_from_args(parser, parser.parse_args(argv), argv)
+    _, config = configs_from_args(parser, parser.parse_args(argv))
     assert config.self_condition is True and config.refine_from_estimate is True

@@ -40,7 +40,7 @@ from utils.augmentations import (
 from utils.dataset_checks import check_pairs, resolve_issues
 from utils.errors import DatasetError, DatasetWarning, Issue, display_path, format_issues
 from utils.image_io import (
-    IMAGE_EXTENSIONS, as_size, fit_image, label_dtype, letterbox, letterbox_box, load_image, load_labels, resize_labels, void_label,
+    IMAGE_EXTENSIONS, RESIZE_MODES, as_size, fit_image, label_dtype, letterbox, letterbox_box, load_image, load_labels, resize_labels, void_label,
 )
 from utils.pairing import MASK_SUFFIXES, Pair, find_pairs, read_split_file, split_pairs
 from utils.synthetic import SyntheticSegmentationDataset, make_synthetic_pair, write_synthetic_dataset
@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 VOID = -1  # the mask value of pixels that belong to no class, in the tensors a dataset returns
-RESIZE_MODES = ("stretch", "pad")
 # With no split given, hold out this share for validation, when there are at least MIN_PAIRS_TO_SPLIT pairs
 AUTO_VAL_SPLIT = 0.1
 MIN_PAIRS_TO_SPLIT = 10

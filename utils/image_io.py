@@ -197,10 +197,15 @@ def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized[..., None] if resized.ndim == 2 else resized
 
 
+RESIZE_MODES = ("stretch", "pad")
+
+
 def fit_image(pixels: np.ndarray, image_size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
     """The model input made from a decoded (H0, W0, C) uint8 image: (H, W, C) uint8 at
     ``image_size``, stretched, or with ``resize="pad"`` fitted keeping its aspect ratio and
     letterboxed with black borders. The one resize path of the project."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if resize == "pad":
         box = letterbox_box(pixels.shape[:2], image_size)
         return letterbox(resize_image(pixels, box[2:]), box, image_size, 0)

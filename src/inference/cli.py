@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from src.checkpoint import CheckpointError
-from src.cli import ArgumentParser, image_size_from_parts, size_part
+from src.cli import ArgumentParser, image_size_from_parts, number_in, positive_int, size_part
 from src.device import PRECISIONS
 from src.inference.batch import run_batch
 from src.inference.interactive import run_interactive
@@ -20,45 +20,6 @@ from src.inference.outputs import OutputOptions, check_output_dir, format_writte
 from src.inference.predictor import RESIZE_MODES, TILE_FACTOR, InferenceError, Predictor, PredictorOptions
 from src.inference.single import segment_file
 from utils.errors import DatasetError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _number_in(text: str, low: float, high: float, inclusive: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    inside = low <= value <= high if inclusive else low < value < high
-    if not inside:
-        raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    return _number_in(text, 0, 1, inclusive=False)
-
-
-def _unit_interval(text: str) -> float:
-    return _number_in(text, 0, 1, inclusive=True)
-
-
-def _overlap(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,16 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "metrics.csv with Dice and IoU")
     mode.add_argument("--ignore-index", type=int, default=None,
                       help="with --mask-dir: mask value left out of the scores (default: the checkpoint's --ignore-index)")
-    mode.add_argument("--batch-size", type=_positive_int, default=8, help="images (or tiles) per forward pass (default: %(default)s)")
+    mode.add_argument("--batch-size", type=positive_int, default=8, help="images (or tiles) per forward pass (default: %(default)s)")
     sampling = p.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=_positive_int, default=d.steps, help="DDIM steps (default: %(default)s)")
-    sampling.add_argument("--ensemble", type=_positive_int, default=d.ensemble,
+    sampling.add_argument("--steps", type=positive_int, default=d.steps, help="DDIM steps (default: %(default)s)")
+    sampling.add_argument("--ensemble", type=positive_int, default=d.ensemble,
                           help="samples per image; > 1 averages them and saves an uncertainty map (default: %(default)s)")
-    sampling.add_argument("--eta", type=_unit_interval, default=d.eta,
+    sampling.add_argument("--eta", type=number_in(0, 1), default=d.eta,
                           help="DDIM noise: 0 deterministic, 1 fresh noise at every step as in DDPM (default: %(default)s)")
     sampling.add_argument("--time-ensemble", action=argparse.BooleanOptionalAction, default=d.time_ensemble,
                           help="a sample is the mean of its steps' mask estimates, so more steps help (default: on)")
-    sampling.add_argument("--threshold", type=_probability, default=d.threshold,
+    sampling.add_argument("--threshold", type=number_in(0, 1, low_inclusive=False, high_inclusive=False), default=d.threshold,
                           help="foreground probability threshold for binary models (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=d.seed, help="sampling seed: same seed, same masks (default: %(default)s)")
     sampling.add_argument("--image-size", type=size_part, nargs="+", default=None, metavar="SIZE",
@@ -99,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
                           help=f"segment window by window at the model's size, blended with Gaussian weights (default: only images "
                                f"over {TILE_FACTOR}x the model size; --no-tile: never)")
-    sampling.add_argument("--tile-overlap", type=_overlap, default=d.tile_overlap,
+    sampling.add_argument("--tile-overlap", type=number_in(0, 1, high_inclusive=False), default=d.tile_overlap,
                           help="overlap of neighbouring windows, a fraction of the window (default: %(default)s)")
     runtime = p.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")

@@ -23,11 +23,10 @@ from src.device import Runtime, select_runtime
 from src.inference.tiling import sliding_window
 from src.masks import crop_box, probabilities_to_mask, resize_maps
 from src.models import DiffusionSegmentation, SegmentationOutput, SegmentationRun
-from utils.image_io import as_size, fit_image, letterbox_box, load_image
+from utils.image_io import RESIZE_MODES, as_size, fit_image, letterbox_box, load_image
 
 # An image more than this many times the model's input size (in height or width) is tiled
 TILE_FACTOR = 2
-RESIZE_MODES = ("stretch", "pad")
 
 
 class InferenceError(ValueError):

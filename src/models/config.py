@@ -8,6 +8,8 @@ models get the new default. A field is never renamed or removed: unknown keys ar
 
 from dataclasses import asdict, dataclass, fields
 
+from src.fields import option
+
 from .schedules import SCHEDULES
 from .unet import size_multiple
 
@@ -23,43 +25,43 @@ class DiffusionConfig:
     """The network, the noise schedule and the training target. Defaults were chosen by the
     Kvasir ablations on images held out of the training split (BENCHMARKS.md, "Ablations")."""
 
-    in_channels: int = 3
-    num_classes: int = 1
-    image_size: tuple = (256, 256)
-    base_channels: int = 32
-    channel_mults: tuple = (1, 2, 4, 8)
+    in_channels: int = option(3, "image channels (train.py default: detected, 1 or 3)")
+    num_classes: int = option(1, "1 = binary; K > 1: mask values are class ids")
+    image_size: tuple = option((256, 256), "N, H W or HxW, each divisible by patch-size x 2^(levels-1)")
+    base_channels: int = option(32, "UNet channels at full resolution")
+    channel_mults: tuple = option((1, 2, 4, 8), "channel multiplier per UNet level, e.g. 1,2,4,8")
     # On a CPU budget, optimizer steps per minute matter more than depth (BENCHMARKS.md, ablations).
-    num_res_blocks: int = 1
-    attention_resolutions: tuple = (8,)
-    dropout: float = 0.0
-    num_heads: int = 4
+    num_res_blocks: int = option(1, "ResNet blocks per UNet level")
+    attention_resolutions: tuple = option((8,), "downsampling factors with self-attention, e.g. 8 or 4,8")
+    dropout: float = option(0.0, "dropout in the ResNet blocks")
+    num_heads: int = option(4, "self-attention heads")
     # The UNet runs at 1/patch_size of image_size (pixel unshuffle in, pixel shuffle out): the
     # step costs ~patch_size^2 less, and a mask needs less resolution than the image suggests.
-    patch_size: int = 4
-    timesteps: int = 1000
+    patch_size: int = option(4, "the UNet runs at 1/patch-size of --image-size")
+    timesteps: int = option(1000, "diffusion timesteps T")
     # linear spends more of its steps at low SNR than cosine, where the image, not x_t, must carry the mask
-    schedule: str = "linear"
-    prediction_type: str = "x0"
-    dice_weight: float = 1.0  # weight of Dice + BCE on the predicted x0; 0 gives plain MSE
+    schedule: str = option("linear", "noise schedule")
+    prediction_type: str = option("x0", "what the network predicts")
+    dice_weight: float = option(1.0, "weight of Dice + BCE on the predicted x0 (0: MSE only)")
     # Masks in [-1, 1] are multiplied by this before noising (Chen et al. 2022, Pix2Seq-D; Chen 2023,
     # "On the importance of noise scheduling"). A binary mask is so easy to read through noise that
     # at scale 1 the network learns to denoise x_t and barely looks at the image; < 1 hides the mask
     # at every noise level and forces it to segment the image.
-    input_scale: float = 0.05
+    input_scale: float = option(0.05, "masks are multiplied by this before noising; < 1 makes the model read the image")
     # With prediction_type "x0": the network's output o is a logit and x0 = tanh(o), so the predicted
     # mask can never leave [-1, 1] and BCE is taken on the logit 2o (p = sigmoid(2o)), whose gradient
     # does not vanish or explode the way BCE on a clamped linear output does.
-    bounded_x0: bool = True
+    bounded_x0: bool = option(True, "x0 target: predict a logit, x0 = tanh(logit), BCE on the logit")
     # Self-conditioning (Chen, Zhang & Hinton 2022, "Analog Bits", sec. 3.3): the UNet also sees its
     # previous x0 estimate. At a low input_scale x_t alone says almost nothing about the mask, so
     # without it every reverse step starts from scratch; with it a step can build on the last
     # step's mask, which the time-ensembled sampler (segment) turns into a gain from more steps.
-    self_condition: bool = True
+    self_condition: bool = option(True, "the network also sees its previous mask estimate, so sampling steps refine it")
     # With self-conditioning: the self-conditioned half of training also noises the estimate, not
     # the true mask, into x_t. Sampling puts the last estimate into x_t (DDIM eq. 12); a network
     # trained only on true masks there trusts the faint mask it finds in x_t and keeps its own
     # errors (exposure bias, Ning et al. 2023). Trained on its estimates, it learns to correct them.
-    refine_from_estimate: bool = False
+    refine_from_estimate: bool = option(False, "self-conditioned training also noises the estimate, not the true mask, into x_t")
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
