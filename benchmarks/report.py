@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402  (object API: no pyplot state, no backend switch)
 
 IMAGES = common.ROOT / "docs" / "images"
 
@@ -124,12 +125,8 @@ def speed_tables(speed) -> str:
 def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
     """Dice against DDIM steps for `ours` with the anchors as lines; `longer` = (ours, unet) of a
     longer budget, drawn in grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     rows = [r for r in step_rows(ours) if r[1] == 1]
     steps = [r[0] for r in rows]
     dice = np.array([r[2]["dice"] for r in rows])
@@ -163,16 +160,11 @@ def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
     fig.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMAGES / "bench_dice_vs_steps.png", dpi=120)
-    plt.close(fig)
 
 
 def speed_plot(speed) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     labels = [f"{r['size']}px\n" + r['precision'].replace('+', '+\n') for r in speed["training"]]
     values = [r["images_per_second"] for r in speed["training"]]
     colours = ["tab:blue"] * len(values)
@@ -198,12 +190,10 @@ def speed_plot(speed) -> None:
     fig.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMAGES / "bench_speed.png", dpi=120)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
 # Against the plain UNet: calibration, uncertainty, Dice vs steps, paired differences
-# (matplotlib's object API only: no pyplot state, no matplotlib.use())
 # ---------------------------------------------------------------------------------------------
 
 
@@ -233,7 +223,6 @@ def reliability_plot(ours, unet, path=None):
     equal-width bins of p, pooled over val pixels at the original resolution), ours vs the plain
     UNet, with the diagonal; ECE in the legend; below, the share of pixels per bin (log).
     Returns the path written, or None when neither result has calibration statistics."""
-    from matplotlib.figure import Figure
 
     curves = reliability_rows(ours, unet)
     if not curves:
@@ -272,7 +261,6 @@ def reliability_plot(ours, unet, path=None):
 def steps_plot(ours, unet, path=None):
     """Dice against DDIM steps of ours's ensemble-1 rows (± s.e.m.), the plain UNet as a horizontal
     line. Returns the path written, or None without ours."""
-    from matplotlib.figure import Figure
 
     if not ours:
         return None

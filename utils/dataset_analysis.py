@@ -283,14 +283,12 @@ def write_analysis(summary: dict, reports: list[PairReport], output_dir: Path) -
 
 def plot_analysis(summary: dict, reports: list[PairReport], path: Path) -> None:
     """Four panels: image sizes, aspect ratios, foreground fractions, class histogram."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object API: the user's backend is left alone
 
     sizes = np.array([r.image_size for r in reports if r.image_size] or np.zeros((0, 2)))
     foreground = [r.foreground_fraction for r in reports if r.foreground_fraction is not None]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    fig = Figure(figsize=(10, 8))
+    axes = fig.subplots(2, 2)
     axes[0, 0].scatter(sizes[:, 0], sizes[:, 1], s=8, alpha=0.5)
     axes[0, 0].set(title="Image sizes", xlabel="width (px)", ylabel="height (px)")
     axes[0, 1].hist(sizes[:, 0] / np.maximum(sizes[:, 1], 1), bins=30)
@@ -302,4 +300,3 @@ def plot_analysis(summary: dict, reports: list[PairReport], path: Path) -> None:
     axes[1, 1].set(title="Class histogram", xlabel="class id", ylabel="fraction of pixels")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

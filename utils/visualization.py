@@ -1,7 +1,8 @@
 """Figures and coloured images: training curves, prediction grids, overlays, diffusion processes.
 
-Everything renders off-screen (matplotlib's Agg backend), so it works on servers without a
-display; every figure is closed after saving. Functions that write a file return its Path.
+Figures are built with matplotlib's object API (`matplotlib.figure.Figure`, rendered by Agg
+when saved): no pyplot state and no backend switch, so importing this module never changes a
+user's matplotlib backend, and it works on servers without a display. Functions that write a file return its Path.
 
 Array conventions (torch tensors or numpy arrays are both accepted):
     image: (C, H, W) float in [0, 1] (C = 1 or 3), or (H, W, C) / (H, W) uint8 as read from disk.
@@ -17,11 +18,10 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: no display needed, and no GUI backend is ever started
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -65,7 +65,7 @@ def to_rgb_uint8(image) -> np.ndarray:
 def class_palette(num_classes: int) -> np.ndarray:
     """(max(K, 2), 3) uint8 colours: background black, then distinct hues (tab10 / tab20)."""
     count = max(num_classes, 2)
-    cmap = plt.get_cmap("tab10" if count <= 11 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if count <= 11 else "tab20"]
     colours = [cmap(i % cmap.N)[:3] for i in range(count - 1)]
     if count == 2:
         colours = [(1.0, 0.25, 0.1)]  # binary: one strong foreground colour
@@ -121,7 +121,7 @@ def uncertainty_to_rgb(uncertainty, vmax: float | None = None) -> np.ndarray:
     (default: `uncertainty_vmax` of this map)."""
     values = _numpy(uncertainty).astype(np.float32)
     vmax = uncertainty_vmax(values) if vmax is None else vmax
-    return np.round(plt.get_cmap(UNCERTAINTY_CMAP)(np.clip(values / vmax, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
+    return np.round(matplotlib.colormaps[UNCERTAINTY_CMAP](np.clip(values / vmax, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
 
 
 def probability_to_uint8(probability) -> np.ndarray:
@@ -153,10 +153,7 @@ def diffusion_to_rgb(x, num_classes: int = 1) -> np.ndarray:
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
@@ -166,7 +163,8 @@ def save_training_curves(history: list[dict], path) -> Path:
     history: one dict per epoch with `epoch`, `loss`, `lr` and optionally `val_dice`, `val_iou`
     (missing or None for epochs without validation: those points are simply left out).
     """
-    fig, (loss_ax, lr_ax, score_ax) = plt.subplots(1, 3, figsize=(13, 3.6), sharex=True)
+    fig = Figure(figsize=(13, 3.6))
+    loss_ax, lr_ax, score_ax = fig.subplots(1, 3, sharex=True)
     losses = _series(history, "loss")
     if losses:
         loss_ax.plot(*zip(*losses), marker="o", markersize=3)
@@ -231,7 +229,8 @@ def save_prediction_grid(
         vmax = uncertainty_vmax(*(uncertainty[i] for i in range(rows)))  # one scale for the whole column
         columns.append(("uncertainty (std)", lambda i: uncertainty_to_rgb(uncertainty[i], vmax)))
 
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows), squeeze=False)
+    fig = Figure(figsize=(2.2 * len(columns), 2.2 * rows))
+    axes = fig.subplots(rows, len(columns), squeeze=False)
     for i in range(rows):
         for j, (title, render) in enumerate(columns):
             axes[i, j].imshow(render(i), interpolation="nearest")
@@ -244,7 +243,7 @@ def save_prediction_grid(
 
 
 def _uncertainty_colorbar(fig, axes, vmax: float) -> None:
-    mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0, vmax), cmap=UNCERTAINTY_CMAP)
+    mappable = ScalarMappable(norm=Normalize(0, vmax), cmap=UNCERTAINTY_CMAP)
     fig.colorbar(mappable, ax=list(np.ravel(axes)), fraction=0.05, pad=0.02)
 
 
@@ -256,7 +255,8 @@ def save_forward_diffusion(mask_frames, timesteps: Sequence[int], path, image=No
     """
     panels = ([("image", to_rgb_uint8(image))] if image is not None else [])
     panels += [(f"t = {t}", diffusion_to_rgb(frame, num_classes)) for t, frame in zip(timesteps, mask_frames)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), squeeze=False)
+    fig = Figure(figsize=(1.9 * len(panels), 2.3))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, rgb) in zip(axes[0], panels):
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(title, fontsize=9)
@@ -281,7 +281,8 @@ def save_reverse_process(image, timesteps: Sequence[int], xt_frames, x0_frames, 
         rows.append(("mean up to t={t}", mean_frames))
     rows.append((None, xt_frames))
     columns = len(timesteps) + 1 + (final_mask is not None)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.8 * columns, 2.05 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(1.8 * columns, 2.05 * len(rows)))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
     axes[0, 0].imshow(to_rgb_uint8(image), interpolation="nearest")
     axes[0, 0].set_title("image", fontsize=9)
     for r in range(1, len(rows)):
