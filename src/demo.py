@@ -24,7 +24,7 @@ from src.inference.process import forward_diffusion_frames
 from src.metrics import segmentation_scores
 from src.models import DiffusionConfig
 from src.training import TrainConfig, train
-from utils.synthetic import SyntheticSegmentationDataset
+from utils.synthetic import HELD_OUT_SEED_OFFSET, SyntheticSegmentationDataset
 from utils.visualization import (
     save_forward_diffusion,
     save_prediction_grid,
@@ -32,10 +32,6 @@ from utils.visualization import (
     save_reverse_process,
     save_training_curves,
 )
-
-# Held-out images come from a seed that neither the trainer's training set (seed) nor its
-# validation set (seed + 1_000_003) uses.
-HELD_OUT_SEED_OFFSET = 2_000_003
 
 
 @dataclass(frozen=True)

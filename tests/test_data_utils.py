@@ -538,7 +538,7 @@ def test_empty_masks_are_reported_in_one_warning_or_on_first_use(tiny_dataset):
 
 
 def test_cache_is_skipped_when_it_would_not_fit(tiny_dataset, monkeypatch):
-    monkeypatch.setattr("utils.data_utils._available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr("utils.segmentation_dataset._available_memory_bytes", lambda: 1000)
     with pytest.warns(DatasetWarning, match="sample cache would need"):
         dataset = SegmentationDataset(tiny_dataset / "images", tiny_dataset / "masks", 16)
     assert not dataset.cache and dataset[0][0].shape == (3, 16, 16)

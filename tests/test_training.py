@@ -171,9 +171,9 @@ def test_cli_misuse_is_a_one_line_error(tmp_path):
     result = run_cli("--image-dir", str(tmp_path / "nope"), "--mask-dir", str(tmp_path))
     assert result.returncode == 2 and "no such directory" in result.stderr
     result = run_cli("--synthetic", "--image-size", "30")
-    assert result.returncode == 2 and "not divisible by 32 (--patch-size 4" in result.stderr
+    assert result.returncode == 2 and "image size 30x30 is not divisible by 32 (patch size 4" in result.stderr
     result = run_cli("--synthetic", "--image-size", "18", "--channel-mults", "1,2", "--patch-size", "2")
-    assert result.returncode == 2 and "not divisible by 4 (--patch-size 2" in result.stderr
+    assert result.returncode == 2 and "not divisible by 4 (patch size 2" in result.stderr
 
 
 def test_wandb_missing_is_a_clear_error_or_logs_offline(tmp_path):

@@ -122,6 +122,12 @@ def _shape_mask(rng, kind: str, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     return inside
 
 
+# Seed streams of one run's synthetic data: training uses `seed`, validation `seed + VAL_SEED_OFFSET`,
+# the demo's held-out images `seed + HELD_OUT_SEED_OFFSET`, so no image appears in two of them.
+VAL_SEED_OFFSET = 1_000_003
+HELD_OUT_SEED_OFFSET = 2_000_003
+
+
 def sample_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of sample ``index``: independent of every other (seed, index)."""
     return np.random.default_rng([seed, index])
@@ -211,3 +217,11 @@ def write_synthetic_dataset(
         Image.fromarray(mask_pixels.astype(np.uint8)).save(mask_dir / name)
         pairs.append((image_dir / name, mask_dir / name))
     return pairs
+
+
+def synthetic_split(num_train: int, num_val: int, seed: int, **options) -> tuple:
+    """(train, val) SyntheticSegmentationDatasets from the run's seed streams (val None when
+    num_val is 0); `options` are the dataset's image_size, num_classes and in_channels."""
+    train = SyntheticSegmentationDataset(num_train, seed=seed, **options)
+    val = SyntheticSegmentationDataset(num_val, seed=seed + VAL_SEED_OFFSET, **options) if num_val else None
+    return train, val

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from src.fields import option
 
 from .schedules import SCHEDULES
-from .unet import size_multiple
+from .unet import check_image_size, size_multiple
 
 PREDICTION_TYPES = ("eps", "x0", "v")
 
@@ -77,6 +77,7 @@ class DiffusionConfig:
         self.image_size = tuple(self.image_size)
         self.channel_mults = tuple(self.channel_mults)
         self.attention_resolutions = tuple(self.attention_resolutions)
+        check_image_size(*self.image_size, self.patch_size, len(self.channel_mults))
 
     @property
     def mask_channels(self) -> int:

@@ -18,6 +18,18 @@ def size_multiple(patch_size: int, num_levels: int) -> int:
     return patch_size * 2 ** (num_levels - 1)
 
 
+def check_image_size(height: int, width: int, patch_size: int, num_levels: int) -> None:
+    """Raise a ValueError naming the sizes and a size that works when a UNet of `num_levels`
+    levels over patches of `patch_size` cannot take (height, width)."""
+    multiple = size_multiple(patch_size, num_levels)
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by {multiple} (patch size {patch_size} x "
+            f"2^{num_levels - 1} for {num_levels} UNet levels); use e.g. {max(multiple, height // multiple * multiple)}"
+            f"x{max(multiple, width // multiple * multiple)}"
+        )
+
+
 class UNet(nn.Module):
     """UNet with ResNet blocks, time conditioning and self-attention at the low resolutions.
 
@@ -118,13 +130,7 @@ class UNet(nn.Module):
 
     def check_size(self, height: int, width: int) -> None:
         """Raise a ValueError naming the sizes when the UNet cannot downsample them evenly."""
-        if height % self.size_multiple or width % self.size_multiple:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by {self.size_multiple} "
-                f"(patch size {self.patch_size} x 2^{len(self.down_levels) - 1} for {len(self.down_levels)} UNet levels); "
-                f"use e.g. {max(self.size_multiple, height // self.size_multiple * self.size_multiple)}"
-                f"x{max(self.size_multiple, width // self.size_multiple * self.size_multiple)}"
-            )
+        check_image_size(height, width, self.patch_size, len(self.down_levels))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         self.check_size(x.shape[-2], x.shape[-1])

@@ -96,7 +96,6 @@ def configs_from_args(parser, args) -> tuple:
         if "image_size" in model_values:
             model_values["image_size"] = image_size_from_parts(model_values["image_size"])
         model_config = DiffusionConfig(**model_values)
-        _check_image_size(model_config)
         return TrainConfig(**train_values), model_config
     except (ValueError, argparse.ArgumentTypeError) as error:
         parser.error(str(error))
@@ -133,14 +132,6 @@ def _check_data_flags(parser, given: dict) -> None:
     for flag in folders:
         if not Path(given[flag]).is_dir():
             parser.error(f"--{flag.replace('_', '-')} {given[flag]}: no such directory")
-
-
-def _check_image_size(config: DiffusionConfig) -> None:
-    multiple = config.size_multiple
-    height, width = config.image_size
-    if height % multiple or width % multiple:
-        raise ValueError(f"--image-size {height}x{width} is not divisible by {multiple} (--patch-size {config.patch_size} x "
-                         f"2^(levels-1) for --channel-mults {','.join(map(str, config.channel_mults))})")
 
 
 def main(argv=None) -> int:

@@ -108,15 +108,12 @@ def detect_class_id_masks(mask_paths: list, ignore_index=None, sample: int = 16)
 
 
 def _synthetic_data(config, model_config: DiffusionConfig, distributed: bool) -> TrainingData:
-    from utils.synthetic import SyntheticSegmentationDataset
+    from utils.synthetic import synthetic_split
 
-    common = dict(image_size=model_config.image_size, num_classes=model_config.num_classes, in_channels=model_config.in_channels)
-    train = SyntheticSegmentationDataset(config.synthetic_samples, seed=config.seed, **common)
-    val = None
-    if config.val_split != 0:  # 0: no validation
-        val_size = max(8, int(round(config.synthetic_samples * (config.val_split or 0.2))))
-        # A different seed: validation images are never training images.
-        val = SyntheticSegmentationDataset(val_size, seed=config.seed + 1_000_003, **common)
+    # 0: no validation; else a share of the training set's size on top of it, from its own seed stream
+    val_size = 0 if config.val_split == 0 else max(8, int(round(config.synthetic_samples * (config.val_split or 0.2))))
+    train, val = synthetic_split(config.synthetic_samples, val_size, config.seed, image_size=model_config.image_size,
+                                 num_classes=model_config.num_classes, in_channels=model_config.in_channels)
     sampler = DistributedSampler(train, shuffle=True, seed=config.seed) if distributed else None
     loader = DataLoader(
         train,
