@@ -165,6 +165,18 @@ def recommendations(summary: dict) -> list[str]:
     return advice
 
 
+def class_histogram(reports: list, num_classes: int) -> dict:
+    """{class id: {"pixel_fraction", "images"}} over the masks of `reports` (background is class 0)."""
+    class_pixels = np.zeros(max(num_classes, 2), dtype=np.int64)
+    class_images = np.zeros_like(class_pixels)
+    for report in reports:
+        counts = np.asarray(report.class_counts[: len(class_pixels)])
+        class_pixels[: len(counts)] += counts
+        class_images[: len(counts)] += counts > 0
+    return {str(c): {"pixel_fraction": float(class_pixels[c] / max(class_pixels.sum(), 1)), "images": int(class_images[c])}
+            for c in range(len(class_pixels))}
+
+
 def analyze_dataset(
     image_dir: str | Path,
     mask_dir: str | Path,
@@ -188,13 +200,6 @@ def analyze_dataset(
     issues = pairing.issues + [issue for report in reports for issue in report.issues]
     sized = [report for report in reports if report.image_size]
     masked = [report for report in reports if report.foreground_fraction is not None]
-    class_pixels = np.zeros(max(num_classes, 2), dtype=np.int64)
-    class_images = np.zeros_like(class_pixels)
-    for report in masked:
-        counts = np.asarray(report.class_counts[: len(class_pixels)])
-        class_pixels[: len(counts)] += counts
-        class_images[: len(counts)] += counts > 0
-
     summary = {
         "image_dir": str(image_dir),
         "mask_dir": str(mask_dir),
@@ -217,11 +222,7 @@ def analyze_dataset(
         "ignore_index": ignore_index,
         "ignored_fraction": _stats([r.ignored_fraction for r in masked if r.ignored_fraction is not None]),
         "foreground_fraction": _stats([r.foreground_fraction for r in masked]),
-        "class_histogram": {
-            str(c): {"pixel_fraction": float(class_pixels[c] / max(class_pixels.sum(), 1)),
-                     "images": int(class_images[c])}
-            for c in range(len(class_pixels))
-        },
+        "class_histogram": class_histogram(masked, num_classes),
         "issue_counts": dict(Counter(issue.kind for issue in issues)),
         "issues": [issue.message for issue in issues],
     }

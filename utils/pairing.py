@@ -98,28 +98,9 @@ def find_pairs(image_dir: str | Path, mask_dir: str | Path, stems: list[str] | N
 
     claimed: set[Path] = set()
     for stem in sorted(images_by_stem):
-        same_stem = images_by_stem[stem]
         candidates = [m for key in (stem, *(stem + s for s in MASK_SUFFIXES)) for m in masks_by_stem.get(key, [])]
         claimed.update(candidates)
-        if len(same_stem) > 1:
-            names = ", ".join(display_path(p) for p in same_stem)
-            pairing.issues.append(Issue("duplicate_stem", f"{names}: images share the stem '{stem}'", tuple(same_stem)))
-        elif not candidates:
-            looked = ", ".join(f"{stem}{s}.*" for s in ("", *MASK_SUFFIXES))
-            pairing.issues.append(Issue(
-                "missing_mask",
-                f"{display_path(same_stem[0])}: no mask in {mask_dir} (looked for {looked})",
-                (same_stem[0],),
-            ))
-        elif len(candidates) > 1:
-            names = ", ".join(display_path(m) for m in candidates)
-            pairing.issues.append(Issue(
-                "ambiguous_mask",
-                f"{display_path(same_stem[0])}: several masks match ({names}); keep one",
-                (same_stem[0], *candidates),
-            ))
-        else:
-            pairing.pairs.append((same_stem[0], candidates[0]))
+        _pair_stem(pairing, stem, images_by_stem[stem], candidates, mask_dir)
 
     if stems is None:  # with a stem list, other masks simply belong to other splits
         for mask in masks:
@@ -131,6 +112,30 @@ def find_pairs(image_dir: str | Path, mask_dir: str | Path, stems: list[str] | N
                     (mask,),
                 ))
     return pairing
+
+
+def _pair_stem(pairing: Pairing, stem: str, same_stem: list[Path], candidates: list[Path], mask_dir: Path) -> None:
+    """Add the pair of image stem `stem`, or the issue that prevents it: several images with
+    that stem, no mask among the candidates, or more than one."""
+    if len(same_stem) > 1:
+        names = ", ".join(display_path(p) for p in same_stem)
+        pairing.issues.append(Issue("duplicate_stem", f"{names}: images share the stem '{stem}'", tuple(same_stem)))
+    elif not candidates:
+        looked = ", ".join(f"{stem}{s}.*" for s in ("", *MASK_SUFFIXES))
+        pairing.issues.append(Issue(
+            "missing_mask",
+            f"{display_path(same_stem[0])}: no mask in {mask_dir} (looked for {looked})",
+            (same_stem[0],),
+        ))
+    elif len(candidates) > 1:
+        names = ", ".join(display_path(m) for m in candidates)
+        pairing.issues.append(Issue(
+            "ambiguous_mask",
+            f"{display_path(same_stem[0])}: several masks match ({names}); keep one",
+            (same_stem[0], *candidates),
+        ))
+    else:
+        pairing.pairs.append((same_stem[0], candidates[0]))
 
 
 def split_pairs(pairs: list[Pair], val_split: float, seed: int = 42) -> tuple[list[Pair], list[Pair]]:

@@ -104,8 +104,14 @@ def run_batch(
 
     summary.total_seconds = time.perf_counter() - start
     summary.seconds_per_image = summary.total_seconds / summary.count if summary.count else None
+    _write_summary(summary, scores, overlap, output_dir, mask_dir is not None)
+    return summary
+
+
+def _write_summary(summary: BatchSummary, scores: list, overlap, output_dir: Path, scored: bool) -> None:
+    """metrics.csv (when scored against masks) and summary.json, with the mean scores filled in."""
     try:
-        if mask_dir is not None:
+        if scored:
             summary.metrics_path = str(write_metrics_csv(scores, output_dir / "metrics.csv"))
             summary.scored = len(scores)
             if scores:
@@ -119,7 +125,6 @@ def run_batch(
         Path(summary.summary_path).write_text(json.dumps(asdict(summary), indent=2))
     except OSError as error:
         raise InferenceError(f"{error.filename or output_dir}: cannot write: {error.strerror or error}") from None
-    return summary
 
 
 def _list_inputs(input_dir: Path, mask_dir) -> tuple[list[Path], dict[Path, Path]]:
