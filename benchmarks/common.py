@@ -1,7 +1,9 @@
 """Shared helpers of the benchmark scripts: the machine, Kvasir-SEG splits, scoring, results files.
 
 Importable from the project venv and from benchmarks/.peer-venv (it needs only torch, numpy and
-the project's own utils/ and src/ packages, found through the repository root on sys.path).
+the project's own src/ package). The scripts run as modules from the repository root
+(`python -m benchmarks.kvasir`); a script that starts another one passes module_env(), which
+puts the root on PYTHONPATH, so that works from any folder.
 """
 
 import json
@@ -15,20 +17,28 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from src.masks import probabilities_to_mask, resize_maps
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from src.masks import probabilities_to_mask, resize_maps  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CHECKPOINTS = RESULTS / "checkpoints"
 PEER_VENV = ROOT / "benchmarks" / ".peer-venv"
 PEER_PYTHON = PEER_VENV / "bin" / "python"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kvasir-seg"
+
+
+def module_command(python, module: str, *args) -> list:
+    """The command line that runs benchmarks.<module> under `python` (with module_env())."""
+    return [str(python), "-m", f"benchmarks.{module}", *map(str, args)]
+
+
+def module_env() -> dict:
+    """The environment for module_command: the repository root on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ load_dataset decodes, resizes and caches every sample before the first step (rep
 first epoch together with its pass over the data); later epochs cost only augmentation. The
 uncached loader (cache=False) decodes every JPEG in every epoch, for comparison.
 
-    python benchmarks/data_loading.py                  # about 2 minutes on 2 cores
-    python benchmarks/data_loading.py --smoke          # seconds: 32 px, two batches per epoch
+    python -m benchmarks.data_loading                  # about 2 minutes on 2 cores
+    python -m benchmarks.data_loading --smoke          # seconds: 32 px, two batches per epoch
 """
 
 import argparse
@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (puts the repository root on sys.path)
+from benchmarks import common
 
-import torch  # noqa: E402
+import torch
 
-from utils.data_utils import load_dataset  # noqa: E402
+from utils.data_utils import load_dataset
 
 
 def parse_args(argv=None):

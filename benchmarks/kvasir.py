@@ -11,11 +11,11 @@ Every model gets the same data, augmentation ("medium"), resolution, batch size,
 and wall-clock budget. `unet` and `peer` re-run this script under benchmarks/.peer-venv (made by
 benchmarks/setup_peer.sh), which holds their packages.
 
-    python benchmarks/kvasir.py --model ours --image-size 128 --minutes 20
-    python benchmarks/kvasir.py --model unet --image-size 128 --minutes 20
-    python benchmarks/kvasir.py --model peer --image-size 128 --minutes 20
-    python benchmarks/kvasir.py --model ablation --image-size 64 --minutes 2.5
-    python benchmarks/kvasir.py --smoke            # seconds: tiny models, 4 images
+    python -m benchmarks.kvasir --model ours --image-size 128 --minutes 20
+    python -m benchmarks.kvasir --model unet --image-size 128 --minutes 20
+    python -m benchmarks.kvasir --model peer --image-size 128 --minutes 20
+    python -m benchmarks.kvasir --model ablation --image-size 64 --minutes 2.5
+    python -m benchmarks.kvasir --smoke            # seconds: tiny models, 4 images
 """
 
 import argparse
@@ -26,19 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (puts the repository root on sys.path)
+from benchmarks import common
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from src.device import select_runtime  # noqa: E402
-from src.models import SegmentationOutput  # noqa: E402
-from src.training import validation  # noqa: E402
-from src.training.ema import EMA  # noqa: E402
-from src.training.config import TrainConfig  # noqa: E402
-from src.training.lr_schedule import LearningRateSchedule  # noqa: E402
-from src.training.optim import build_optimizer  # noqa: E402
+from src.device import select_runtime
+from src.models import SegmentationOutput
+from src.training import validation
+from src.training.ema import EMA
+from src.training.config import TrainConfig
+from src.training.lr_schedule import LearningRateSchedule
+from src.training.optim import build_optimizer
 
 ENSEMBLE_STEPS = 10  # DDIM steps of the ensemble-of-5 row and the uncertainty statistics
 ABLATION_STEPS = (1, 10, 50)  # DDIM steps an ablation variant is scored with: do more steps help?
@@ -561,7 +560,8 @@ def main(argv=None) -> int:
             print(f"{args.model} needs {common.PEER_VENV}: run bash benchmarks/setup_peer.sh first", file=sys.stderr)
             return 2
         argv = sys.argv[1:] if argv is None else argv
-        os.execv(str(common.PEER_PYTHON), [str(common.PEER_PYTHON), str(Path(__file__).resolve()), *argv])
+        command = common.module_command(common.PEER_PYTHON, "kvasir", *argv)
+        os.execve(command[0], command, common.module_env())
     if not (Path(args.data) / "splits" / "train.txt").is_file():
         print(f"{args.data}: not a Kvasir-SEG folder with splits/train.txt", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Figures and Markdown tables for BENCHMARKS.md from the results JSON of kvasir.py and speed.py.
 
-    python benchmarks/report.py      # writes docs/images/bench_*.png and benchmarks/results/tables.md
+    python -m benchmarks.report      # writes docs/images/bench_*.png and benchmarks/results/tables.md
 
 and, from the 40-minute runs of ours and the plain UNet (else the 20-minute ones),
 docs/images/reliability.png and docs/images/dice_vs_steps.png; tables.md gets the calibration /
@@ -13,11 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402  (object API: no pyplot state, no backend switch)
+import numpy as np
+from matplotlib.figure import Figure
 
 IMAGES = common.ROOT / "docs" / "images"
 

@@ -4,22 +4,20 @@ time-ensembling (a sample is the mean of its steps' estimates)? Also the Dice of
 x0 estimate along a deterministic 10-step trajectory, which shows where the estimate gets better
 or worse.
 
-    python benchmarks/sampler_ablation.py --checkpoint benchmarks/results/checkpoints/ablation_128_33/last.pth
+    python -m benchmarks.sampler_ablation --checkpoint benchmarks/results/checkpoints/ablation_128_33/last.pth
 """
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
-from src.checkpoint import load_model  # noqa: E402
-from src.device import select_runtime  # noqa: E402
-from src.training import validation  # noqa: E402
+from src.checkpoint import load_model
+from src.device import select_runtime
+from src.training import validation
 
 # (DDIM steps, eta, time_ensemble, ensemble)
 SETTINGS = [(1, 0.0, False, 1), (10, 0.0, False, 1), (50, 0.0, False, 1), (10, 1.0, False, 1), (10, 0.0, True, 1),

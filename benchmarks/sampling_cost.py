@@ -3,23 +3,21 @@
 128 px, batch 8, bf16 where the CPU has it, 1 torch thread (as the quality runs score), median
 over alternated rounds; the weights do not matter for the time, so both models are fresh.
 
-    benchmarks/.peer-venv/bin/python benchmarks/sampling_cost.py
+    benchmarks/.peer-venv/bin/python -m benchmarks.sampling_cost
 """
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import kvasir  # noqa: E402
+from benchmarks import common
+from benchmarks import kvasir
 
-from src.device import select_runtime  # noqa: E402
-from src.models import DiffusionSegmentation  # noqa: E402
+from src.device import select_runtime
+from src.models import DiffusionSegmentation
 
 SETTINGS = [(1, 1), (10, 1), (50, 1), (10, 5)]  # (DDIM steps, ensemble)
 

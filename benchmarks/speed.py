@@ -11,8 +11,8 @@ running under benchmarks/.peer-venv, timed alternately with ours (round robin) i
 All timings are medians over rounds that alternate the configurations, because the 2-core machine
 is shared and a step can stall whenever another process takes a core.
 
-    python benchmarks/speed.py                 # about 8 minutes
-    python benchmarks/speed.py --smoke         # seconds: tiny model, 32 px
+    python -m benchmarks.speed                 # about 8 minutes
+    python -m benchmarks.speed --smoke         # seconds: tiny model, 32 px
 """
 
 import argparse
@@ -22,14 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (puts the repository root on sys.path)
+from benchmarks import common
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from src.device import select_runtime  # noqa: E402
+from src.device import select_runtime
 
 PRECISIONS = {  # name -> (precision, channels_last)
     "fp32": ("fp32", False),
@@ -135,9 +134,9 @@ def rss_probe(size: int, precision_name: str, args) -> None:
 
 
 def measure_rss(size: int, precision_name: str, args) -> float:
-    command = [sys.executable, __file__, "--rss-probe", str(size), precision_name, "--batch-size", str(args.batch_size),
-               "--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    command = common.module_command(sys.executable, "speed", "--rss-probe", size, precision_name, "--batch-size",
+                                    args.batch_size, "--threads", args.threads, *(["--smoke"] if args.smoke else []))
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=common.module_env())
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
@@ -197,8 +196,9 @@ def peer_worker(args) -> None:
 
 class PeerClient:
     def __init__(self, args):
-        command = [str(common.PEER_PYTHON), __file__, "--peer-worker", "--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        command = common.module_command(common.PEER_PYTHON, "speed", "--peer-worker", "--threads", args.threads,
+                                        *(["--smoke"] if args.smoke else []))
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=common.module_env())
 
     def ask(self, **request) -> dict:
         self.process.stdin.write(json.dumps(request) + "\n")
@@ -219,9 +219,8 @@ def peer_dim(target: int, size: int, smoke: bool) -> int:
         return 8
 
     done = subprocess.run([str(common.PEER_PYTHON), "-c",
-                           f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                           f"from kvasir import peer_dim_for; print(peer_dim_for({target}, {size}))"],
-                          capture_output=True, text=True, check=True)
+                           f"from benchmarks.kvasir import peer_dim_for; print(peer_dim_for({target}, {size}))"],
+                          capture_output=True, text=True, check=True, env=common.module_env())
     return int(done.stdout.strip().splitlines()[-1])
 
 

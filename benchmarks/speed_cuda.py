@@ -4,19 +4,17 @@ The default model, batch 8, random data already on the GPU (so no data loading i
 each configuration warms up for 5 steps, then 20 steps are timed between synchronisations.
 Prints one line per configuration (BENCHMARKS.md quotes them).
 
-    python benchmarks/speed_cuda.py
+    python -m benchmarks.speed_cuda
 """
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from src.device import select_runtime  # noqa: E402
-from src.models import DiffusionConfig, DiffusionSegmentation  # noqa: E402
+from src.device import select_runtime
+from src.models import DiffusionConfig, DiffusionSegmentation
 
 CONFIGS = (("fp32", False), ("bf16", False), ("bf16", True), ("fp16", True))  # (precision, channels_last)
 

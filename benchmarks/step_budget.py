@@ -6,24 +6,22 @@ whatever else the shared machine runs meanwhile (a wall-clock budget on a busy 2
 measures the load as much as the model). Step times: batch 8, bf16 where the CPU has it,
 1 torch thread, median over alternated rounds of the fastest of 4 timed steps.
 
-    benchmarks/.peer-venv/bin/python benchmarks/step_budget.py --minutes 20 40
+    benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --minutes 20 40
 """
 
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import kvasir  # noqa: E402
+from benchmarks import common
+from benchmarks import kvasir
 
-from src.device import select_runtime  # noqa: E402
-from src.training.config import TrainConfig  # noqa: E402
-from src.training.optim import build_optimizer  # noqa: E402
+from src.device import select_runtime
+from src.training.config import TrainConfig
+from src.training.optim import build_optimizer
 
 
 def anchor_step_seconds(args, runtime) -> float:

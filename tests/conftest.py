@@ -1,11 +1,6 @@
-"""Shared fixtures. The repo root is on sys.path via pyproject.toml (pythonpath = ["."])."""
-
-import sys
-from pathlib import Path
+"""Shared fixtures. pytest finds the project's packages through pyproject.toml (pythonpath = ["."])."""
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when pytest runs without pyproject
 
 
 @pytest.fixture

@@ -6,21 +6,12 @@ skip when benchmarks/.peer-venv (benchmarks/setup_peer.sh) is absent.
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import common  # noqa: E402
-import data_loading  # noqa: E402
-import kvasir  # noqa: E402
-import report  # noqa: E402
-import speed  # noqa: E402
+from benchmarks import common, data_loading, kvasir, report, speed
 
 needs_kvasir = pytest.mark.skipif(not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
                                   reason=f"Kvasir-SEG not found at {common.DEFAULT_DATA}")
@@ -230,8 +221,9 @@ def test_kvasir_smoke_ours(tmp_path):
 @pytest.mark.parametrize("model", ["unet", "peer"])
 def test_kvasir_smoke_anchors(tmp_path, model):
     out = tmp_path / f"{model}.json"
-    done = subprocess.run([str(common.PEER_PYTHON), str(BENCHMARKS / "kvasir.py"), "--smoke", "--model", model, "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(common.module_command(common.PEER_PYTHON, "kvasir", "--smoke", "--model", model, "--out", out),
+                          capture_output=True, text=True, timeout=120,
+                          env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(common.ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = result["rows"]

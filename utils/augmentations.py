@@ -48,8 +48,8 @@ class DualRandomResizedCrop(v2.RandomResizedCrop):
 class ColorJitter(v2.ColorJitter):
     """Random brightness/contrast/saturation (and optional hue) on the image only; masks pass through.
 
-    Hue defaults to 0: shifting hue costs ~6 ms per 256 px image (RGB -> HSV round trip),
-    more than all other augmentations together, and colour often carries meaning
+    Hue defaults to 0: shifting hue is an RGB -> HSV -> RGB round trip per image, the costliest
+    of the augmentations, and colour often carries meaning
     (e.g. in endoscopy). Pass hue=0.02 to turn it on.
     """
 

@@ -227,7 +227,7 @@ def read_mask_values(path: Path) -> tuple[np.ndarray, float, bool]:
             if values.dtype == bool:
                 values = values.astype(np.uint8)
             return values, _value_max(img, values), False
-        # PIL's C loops: ~10x faster than numpy reductions over a trailing axis of 3.
+        # PIL's per-band C loops: numpy's reductions over a trailing axis of 3 are strided and slow.
         red, green, blue = img.convert("RGB").split()
         is_colour = (ImageChops.difference(red, green).getbbox() is not None
                      or ImageChops.difference(green, blue).getbbox() is not None)

@@ -45,8 +45,9 @@ class UNet(nn.Module):
         num_heads: attention heads.
         patch_size: the network runs at 1/patch_size of the input resolution: each patch_size x
             patch_size patch is folded into channels on the way in (pixel unshuffle) and unfolded
-            on the way out (pixel shuffle, as in sub-pixel convolution, Shi et al. 2016). 4 makes a
-            128 px step 6.5x cheaper on CPU, where full-resolution levels with few channels cost most.
+            on the way out (pixel shuffle, as in sub-pixel convolution, Shi et al. 2016). On a CPU the
+            full-resolution levels, wide in pixels and narrow in channels, cost the most per FLOP, and
+            folding removes them (BENCHMARKS.md, "Ablations" for the step times).
 
     forward(x: (B, in_channels, H, W), timesteps: (B,)) -> (B, out_channels, H, W), with H and W
     divisible by patch_size * 2 ** (len(channel_mults) - 1).
