@@ -89,6 +89,7 @@ def config_flag(group, config_class, name: str, *flag_names: str, **kwargs) -> N
         default = "on" if default else "off"
     elif isinstance(default, tuple):
         default = ",".join(map(str, default))
-    shown = "" if default is None or "(default" in help_text else f" (default: {default})"
+    switch = kwargs.get("action") in ("store_true", "store_false")  # the flag's name says what it does
+    shown = "" if default is None or switch or "(default" in help_text else f" (default: {default})"
     group.add_argument(*(flag_names or [f"--{name.replace('_', '-')}"]), dest=name, default=argparse.SUPPRESS,
                        help=(kwargs.pop("help", None) or help_text) + shown, **kwargs)

@@ -346,3 +346,30 @@ def test_class_id_masks_trained_as_binary_are_named(tmp_path):
     config = TrainConfig(image_dir=str(data_dir / "images"), mask_dir=str(data_dir / "masks"), batch_size=2)
     notes = build_training_data(config, TINY_MODEL).notes
     assert any("look like 3 class ids" in note and "--num-classes 3" in note for note in notes)
+
+
+def test_train_config_validates_itself():
+    for values, message in (({"batch_size": 0}, "batch_size must be >= 1"), ({"resize": "crop"}, "resize must be one of"),
+                            ({"val_split": 1.0}, "val_split must be 0"), ({"lr": 0}, "lr must be > 0"),
+                            ({"precision": "fp8"}, "precision must be one of"), ({"ema_decay": 1.0}, "ema_decay")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**values)
+
+
+def test_train_flags_are_the_config_fields_and_only_typed_ones_are_set():
+    from dataclasses import fields
+
+    from src.training.cli import build_parser, configs_from_args
+
+    parser = build_parser()
+    help_text = parser.format_help()
+    for config_class in (TrainConfig, DiffusionConfig):
+        for spec in fields(config_class):
+            flag = "--no-progress" if spec.name == "progress" else "--" + spec.name.replace("_", "-")
+            assert flag in help_text, flag
+    assert "(default: 0.0001)" in help_text and "(default: 0.05)" in help_text  # defaults shown from the fields
+    args = parser.parse_args(["--synthetic", "--lr", "0.01", "--no-self-condition"])
+    assert vars(args) == {"synthetic": True, "lr": 0.01, "self_condition": False}
+    train_config, model_config = configs_from_args(parser, args)
+    assert train_config == TrainConfig(synthetic=True, lr=0.01)
+    assert model_config == DiffusionConfig(in_channels=3, self_condition=False)
