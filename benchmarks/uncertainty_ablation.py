@@ -23,7 +23,7 @@ It runs under benchmarks/.peer-venv because the plain UNet (segmentation_models_
 
 import argparse
 import json
-import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +35,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 UNET_CHECKPOINTS = common.RESULTS / "uncertainty_checkpoints"  # ours; results/checkpoints is not written to
+
+
+def split_candidates(text: str) -> list:
+    """Candidate names hold commas ("MI, members"): split only where the next name begins."""
+    return [name.strip() for name in re.split(r",\s*(?=K=\d+: |plain UNet)", text) if name.strip()]
 
 
 def parse_args(argv=None):
@@ -53,8 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--holdout", type=int, default=100)
-    p.add_argument("--candidates", type=lambda s: s.split(","), default=None,
-                   help="score only these candidates (names as in the heldout JSON); default all")
+    p.add_argument("--candidates", type=split_candidates, default=None,
+                   help="score only these candidates, comma-separated full names as in the heldout JSON "
+                        "(\"K=5: ens std (current),K=10: MI, members\"); default all")
     p.add_argument("--bootstrap", type=int, default=2000, help="image resamples of the paired bootstrap")
     p.add_argument("--eval-images", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -70,7 +76,7 @@ def parse_args(argv=None):
 def unet_steps_for(ours_steps: int) -> int:
     """The headline protocol's exchange rate: the UNet gets the idle-core time that ours's steps took."""
     budget = json.loads((common.RESULTS / "step_budget.json").read_text())["seconds_per_step"]
-    return int(round(ours_steps * budget["ours"] / budget["unet"]))
+    return round(ours_steps * budget["ours"] / budget["unet"])
 
 
 def train_unet(args) -> dict:
@@ -285,7 +291,7 @@ def score(args, stems: list, scored_on: str) -> dict:
     rank_cdfs = {}
     for k in ensembles:
         for name, (_, fn) in BASE_CANDIDATES.items():
-            edges = np.quantile(sample_of(lambda m: fn(m[f"K={k}"])), quantiles)
+            edges = np.quantile(sample_of(lambda m, fn=fn, k=k: fn(m[f"K={k}"])), quantiles)
             unique, first = np.unique(edges, return_index=True)  # np.interp needs increasing x
             rank_cdfs[f"K={k}: {name}"] = (unique, quantiles[first])
     model_res = [candidate_scores(m, ensembles, rank_cdfs, names) for m in per_image_maps]
@@ -429,7 +435,7 @@ def exact_auroc(u, error) -> float:
     """AUROC by the rank-sum (Mann-Whitney) formula on every pixel, ties at their average rank:
     the reference the binned statistics are checked against (memory grows with the pixels)."""
     u, error = np.asarray(u, dtype=np.float64).ravel(), np.asarray(error).ravel().astype(bool)
-    values, inverse, counts = np.unique(u, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(u, return_inverse=True, return_counts=True)
     average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based ranks, ties averaged
     positives, negatives = error.sum(), (~error).sum()
     return float((average_rank[inverse][error].sum() - positives * (positives + 1) / 2) / (positives * negatives))
@@ -484,31 +490,47 @@ def _ci(triple, digits: int = 3) -> str:
     return f"{point:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def markdown_tables(heldout: dict, vals: dict, heldout_check: dict = None) -> str:
+def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None, other: dict | None = None) -> str:
     """BENCHMARKS.md's tables from the results JSONs: the held-out choice (every candidate, both
-    ensemble sizes) and the val confirmation ({label: val JSON})."""
+    ensemble sizes; heldout_check: the same samples against the UNet of equal steps, with the
+    paired difference to the current std; other: the same candidates on another ablation
+    checkpoint) and the val confirmation ({label: val JSON})."""
     rows, boot = heldout["rows"], heldout["bootstrap"]
     unet = rows[UNET]
-    lines = ["| candidate | probability behind the mask | AUROC, 5 members | AUROC, 10 members | 10 members − UNet (paired, 95 % interval) |"
-             + (" 10 members − UNet, UNet of equal steps |" if heldout_check else ""),
-             "|---|---|---|---|---|" + ("---|" if heldout_check else "")]
+    head = ["candidate", "AUROC, 5 members", "AUROC, 10 members", "10 members − UNet, 345 steps (paired, 95 % interval)"]
+    if heldout_check:
+        head += ["10 members − UNet, 1104 steps (paired)", "5 members − ens std (paired)"]
+    if other:
+        head += ["10 members, ablation_128_0"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     names = list(BASE_CANDIDATES) + list(RANK_CANDIDATES)
     names.sort(key=lambda n: -rows[f"K=10: {n}"]["auroc"])
     for name in names:
         k5, k10 = rows[f"K=5: {name}"], rows[f"K=10: {name}"]
-        prob = "each member's final x0" if k10["probability"].endswith("p_F") else "mean over members x steps (segment())"
-        line = (f"| {name} | {prob} | {k5['auroc']:.3f} | {k10['auroc']:.3f} | {_ci(boot[f'K=10: {name}']['auroc_minus_unet'])} |")
+        cells = [name, f"{k5['auroc']:.3f}", f"{k10['auroc']:.3f}", _ci(boot[f"K=10: {name}"]["auroc_minus_unet"])]
         if heldout_check:
-            line += f" {_ci(heldout_check['bootstrap'][f'K=10: {name}']['auroc_minus_unet'])} |"
-        lines.append(line)
-    lines.append(f"| **plain UNet, p(1-p) of its sigmoid** ({heldout['models'].get('unet_weights', '').split('/')[-1]}) | its sigmoid | "
-                 f"{unet['auroc']:.3f} | | |" + (f" {heldout_check['rows'][UNET]['auroc']:.3f} (that UNet's own AUROC) |" if heldout_check else ""))
-    lines += ["", "| probability | members | ECE (15 bins) | Dice | ECE − UNet (paired) | Dice − UNet (paired) |", "|---|---|---|---|---|---|"]
+            check = heldout_check["bootstrap"]
+            cells += [_ci(check[f"K=10: {name}"]["auroc_minus_unet"]),
+                      _ci(check[f"K=5: {name}"]["auroc_minus_current"]) if "auroc_minus_current" in check[f"K=5: {name}"] else "–"]
+        if other:
+            cells.append(f"{other['rows'][f'K=10: {name}']['auroc']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["**plain UNet, p(1-p) of its sigmoid** (345 steps)", f"{unet['auroc']:.3f}", "", ""]
+    if heldout_check:
+        cells += [f"1104 steps: {heldout_check['rows'][UNET]['auroc']:.3f}", ""]
+    if other:
+        cells.append("")
+    lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| probability | members | ECE (15 bins) | Dice | ECE − UNet, 345 steps (paired) | Dice − UNet, 345 steps (paired) |",
+              "|---|---|---|---|---|---|"]
     for k in heldout["ensembles"]:
         for name, label in (("ens std (current)", "mean over members x steps (segment())"), ("final x0: ens std", "mean of the members' final x0")):
             row, b = rows[f"K={k}: {name}"], boot[f"K={k}: {name}"]
             lines.append(f"| {label} | {k} | {row['ece']:.4f} | {row['dice']:.3f} | {_ci(b['ece_minus_unet'], 4)} | {_ci(b['dice_minus_unet'])} |")
-    lines.append(f"| plain UNet's sigmoid | – | {unet['ece']:.4f} | {unet['dice']:.3f} | | |")
+    lines.append(f"| plain UNet's sigmoid, 345 steps | – | {unet['ece']:.4f} | {unet['dice']:.3f} | | |")
+    if heldout_check:
+        u = heldout_check["rows"][UNET]
+        lines.append(f"| plain UNet's sigmoid, 1104 steps | – | {u['ece']:.4f} | {u['dice']:.3f} | | |")
     lines += ["", "| val, budget | uncertainty | members | AUROC (95 % interval) | − UNet p(1-p) (paired) | − ens std, same members (paired) | ECE | ECE − UNet (paired) | Dice − UNet (paired) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for label, val in vals.items():
@@ -527,11 +549,19 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict = None) -> st
 
 def run_tables(args) -> dict:
     """Print the markdown tables from results/uncertainty_*.json (no sampling)."""
-    load = lambda name: json.loads((common.RESULTS / name).read_text())  # noqa: E731
-    check = common.RESULTS / "uncertainty_heldout_128_33_unet1104.json"
-    text = markdown_tables(load("uncertainty_heldout_128_33.json"),
-                           {"40 min": load("uncertainty_val_128_40min.json"), "20 min": load("uncertainty_val_128_20min.json")},
-                           load(check.name) if check.is_file() else None)
+    def load(name):
+        path = common.RESULTS / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    vals = {}
+    for label, stem in (("40 min", "uncertainty_val_128_40min"), ("20 min", "uncertainty_val_128_20min")):
+        vals[label] = load(f"{stem}.json")
+        single = load(f"{stem}_k1.json")  # the same candidates from 1 sample per image, a separate run
+        if single:
+            for key in ("rows", "bootstrap"):
+                vals[label][key].update({n: v for n, v in single[key].items() if n != UNET})
+    text = markdown_tables(load("uncertainty_heldout_128_33.json"), vals,
+                           load("uncertainty_heldout_128_33_unet1104.json"), load("uncertainty_heldout_128_0.json"))
     print(text)
     return {"mode": "tables", "markdown": text}
 

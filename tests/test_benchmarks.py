@@ -197,6 +197,12 @@ def test_quantile_error_stats_gives_the_exact_auroc():
     assert errors.shape == corrects.shape == (1, stats.bins) and errors.sum() == 2 and corrects.sum() == 3
 
 
+def test_candidate_names_with_commas_survive_the_command_line():
+    names = uncertainty_ablation.split_candidates("K=5: ens std (current),K=10: MI, members, K=1: expected entropy, steps x members")
+    assert names == ["K=5: ens std (current)", "K=10: MI, members", "K=1: expected entropy, steps x members"]
+    assert set(names) <= {f"K={k}: {n}" for k in (1, 5, 10) for n in uncertainty_ablation.BASE_CANDIDATES}
+
+
 def test_exact_auroc_ranks_ties_at_half():
     exact = uncertainty_ablation.exact_auroc
     assert exact([1, 3, 2, 4, 3.5], [0, 1, 0, 1, 0]) == pytest.approx(5 / 6)
