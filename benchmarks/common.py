@@ -294,3 +294,89 @@ class CalibrationStats:
                 "bin_edges": np.linspace(0, 1, self.bins + 1).tolist(), "count": self.count.astype(np.int64).tolist(),
                 "confidence": [float(c) if f else None for c, f in zip(conf, filled)],
                 "frequency": [float(v) if f else None for v, f in zip(freq, filled)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooled statistics from per-image counts, and their image bootstrap (uncertainty_ablation.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def auroc_from_histograms(hist_error, hist_correct) -> np.ndarray:
+    """AUROC = P(u_error > u_correct) + 0.5 P(same bin) from histograms of an uncertainty over the
+    SAME increasing bins (last axis); any leading axes are kept (e.g. bootstrap resamples). The
+    formula of UncertaintyErrorStats.result, vectorised. NaN where either class is empty."""
+    hist_error, hist_correct = np.asarray(hist_error, dtype=np.float64), np.asarray(hist_correct, dtype=np.float64)
+    below = np.cumsum(hist_correct, axis=-1) - hist_correct  # correct pixels in strictly lower bins
+    pairs = hist_error.sum(axis=-1) * hist_correct.sum(axis=-1)
+    above = (hist_error * (below + 0.5 * hist_correct)).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, above / np.where(pairs > 0, pairs, 1), np.nan)
+
+
+def ece_from_bins(count, sum_p, sum_y) -> np.ndarray:
+    """ECE = sum_b n_b / N |freq_b - conf_b| = sum_b |sum_y_b - sum_p_b| / N, from CalibrationStats'
+    per-bin arrays (last axis; leading axes kept)."""
+    count, sum_p, sum_y = (np.asarray(a, dtype=np.float64) for a in (count, sum_p, sum_y))
+    n = count.sum(axis=-1)
+    return np.abs(sum_y - sum_p).sum(axis=-1) / np.where(n > 0, n, np.nan)
+
+
+class QuantileErrorStats:
+    """AUROC of an uncertainty score as a detector of error pixels, from per-image histograms over
+    bins whose edges are quantiles of the score (`edges`, e.g. from a sample of it at model
+    resolution). UncertaintyErrorStats bins [0, upper] evenly, which puts nearly all pixels of a
+    score concentrated near 0 (an ensemble std of samples that barely differ, a variance) into a
+    few bins, where error and correct pixels tie; quantile bins hold about equally many pixels each,
+    so the AUROC is that of the ranking itself (ties only inside a bin of ~1/bins of the pixels).
+    Per-image histograms are kept for the image bootstrap (pooled_bootstrap)."""
+
+    def __init__(self, edges):
+        edges = np.unique(np.asarray(edges, dtype=np.float64))
+        self.edges = edges[1:-1]  # inner edges: searchsorted puts values below/above them in the end bins
+        self.bins = self.edges.size + 1
+        self.hist_error, self.hist_correct = [], []
+
+    @classmethod
+    def from_sample(cls, sample, bins: int = 4096) -> "QuantileErrorStats":
+        return cls(np.quantile(np.asarray(sample, dtype=np.float64).ravel(), np.linspace(0, 1, bins + 1)))
+
+    def bin_of(self, u) -> np.ndarray:
+        return np.searchsorted(self.edges, np.asarray(u, dtype=np.float64).ravel(), side="right")
+
+    def add(self, u, error) -> None:
+        """One image: flat scores and 0/1 (bool) error indicators of the same pixels."""
+        index, error = self.bin_of(u), np.asarray(error).ravel().astype(bool)
+        self.hist_error.append(np.bincount(index[error], minlength=self.bins))
+        self.hist_correct.append(np.bincount(index[~error], minlength=self.bins))
+
+    def per_image(self) -> tuple:
+        """(images, bins) arrays of error and correct pixel counts."""
+        return np.array(self.hist_error, dtype=np.float64), np.array(self.hist_correct, dtype=np.float64)
+
+    def auroc(self) -> float:
+        errors, corrects = self.per_image()
+        return float(auroc_from_histograms(errors.sum(axis=0), corrects.sum(axis=0)))
+
+
+def pooled_bootstrap(statistic, per_image: list, n: int = 2000, seed: int = 0, chunk: int = 200) -> tuple:
+    """(statistic on all images, 2.5 %, 97.5 % percentile) of a statistic of POOLED per-image
+    counts (a pooled AUROC or ECE, or a difference of two models' on the same images, which makes
+    it paired), over `n` seeded resamples of the images with replacement.
+
+    per_image: arrays whose first axis is the image; statistic(*sums) gets each array summed over
+    the (resampled) images, with one leading resample axis, and returns one value per resample."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in per_image]
+    images = arrays[0].shape[0]
+    if not images or any(a.shape[0] != images for a in arrays):
+        raise ValueError("pooled_bootstrap needs arrays with the same number of images (first axis)")
+    flat = [a.reshape(images, -1) for a in arrays]
+    point = float(np.asarray(statistic(*[a.sum(axis=0)[None].reshape(1, *a.shape[1:]) for a in arrays]))[0])
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        weights = rng.multinomial(images, np.full(images, 1 / images), size=size).astype(np.float64)  # (size, images)
+        sums = [(weights @ f).reshape(size, *a.shape[1:]) for f, a in zip(flat, arrays)]
+        values.append(np.asarray(statistic(*sums), dtype=np.float64))
+    low, high = np.nanpercentile(np.concatenate(values), [2.5, 97.5])
+    return point, float(low), float(high)

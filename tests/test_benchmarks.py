@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import common, data_loading, kvasir, report, speed
+from benchmarks import common, data_loading, kvasir, report, speed, uncertainty_ablation
 
 needs_kvasir = pytest.mark.skipif(not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
                                   reason=f"Kvasir-SEG not found at {common.DEFAULT_DATA}")
@@ -119,6 +119,122 @@ def test_paired_bootstrap_of_identical_inputs_is_zero_width():
     assert common.paired_bootstrap(values, values, n=500) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         common.paired_bootstrap([0.1, 0.2], [0.1])
+
+
+def test_binary_entropy_and_mutual_information_known_values():
+    ua = uncertainty_ablation
+    # 0 and 1 are floored at PROB_FLOOR = 1e-6, whose entropy is 2e-5 bits
+    assert ua.binary_entropy(torch.tensor([0.5, 0.0, 1.0, 0.25])).tolist() == pytest.approx(
+        [1.0, 0.0, 0.0, 0.8112781], abs=5e-5)
+    # members along dim 1: two members that disagree completely (0 and 1) -> MI = H(0.5) - 0 = 1 bit;
+    # two members that agree at 0.5 -> all the entropy is shared, MI = 0; 0.2 and 0.6 -> H(0.4) - mean H
+    members = torch.tensor([[[0.0, 0.5, 0.2]], [[1.0, 0.5, 0.6]]]).permute(1, 0, 2)  # (1, 2 members, 3 pixels)
+    expected_last = 0.9709506 - (0.7219281 + 0.9709506) / 2
+    assert ua.mutual_information(members, dim=1)[0].tolist() == pytest.approx([1.0, 0.0, expected_last], abs=5e-5)
+
+
+def test_component_maps_time_and_total_variance():
+    """2 members x 2 steps at one pixel: member 0 steps (0.2, 0.4), member 1 steps (0.6, 1.0)."""
+    probs = torch.tensor([[0.2, 0.4], [0.6, 1.0]]).reshape(1, 2, 2, 1, 1)
+    maps = uncertainty_ablation.component_maps(probs, members=2)
+    assert maps["p_T"].item() == pytest.approx(0.55)  # mean of member means 0.3 and 0.8
+    assert maps["std_T"].item() == pytest.approx(0.25)  # population std of 0.3 and 0.8
+    assert maps["p_F"].item() == pytest.approx(0.7)  # final steps 0.4 and 1.0
+    assert maps["std_F"].item() == pytest.approx(0.3)
+    assert maps["time_var"].item() == pytest.approx((0.01 + 0.04) / 2)  # within-member variances
+    # total = within-member + between-member variance: 0.025 + 0.25 ** 2
+    assert maps["total_var"].item() == pytest.approx(0.025 + 0.0625)
+    # only the first member: no spread across members
+    assert uncertainty_ablation.component_maps(probs, members=1)["std_T"].item() == 0.0
+
+
+def test_step_probs_reproduce_segment_mean_and_std():
+    """The benchmark consumes reverse_process itself; its members x steps, averaged as segment()
+    averages them (eta 1, time-ensembling, same seed), must give segment()'s probabilities and
+    uncertainty exactly, or the candidates would not be about the sampler users get."""
+    import contextlib
+
+    from src.models import DiffusionConfig, DiffusionSegmentation
+
+    torch.manual_seed(0)
+    model = DiffusionSegmentation(DiffusionConfig(image_size=(32, 32), base_channels=8, channel_mults=(1, 2),
+                                                  attention_resolutions=(2,), num_heads=1)).eval()
+
+    class Runtime:  # no autocast, so both paths compute in float32
+        to_device = staticmethod(lambda x: x)
+        autocast = staticmethod(contextlib.nullcontext)
+
+    images = torch.rand(2, 3, 32, 32)
+    probs = uncertainty_ablation.sample_step_probs(model, images, Runtime, steps=3, members=4, eta=1.0, seed=7)
+    assert probs.shape == (2, 4, 3, 32, 32)
+    maps = uncertainty_ablation.component_maps(probs, members=4)
+    output = model.segment(images, steps=3, ensemble=4, seed=7, eta=1.0, time_ensemble=True)
+    assert torch.allclose(maps["p_T"], output.probabilities[:, 0], atol=1e-6)
+    assert torch.allclose(maps["std_T"], output.uncertainty, atol=1e-6)
+    assert maps["std_T"].max() > 0  # the members do differ
+
+
+def test_quantile_error_stats_gives_the_exact_auroc():
+    """Scores of errors (3, 4) against correct pixels (1, 2, 3.5): of the 6 pairs the error is
+    higher in 5, so AUROC 5/6; a tie (error and correct at the same score) counts half."""
+    stats = common.QuantileErrorStats.from_sample([1, 2, 3, 3.5, 4], bins=64)
+    stats.add(np.array([1, 3, 2, 4, 3.5]), np.array([0, 1, 0, 1, 0]))
+    assert stats.auroc() == pytest.approx(5 / 6)
+    tied = common.QuantileErrorStats.from_sample([1, 2], bins=8)
+    tied.add(np.array([2, 2, 1]), np.array([1, 0, 0]))  # error at 2 vs correct at 2 (tie) and 1 (below)
+    assert tied.auroc() == pytest.approx(0.75)
+    errors, corrects = stats.per_image()
+    assert errors.shape == corrects.shape == (1, stats.bins) and errors.sum() == 2 and corrects.sum() == 3
+
+
+def test_candidate_names_with_commas_survive_the_command_line():
+    names = uncertainty_ablation.split_candidates("K=5: ens std (current),K=10: MI, members, K=1: expected entropy, steps x members")
+    assert names == ["K=5: ens std (current)", "K=10: MI, members", "K=1: expected entropy, steps x members"]
+    assert set(names) <= {f"K={k}: {n}" for k in (1, 5, 10) for n in uncertainty_ablation.BASE_CANDIDATES}
+
+
+def test_exact_auroc_ranks_ties_at_half():
+    exact = uncertainty_ablation.exact_auroc
+    assert exact([1, 3, 2, 4, 3.5], [0, 1, 0, 1, 0]) == pytest.approx(5 / 6)
+    assert exact([2, 2, 1], [1, 0, 0]) == pytest.approx(0.75)
+    assert exact([0.0] * 6, [1, 0, 1, 0, 0, 0]) == pytest.approx(0.5)  # all tied: chance
+
+
+def test_auroc_and_ece_from_counts_match_the_pooled_stats():
+    rng = np.random.default_rng(0)
+    u, e = rng.uniform(size=5000), rng.uniform(size=5000) < 0.2
+    fixed = common.UncertaintyErrorStats(upper=1.0)
+    fixed._accumulate(u, np.where(e, 1.0, 0.0), np.zeros(5000), 0.5)  # error = (p > 0.5) != 0 = e
+    assert common.auroc_from_histograms(fixed.hist_error, fixed.hist_correct) == pytest.approx(fixed.result()["auroc"])
+    p, y = rng.uniform(size=5000), rng.uniform(size=5000) < 0.3
+    calibration = common.CalibrationStats()
+    calibration.add_pixels(p, y)
+    assert common.ece_from_bins(calibration.count, calibration.sum_p, calibration.sum_y) == pytest.approx(
+        calibration.result()["ece"])
+
+
+def test_pooled_bootstrap_of_an_auroc_difference():
+    """Model a's scores separate errors perfectly on every image, b's not at all: the pooled AUROC
+    difference is 0.5 on any resample (a zero-width interval); identical models give exactly 0."""
+    images, bins = 20, 4
+    a_err, a_cor = np.zeros((images, bins)), np.zeros((images, bins))
+    a_err[:, 3], a_cor[:, 0] = 5, 50
+    b_err, b_cor = np.zeros((images, bins)), np.zeros((images, bins))
+    b_err[:, 1], b_cor[:, 1] = 5, 50
+
+    def diff(e1, c1, e2, c2):
+        return common.auroc_from_histograms(e1, c1) - common.auroc_from_histograms(e2, c2)
+
+    assert common.pooled_bootstrap(diff, [a_err, a_cor, b_err, b_cor], n=300) == pytest.approx((0.5, 0.5, 0.5))
+    assert common.pooled_bootstrap(diff, [a_err, a_cor, a_err, a_cor], n=300) == (0.0, 0.0, 0.0)
+    # a difference that varies by image: its interval has width and holds the pooled point estimate
+    rng = np.random.default_rng(3)
+    noisy = b_err.copy()
+    noisy[:, 3] = rng.integers(0, 6, size=images)
+    point, low, high = common.pooled_bootstrap(diff, [noisy, b_cor, b_err, b_cor], n=500)
+    assert low < point < high and high - low > 0.01
+    with pytest.raises(ValueError):
+        common.pooled_bootstrap(diff, [a_err, a_cor[:3], b_err, b_cor])
 
 
 def fake_results():
