@@ -244,7 +244,7 @@ def train_ours(args, train_stems, config, name: str):
 def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int, batch_size: int = 8,
                   max_images=None, keep_examples: int = 6) -> dict:
     """Dice/IoU at every DDIM step count (ensemble 1), and at ENSEMBLE_STEPS with `ensemble`
-    samples plus the uncertainty-error statistics of the ensemble std, scored by the trainer's
+    samples plus the uncertainty-error statistics of its uncertainty map, scored by the trainer's
     validation loop (src/training/validation.scored_batches). Sampling time is recorded too. For
     every row also the calibration of its (mean) probability ("calibration") and p(1-p) of it as
     an error detector ("uncertainty_error_pq_rows"; the ensemble row's alone is
@@ -254,7 +254,8 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
     ens_key = f"ddim{ENSEMBLE_STEPS}_ens{ensemble}"
     runs = {f"ddim{s}_ens1": (s, 1) for s in steps_list}
     runs.setdefault(ens_key, (ENSEMBLE_STEPS, ensemble))  # ensemble 1 at ENSEMBLE_STEPS may already be a row
-    results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats()
+    # segment()'s uncertainty map is the predictive entropy, in [0, 1]
+    results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats(upper=1.0)
     examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}
     for key, (steps, size) in runs.items():
         def segment(images, first, steps=steps, size=size):
@@ -280,7 +281,7 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
         results[key] = {**common.summarize(per_image), "seconds_per_image": seconds / count,
                         "per_image_dice": [r["dice"] for r in per_image]}
         print(f"  {key}: Dice {results[key]['dice']:.3f} on {count} images", flush=True)
-    return {"rows": results, "uncertainty_error": stats.result(), "ensemble_key": ens_key,
+    return {"rows": results, "uncertainty_error": stats.result(), "uncertainty_map": "predictive entropy", "ensemble_key": ens_key,
             "uncertainty_error_pq": pq[ens_key].result(), "uncertainty_error_pq_rows": {k: v.result() for k, v in pq.items()},
             "calibration": {key: c.result() for key, c in calibration.items()},
             "scored_stems": dataset.stems[:count],  # the order of every row's per_image_dice

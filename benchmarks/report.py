@@ -68,9 +68,10 @@ def quality_table(ours, unet, peer, previous=None) -> str:
 def uncertainty_table(ours) -> str:
     if not ours:
         return "(not run)"
-    u = ours["uncertainty_error"]
+    u, name = ours["uncertainty_error"], {"predictive entropy": "entropy"}.get(ours.get("uncertainty_map"), "std")
     return "\n".join([
-        "| ensemble | Pearson r (std vs error) | AUROC (std detects error pixels) | error pixels | mean std on errors | mean std on correct pixels |",
+        f"| ensemble | Pearson r ({name} vs error) | AUROC ({name} detects error pixels) | error pixels | mean {name} on errors "
+        f"| mean {name} on correct pixels |",
         "|---|---|---|---|---|---|",
         f"| {ours['ensemble_key'].replace('_ens', ' steps, ').replace('ddim', 'DDIM ')} samples | {u['pearson_r']:.3f} | {u['auroc']:.3f} | "
         f"{100 * u['error_pixel_share']:.1f}% | {u['mean_std_on_errors']:.3f} | {u['mean_std_on_correct']:.3f} |",
@@ -355,7 +356,7 @@ def calibration_table(ours, unet) -> str:
     if ours and ours.get("calibration"):
         key = ours["ensemble_key"]
         cal = ours["calibration"].get(key)
-        add(f"ours, {row_label(key)}", cal, "ensemble std", ours.get("uncertainty_error"))
+        add(f"ours, {row_label(key)}", cal, ours.get("uncertainty_map", "ensemble std"), ours.get("uncertainty_error"))
         add(f"ours, {row_label(key)}", cal, "p(1-p) of the mean probability", ours.get("uncertainty_error_pq"))
         for other, unc in ours.get("uncertainty_error_pq_rows", {}).items():
             if other != key:

@@ -7,6 +7,7 @@ import torch
 
 from src.models import DiffusionConfig, DiffusionSegmentation
 from src.models.losses import soft_dice_loss
+from src.models.segmentation import predictive_entropy
 from src.models.schedules import cosine_beta_schedule, linear_beta_schedule
 
 # patch_size 1: the diffusion math is checked on 8-16 px images, below what the default patch size 4 allows
@@ -191,9 +192,20 @@ def test_segment_shapes_and_uncertainty(num_classes):
     assert out.probabilities.shape == (2, num_classes, 8, 12)
     assert out.mask.shape == (2, 8, 12) and out.mask.dtype == torch.long
     assert out.mask.max() < max(num_classes, 2)
-    assert out.uncertainty.shape == (2, 8, 12) and (out.uncertainty >= 0).all()
+    assert out.uncertainty.shape == out.ensemble_std.shape == (2, 8, 12)
+    assert (out.uncertainty >= 0).all() and (out.uncertainty <= 1).all() and (out.ensemble_std >= 0).all()
+    torch.testing.assert_close(out.uncertainty, predictive_entropy(out.probabilities))
     single = model.segment(torch.rand(1, 3, 8, 8), steps=2, ensemble=1, seed=0)
-    assert single.uncertainty.abs().max() == 0
+    assert single.ensemble_std.abs().max() == 0  # one sample: no spread, but still an entropy
+    torch.testing.assert_close(single.uncertainty, predictive_entropy(single.probabilities))
+
+
+def test_predictive_entropy_is_one_at_even_odds_and_zero_when_certain():
+    binary = torch.tensor([0.5, 1.0, 0.0, 0.1]).reshape(1, 1, 1, 4)
+    expected = torch.tensor([1.0, 0.0, 0.0, -(0.1 * math.log2(0.1) + 0.9 * math.log2(0.9))])
+    torch.testing.assert_close(predictive_entropy(binary)[0, 0], expected, atol=1e-4, rtol=0)
+    classes = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 2)
+    torch.testing.assert_close(predictive_entropy(classes)[0, 0], torch.tensor([1.0, 0.0]), atol=1e-4, rtol=0)
 
 
 def test_bad_config_and_inputs_raise_clear_errors():

@@ -35,12 +35,14 @@ def test_ddpm_sample(images):
 def test_segment_binary_and_multiclass(images):
     out = tiny().segment(images, steps=4, ensemble=2, seed=4)
     assert out.probabilities.sum().item() == pytest.approx(252.262909, **CLOSE)
-    assert out.uncertainty.sum().item() == pytest.approx(11.661495, **CLOSE)
+    assert out.ensemble_std.sum().item() == pytest.approx(11.661495, **CLOSE)
+    assert out.uncertainty.sum().item() == pytest.approx(492.889893, **CLOSE)  # predictive entropy (since issue 11)
     assert out.mask.sum().item() == 249
     assert out.probabilities[1, 0, 5, :3].tolist() == pytest.approx([0.633380, 0.575614, 0.543507], **CLOSE)
     multi = tiny(num_classes=3).segment(images, steps=3, ensemble=2, seed=8)
     assert multi.probabilities[:, 1].sum().item() == pytest.approx(168.144714, **CLOSE)
-    assert multi.uncertainty.sum().item() == pytest.approx(9.073611, **CLOSE)
+    assert multi.ensemble_std.sum().item() == pytest.approx(9.073611, **CLOSE)
+    assert multi.uncertainty.sum().item() == pytest.approx(505.221924, **CLOSE)
     assert multi.mask.sum().item() == 483
 
 

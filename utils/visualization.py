@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-# Uncertainty maps are drawn from 0 to their own maximum: a well-trained model's ensemble std is
-# a few hundredths at object boundaries and ~0 elsewhere, invisible on the full 0..0.5 range a
-# probability's std can span. The floor keeps a map of pure noise-level values dark.
+# Uncertainty maps are drawn from 0 to their own maximum: a confident model's map is small
+# everywhere but at object boundaries, and would look black on the full range the measure can
+# span. The floor keeps a map of pure noise-level values dark.
 UNCERTAINTY_MIN_VMAX = 0.01
 UNCERTAINTY_CMAP = "magma"
 OVERLAY_ALPHA = 0.45
@@ -117,7 +117,7 @@ def uncertainty_vmax(*maps) -> float:
 
 
 def uncertainty_to_rgb(uncertainty, vmax: float | None = None) -> np.ndarray:
-    """(H, W) std map -> (H, W, 3) uint8 through the magma colormap on [0, vmax]
+    """(H, W) uncertainty map -> (H, W, 3) uint8 through the magma colormap on [0, vmax]
     (default: `uncertainty_vmax` of this map)."""
     values = _numpy(uncertainty).astype(np.float32)
     vmax = uncertainty_vmax(values) if vmax is None else vmax

@@ -6,7 +6,7 @@
     <stem>_overlay.png      the mask tinted over the original image (on unless --no-overlay)
     <stem>_prob.png / .npy  with --save-probs: foreground (binary) or winning-class (multi-class)
                             probability as grey levels; the .npy holds all (K, H, W) float32 maps
-    <stem>_uncertainty.png  with --ensemble N > 1: per-pixel std over the samples (magma colours,
+    <stem>_uncertainty.png  with --ensemble N > 1: predictive entropy of the averaged probability (magma colours,
                             black 0 to bright at the map's maximum, at least 0.01); with
                             --save-probs also <stem>_uncertainty.npy, the raw (H, W) float32 values
     <stem>_process.png/.gif with --visualize-process: the reverse diffusion step by step
@@ -40,7 +40,7 @@ from utils.visualization import (
 class OutputOptions:
     overlay: bool = True
     save_probs: bool = False
-    uncertainty: bool = False  # the map is all zeros with one sample, so only with an ensemble
+    uncertainty: bool = False  # inference.py writes it with an ensemble (--ensemble N > 1)
     process: bool = False
 
 

@@ -60,7 +60,7 @@ class Prediction:
 
     mask: (H, W) uint8 (uint16 beyond 256 classes), 0/1 (binary) or class ids.
     probabilities: (K, H, W) float32; K = 1 for binary, the foreground probability.
-    uncertainty: (H, W) float32 per-pixel std over the ensemble (all 0 with one sample).
+    uncertainty: (H, W) float32 predictive entropy of `probabilities`, 0 (certain) to 1 (even odds).
     process: the reverse diffusion, when recorded.
     """
 

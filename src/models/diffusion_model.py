@@ -252,7 +252,8 @@ class DiffusionSegmentation(nn.Module):
         step) each estimate is made under fresh noise, so the mean over more steps is a better
         mask (BENCHMARKS.md, "Making the steps refine"). The soft mask is the mean of the samples'
         probabilities, the hard mask its threshold (binary) or argmax (multi-class), the
-        uncertainty the per-pixel std over the samples (0 when ensemble = 1).
+        uncertainty the soft mask's predictive entropy (also with one sample), and ensemble_std
+        the per-pixel std over the samples (0 when ensemble = 1).
         """
         return self.segmentation(images, steps, ensemble, threshold, seed, sampler, eta, time_ensemble).run()
 

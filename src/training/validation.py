@@ -55,8 +55,7 @@ def scored_batches(segment: Callable[[torch.Tensor, int], SegmentationOutput], d
         began = time.perf_counter()
         with torch.no_grad(), runtime.autocast():
             output = segment(runtime.to_device(images), start)
-        output = SegmentationOutput(*(value.float().cpu() if value.is_floating_point() else value.cpu()
-                                      for value in (output.probabilities, output.mask, output.uncertainty)))
+        output = SegmentationOutput(**{name: _on_cpu(value) for name, value in vars(output).items()})
         seconds = time.perf_counter() - began
         truths, preds, scores = [], [], []
         for offset, index in enumerate(indices):
@@ -69,6 +68,13 @@ def scored_batches(segment: Callable[[torch.Tensor, int], SegmentationOutput], d
             preds.append(pred)
             scores.append(segmentation_scores(pred, truth, num_classes, void))
         yield ScoredBatch(indices, images, output, truths, preds, scores, seconds)
+
+
+def _on_cpu(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A tensor on the CPU, floating point as float32 (None stays None)."""
+    if value is None:
+        return None
+    return value.float().cpu() if value.is_floating_point() else value.cpu()
 
 
 @torch.no_grad()
