@@ -5,13 +5,15 @@ import argparse
 import sys
 
 from src.checkpoint import CheckpointError
-from src.training import TrainingError
 from src.demo import run_demo
+from src.training import TrainingError
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Diffusion segmentation demo on synthetic data (CPU friendly).")
-    p.add_argument("--output-dir", default="./demo_outputs", help="where figures and checkpoints go (default: %(default)s)")
+    p.add_argument(
+        "--output-dir", default="./demo_outputs", help="where figures and checkpoints go (default: %(default)s)"
+    )
     p.add_argument("--quick", action="store_true", help="a sub-minute smoke run with a tiny model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")

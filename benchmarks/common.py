@@ -149,8 +149,9 @@ def kvasir_dataset(data_dir, stems: list, image_size: int, augmentations=None):
     from utils.data_utils import SegmentationDataset
 
     data_dir = Path(data_dir)
-    dataset = SegmentationDataset(data_dir / "images", data_dir / "masks", image_size=image_size,
-                                  augmentations=augmentations, stems=stems)
+    dataset = SegmentationDataset(
+        data_dir / "images", data_dir / "masks", image_size=image_size, augmentations=augmentations, stems=stems
+    )
     return dataset.preload(progress=False)
 
 
@@ -171,8 +172,13 @@ def score_probabilities(probabilities: torch.Tensor, truth: np.ndarray, threshol
 def summarize(per_image: list) -> dict:
     dice = np.array([s["dice"] for s in per_image])
     iou = np.array([s["iou"] for s in per_image])
-    return {"dice": float(dice.mean()), "dice_std": float(dice.std()), "iou": float(iou.mean()),
-            "iou_std": float(iou.std()), "images": len(per_image)}
+    return {
+        "dice": float(dice.mean()),
+        "dice_std": float(dice.std()),
+        "iou": float(iou.mean()),
+        "iou_std": float(iou.std()),
+        "images": len(per_image),
+    }
 
 
 def paired_bootstrap(a, b, n: int = 10000, seed: int = 0) -> tuple:
@@ -186,7 +192,7 @@ def paired_bootstrap(a, b, n: int = 10000, seed: int = 0) -> tuple:
     rng = np.random.default_rng(seed)
     for start in range(0, n, 1000):  # in chunks: 1000 x images indices at a time
         size = min(1000, n - start)
-        means[start:start + size] = diff[rng.integers(0, diff.size, size=(size, diff.size))].mean(axis=1)
+        means[start : start + size] = diff[rng.integers(0, diff.size, size=(size, diff.size))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(diff.mean()), float(low), float(high)
 
@@ -209,7 +215,9 @@ class UncertaintyErrorStats:
         self.hist_error = np.zeros(self.BINS)
         self.hist_correct = np.zeros(self.BINS)
 
-    def add(self, uncertainty: torch.Tensor, probabilities: torch.Tensor, truth: np.ndarray, threshold: float = 0.5) -> None:
+    def add(
+        self, uncertainty: torch.Tensor, probabilities: torch.Tensor, truth: np.ndarray, threshold: float = 0.5
+    ) -> None:
         """uncertainty (h, w), probabilities (1, h, w) at model resolution; truth (H0, W0).
         Both maps are upsampled bilinearly to (H0, W0), as score_probabilities does."""
         size = truth.shape[-2:]
@@ -243,12 +251,26 @@ class UncertaintyErrorStats:
         # AUROC = P(u_error > u_correct) + 0.5 P(equal), from the two histograms
         errors, corrects = self.hist_error.sum(), self.hist_correct.sum()
         below = np.cumsum(self.hist_correct) - self.hist_correct  # correct pixels in lower bins
-        auroc = float((self.hist_error * (below + 0.5 * self.hist_correct)).sum() / (errors * corrects)) if errors and corrects else float("nan")
-        mean_u_error = float((self.hist_error * (np.arange(self.BINS) + 0.5)).sum() / max(errors, 1) * self.upper / self.BINS)
-        mean_u_correct = float((self.hist_correct * (np.arange(self.BINS) + 0.5)).sum() / max(corrects, 1) * self.upper / self.BINS)
-        return {"pearson_r": float(pearson), "auroc": auroc, "error_pixel_share": float(se / n),
-                "mean_std_on_errors": mean_u_error, "mean_std_on_correct": mean_u_correct, "pixels": int(n),
-                "upper": self.upper}
+        auroc = (
+            float((self.hist_error * (below + 0.5 * self.hist_correct)).sum() / (errors * corrects))
+            if errors and corrects
+            else float("nan")
+        )
+        mean_u_error = float(
+            (self.hist_error * (np.arange(self.BINS) + 0.5)).sum() / max(errors, 1) * self.upper / self.BINS
+        )
+        mean_u_correct = float(
+            (self.hist_correct * (np.arange(self.BINS) + 0.5)).sum() / max(corrects, 1) * self.upper / self.BINS
+        )
+        return {
+            "pearson_r": float(pearson),
+            "auroc": auroc,
+            "error_pixel_share": float(se / n),
+            "mean_std_on_errors": mean_u_error,
+            "mean_std_on_correct": mean_u_correct,
+            "pixels": int(n),
+            "upper": self.upper,
+        }
 
 
 class CalibrationStats:
@@ -290,10 +312,16 @@ class CalibrationStats:
         conf = np.divide(self.sum_p, self.count, out=np.zeros(self.bins), where=filled)
         freq = np.divide(self.sum_y, self.count, out=np.zeros(self.bins), where=filled)
         ece = float((self.count * np.abs(freq - conf)).sum() / n) if n else float("nan")
-        return {"ece": ece, "brier": self.sum_sq / n if n else float("nan"), "bins": self.bins, "pixels": int(n),
-                "bin_edges": np.linspace(0, 1, self.bins + 1).tolist(), "count": self.count.astype(np.int64).tolist(),
-                "confidence": [float(c) if f else None for c, f in zip(conf, filled)],
-                "frequency": [float(v) if f else None for v, f in zip(freq, filled)]}
+        return {
+            "ece": ece,
+            "brier": self.sum_sq / n if n else float("nan"),
+            "bins": self.bins,
+            "pixels": int(n),
+            "bin_edges": np.linspace(0, 1, self.bins + 1).tolist(),
+            "count": self.count.astype(np.int64).tolist(),
+            "confidence": [float(c) if f else None for c, f in zip(conf, filled)],
+            "frequency": [float(v) if f else None for v, f in zip(freq, filled)],
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common
-
 import torch
 
+from benchmarks import common
 from utils.data_utils import load_dataset
 
 
@@ -41,8 +40,14 @@ def parse_args(argv=None):
 def time_epochs(args, size: int, cache: bool) -> list:
     """Seconds of each epoch; the first also holds load_dataset (pairing, decoding, caching)."""
     start = time.perf_counter()
-    train_loader, _ = load_dataset(data_dir=args.data, image_size=size, batch_size=args.batch_size,
-                                   augmentation_mode=args.augmentation_mode, cache=cache, seed=0)
+    train_loader, _ = load_dataset(
+        data_dir=args.data,
+        image_size=size,
+        batch_size=args.batch_size,
+        augmentation_mode=args.augmentation_mode,
+        cache=cache,
+        seed=0,
+    )
     seconds = []
     for _ in range(args.epochs):
         for index, _batch in enumerate(train_loader):
@@ -65,10 +70,21 @@ def main(argv=None) -> int:
             seconds = time_epochs(args, size, cache)
             rows.append({"size": size, "cache": cache, "epoch_seconds": seconds})
             later = ", ".join(f"{s:.1f}" for s in seconds[1:])
-            print(f"{size} px, cache {'on' if cache else 'off'}: first epoch {seconds[0]:.1f} s, later epochs {later} s", flush=True)
-    common.write_json(args.out, {"images": "Kvasir-SEG splits/train.txt", "batch_size": args.batch_size,
-                                 "augmentation_mode": args.augmentation_mode, "rows": rows,
-                                 "machine": common.machine_info(), "smoke": args.smoke})
+            print(
+                f"{size} px, cache {'on' if cache else 'off'}: first epoch {seconds[0]:.1f} s, later epochs {later} s",
+                flush=True,
+            )
+    common.write_json(
+        args.out,
+        {
+            "images": "Kvasir-SEG splits/train.txt",
+            "batch_size": args.batch_size,
+            "augmentation_mode": args.augmentation_mode,
+            "rows": rows,
+            "machine": common.machine_info(),
+            "smoke": args.smoke,
+        },
+    )
     return 0
 
 

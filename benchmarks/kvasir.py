@@ -26,16 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common
-
 import numpy as np
 import torch
 
+from benchmarks import common
 from src.device import select_runtime
 from src.models import SegmentationOutput
 from src.training import validation
-from src.training.ema import EMA
 from src.training.config import TrainConfig
+from src.training.ema import EMA
 from src.training.lr_schedule import LearningRateSchedule
 from src.training.optim import build_optimizer
 
@@ -89,28 +88,50 @@ def parse_args(argv=None):
     p.add_argument("--data", default=str(common.DEFAULT_DATA), help="Kvasir-SEG folder with images/, masks/, splits/")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per model")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="a budget in optimizer steps instead of minutes (every model): immune to other load")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="a budget in optimizer steps instead of minutes (every model): immune to other load",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; 1 because on the shared 2-core machine a 2-thread step stalls up to 10x "
-                        "whenever another process takes a core (BENCHMARKS.md), while 1 thread degrades gracefully")
-    p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 10, 25, 50],
-                   help="DDIM steps to report (ours)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 because on the shared 2-core machine a 2-thread step stalls up to 10x "
+        "whenever another process takes a core (BENCHMARKS.md), while 1 thread degrades gracefully",
+    )
+    p.add_argument(
+        "--steps",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 5, 10, 25, 50],
+        help="DDIM steps to report (ours)",
+    )
     p.add_argument("--ensemble", type=int, default=5, help="ensemble size of the second row (ours)")
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N val images")
     p.add_argument("--peer-eval-images", type=int, default=4, help="val images for the peer's slow default sampler")
-    p.add_argument("--peer-ddim-steps", type=lambda s: [int(x) for x in s.split(",")], default=[10],
-                   help="DDIM step counts the peer is also scored with, on every val image")
+    p.add_argument(
+        "--peer-ddim-steps",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[10],
+        help="DDIM step counts the peer is also scored with, on every val image",
+    )
     p.add_argument("--peer-weights", default=None, help="score these saved peer weights instead of training")
     p.add_argument("--ours-checkpoint", default=None, help="score this checkpoint of ours instead of training")
-    p.add_argument("--peer-dim", type=int, default=None, help="peer Unet dim (default: closest parameter count to ours)")
+    p.add_argument(
+        "--peer-dim", type=int, default=None, help="peer Unet dim (default: closest parameter count to ours)"
+    )
     p.add_argument("--ablation-holdout", type=int, default=100, help="train images held out to score ablations")
-    p.add_argument("--variants", type=lambda s: s.split(","), default=None,
-                   help="ablation variants to run, comma-separated names of ABLATIONS (default: all)")
+    p.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=None,
+        help="ablation variants to run, comma-separated names of ABLATIONS (default: all)",
+    )
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kvasir_<model>_<size>.json)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run: tiny models, 4 images, 2 steps")
     args = p.parse_args(argv)
@@ -118,7 +139,9 @@ def parse_args(argv=None):
         args.image_size, args.minutes, args.batch_size, args.warmup_steps = 32, 0.05, 2, 1
         args.steps, args.ensemble, args.eval_images, args.peer_eval_images, args.ablation_holdout = [1, 2], 2, 2, 2, 2
         args.peer_ddim_steps = [2]
-    args.out = Path(args.out or common.RESULTS / f"kvasir_{args.model}_{args.image_size}{'_smoke' if args.smoke else ''}.json")
+    args.out = Path(
+        args.out or common.RESULTS / f"kvasir_{args.model}_{args.image_size}{'_smoke' if args.smoke else ''}.json"
+    )
     return args
 
 
@@ -176,7 +199,10 @@ def epochs_for_budget(step_seconds: float, minutes: float, steps_per_epoch: int)
 
 def random_batch(args, runtime, channels: int = 3):
     size = args.image_size
-    images, masks = torch.rand(args.batch_size, channels, size, size), (torch.rand(args.batch_size, 1, size, size) > 0.5).float()
+    images, masks = (
+        torch.rand(args.batch_size, channels, size, size),
+        (torch.rand(args.batch_size, 1, size, size) > 0.5).float(),
+    )
     return runtime.to_device(images), runtime.to_device(masks)
 
 
@@ -224,25 +250,50 @@ def train_ours(args, train_stems, config, name: str):
     budget = f"{args.max_steps} steps" if args.max_steps else f"{args.minutes} min ({step_seconds:.2f} s/step measured)"
     print(f"[{name}] {epochs} epochs x {steps_per_epoch} steps, budget {budget}", flush=True)
     train_config = TrainConfig(
-        image_dir=str(image_dir), mask_dir=str(mask_dir), val_split=0, augmentation_mode="medium",
-        output_dir=str(run_dir), epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, seed=args.seed, max_minutes=None if args.max_steps else args.minutes,
+        image_dir=str(image_dir),
+        mask_dir=str(mask_dir),
+        val_split=0,
+        augmentation_mode="medium",
+        output_dir=str(run_dir),
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        max_minutes=None if args.max_steps else args.minutes,
         max_steps=args.max_steps,
-        save_every=10_000, progress=False, overwrite=True,  # a rerun replaces its own run folder
+        save_every=10_000,
+        progress=False,
+        overwrite=True,  # a rerun replaces its own run folder
     )
     clock = common.Stopwatch()
     result = train(train_config, config)
-    info = {"train_minutes": clock.minutes(), "optimizer_steps": result.steps, "planned_epochs": epochs,
-            "estimated_step_seconds": step_seconds, "stopped_by_budget": result.stopped_early,
-            "final_loss": next((h["loss"] for h in reversed(result.history) if h.get("loss") is not None), None),
-            "checkpoint": str(result.last_checkpoint), "parameters": parameter_count(result.model),
-            "precision": runtime.describe()}
+    info = {
+        "train_minutes": clock.minutes(),
+        "optimizer_steps": result.steps,
+        "planned_epochs": epochs,
+        "estimated_step_seconds": step_seconds,
+        "stopped_by_budget": result.stopped_early,
+        "final_loss": next((h["loss"] for h in reversed(result.history) if h.get("loss") is not None), None),
+        "checkpoint": str(result.last_checkpoint),
+        "parameters": parameter_count(result.model),
+        "precision": runtime.describe(),
+    }
     return result.model, runtime, info
 
 
 @torch.no_grad()
-def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int, batch_size: int = 8,
-                  max_images=None, keep_examples: int = 6) -> dict:
+def evaluate_ours(
+    model,
+    dataset,
+    runtime,
+    steps_list,
+    ensemble: int,
+    seed: int,
+    batch_size: int = 8,
+    max_images=None,
+    keep_examples: int = 6,
+) -> dict:
     """Dice/IoU at every DDIM step count (ensemble 1), and at ENSEMBLE_STEPS with `ensemble`
     samples plus the uncertainty-error statistics of its uncertainty map, scored by the trainer's
     validation loop (src/training/validation.scored_batches). Sampling time is recorded too. For
@@ -258,6 +309,7 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
     results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats(upper=1.0)
     examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}
     for key, (steps, size) in runs.items():
+
         def segment(images, first, steps=steps, size=size):
             return model.segment(images, steps=steps, ensemble=size, seed=seed + first)
 
@@ -278,14 +330,23 @@ def evaluate_ours(model, dataset, runtime, steps_list, ensemble: int, seed: int,
                         examples["truths"].append(dataset[index][1][0])
                         examples["preds"].append(batch.output.mask[offset])
                         examples["uncertainty"].append(batch.output.uncertainty[offset])
-        results[key] = {**common.summarize(per_image), "seconds_per_image": seconds / count,
-                        "per_image_dice": [r["dice"] for r in per_image]}
+        results[key] = {
+            **common.summarize(per_image),
+            "seconds_per_image": seconds / count,
+            "per_image_dice": [r["dice"] for r in per_image],
+        }
         print(f"  {key}: Dice {results[key]['dice']:.3f} on {count} images", flush=True)
-    return {"rows": results, "uncertainty_error": stats.result(), "uncertainty_map": "predictive entropy", "ensemble_key": ens_key,
-            "uncertainty_error_pq": pq[ens_key].result(), "uncertainty_error_pq_rows": {k: v.result() for k, v in pq.items()},
-            "calibration": {key: c.result() for key, c in calibration.items()},
-            "scored_stems": dataset.stems[:count],  # the order of every row's per_image_dice
-            "examples": {k: torch.stack(v) for k, v in examples.items() if v}}
+    return {
+        "rows": results,
+        "uncertainty_error": stats.result(),
+        "uncertainty_map": "predictive entropy",
+        "ensemble_key": ens_key,
+        "uncertainty_error_pq": pq[ens_key].result(),
+        "uncertainty_error_pq_rows": {k: v.result() for k, v in pq.items()},
+        "calibration": {key: c.result() for key, c in calibration.items()},
+        "scored_stems": dataset.stems[:count],  # the order of every row's per_image_dice
+        "examples": {k: torch.stack(v) for k, v in examples.items() if v},
+    }
 
 
 def run_ours(args) -> dict:
@@ -298,8 +359,13 @@ def run_ours(args) -> dict:
         model = runtime.prepare_model(load_model(args.ours_checkpoint, use_ema=True))
         config = model.config
         state = load_checkpoint(args.ours_checkpoint)
-        info = {"checkpoint": args.ours_checkpoint, "optimizer_steps": state["step"], "epoch": state["epoch"],
-                "parameters": parameter_count(model), "precision": runtime.describe()}
+        info = {
+            "checkpoint": args.ours_checkpoint,
+            "optimizer_steps": state["step"],
+            "epoch": state["epoch"],
+            "parameters": parameter_count(model),
+            "precision": runtime.describe(),
+        }
     else:
         model, runtime, info = train_ours(args, train_stems, config, args.out.stem)
     val = common.kvasir_dataset(args.data, val_stems, args.image_size)
@@ -311,8 +377,14 @@ def run_ours(args) -> dict:
 
         path = common.ROOT / "docs" / "images" / "bench_predictions.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_prediction_grid(examples["images"], examples["truths"], examples["preds"], path,
-                             uncertainty=examples["uncertainty"], num_classes=1)
+        save_prediction_grid(
+            examples["images"],
+            examples["truths"],
+            examples["preds"],
+            path,
+            uncertainty=examples["uncertainty"],
+            num_classes=1,
+        )
         print(f"wrote {path}")
     return {"model": "ours", "config": config.to_dict(), "train": info, **scores}
 
@@ -323,8 +395,12 @@ def run_ablation(args) -> dict:
     fit, held = common.holdout_split(train_stems, args.ablation_holdout, seed=0)
     held_set = common.kvasir_dataset(args.data, held, args.image_size)
     results = {}
-    summary = {"model": "ablation", "scored_on": f"{len(held)} held-out TRAIN images", "ddim_steps": ENSEMBLE_STEPS,
-               "default_config": model_config(args).to_dict()}
+    summary = {
+        "model": "ablation",
+        "scored_on": f"{len(held)} held-out TRAIN images",
+        "ddim_steps": ENSEMBLE_STEPS,
+        "default_config": model_config(args).to_dict(),
+    }
     unknown = set(args.variants or ()) - set(ABLATIONS)
     if unknown:
         raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {list(ABLATIONS)}")
@@ -334,12 +410,21 @@ def run_ablation(args) -> dict:
         if args.variants and name not in args.variants:
             continue
         config = model_config(args, **overrides)
-        model, runtime, info = train_ours(args, fit, config, f"ablation_{args.image_size}_{index}{'_smoke' if args.smoke else ''}")
+        model, runtime, info = train_ours(
+            args, fit, config, f"ablation_{args.image_size}_{index}{'_smoke' if args.smoke else ''}"
+        )
         scores = evaluate_ours(model, held_set, runtime, ABLATION_STEPS, ensemble=args.ensemble, seed=args.seed)
         scores.pop("examples", None)
         row = scores["rows"][f"ddim{ENSEMBLE_STEPS}_ens1"]
-        results[name] = {"overrides": overrides, "train": info, "scores": scores, "dice": row["dice"], "dice_std": row["dice_std"],
-                         "iou": row["iou"], "images": row["images"]}
+        results[name] = {
+            "overrides": overrides,
+            "train": info,
+            "scores": scores,
+            "dice": row["dice"],
+            "dice_std": row["dice_std"],
+            "iou": row["iou"],
+            "images": row["images"],
+        }
         by_steps = ", ".join(f"{key} {value['dice']:.4f}" for key, value in scores["rows"].items())
         print(f"[ablation] {name}: {by_steps} ({info['optimizer_steps']} steps)", flush=True)
         common.write_json(args.out, {**summary, "variants": results, "machine": common.machine_info()})
@@ -365,15 +450,21 @@ def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
     optimizer = build_optimizer(module.parameters(), args.lr, TrainConfig.weight_decay, runtime)
     step = training_step(module, loss_fn, optimizer, runtime)
     ema = EMA(module, TrainConfig.ema_decay)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(args.seed))
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed)
+    )
     if args.max_steps:  # a budget in steps, as train_ours takes it: the same for every model, immune to load
         epochs = math.ceil(args.max_steps / len(loader))
         schedule = LearningRateSchedule(args.lr, args.max_steps, args.warmup_steps)
     else:
         epochs = epochs_for_budget(step_seconds, args.minutes, len(loader))
-        schedule = LearningRateSchedule(args.lr, epochs * len(loader), args.warmup_steps, budget_seconds=args.minutes * 60)
-    print(f"[{name}] {parameter_count(module) / 1e6:.2f}M parameters, {step_seconds:.2f} s/step -> {epochs} epochs x {len(loader)} steps")
+        schedule = LearningRateSchedule(
+            args.lr, epochs * len(loader), args.warmup_steps, budget_seconds=args.minutes * 60
+        )
+    print(
+        f"[{name}] {parameter_count(module) / 1e6:.2f}M parameters, {step_seconds:.2f} s/step -> "
+        f"{epochs} epochs x {len(loader)} steps"
+    )
     clock, steps, losses, stopped = common.Stopwatch(), 0, [], False
     module.train()
     for epoch in range(epochs):
@@ -389,12 +480,23 @@ def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
             if steps == args.max_steps or (not args.max_steps and clock.minutes() >= args.minutes):
                 stopped = True
                 break
-        print(f"[{name}] epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-len(loader):]):.4f} ({clock.minutes():.1f} min)", flush=True)
+        print(
+            f"[{name}] epoch {epoch + 1}/{epochs}: "
+            f"loss {np.mean(losses[-len(loader) :]):.4f} ({clock.minutes():.1f} min)",
+            flush=True,
+        )
         if stopped:
             break
-    info = {"train_minutes": clock.minutes(), "optimizer_steps": steps, "planned_epochs": epochs,
-            "estimated_step_seconds": step_seconds, "stopped_by_budget": stopped, "final_loss": float(np.mean(losses[-50:])),
-            "parameters": parameter_count(module), "precision": runtime.describe()}
+    info = {
+        "train_minutes": clock.minutes(),
+        "optimizer_steps": steps,
+        "planned_epochs": epochs,
+        "estimated_step_seconds": step_seconds,
+        "stopped_by_budget": stopped,
+        "final_loss": float(np.mean(losses[-50:])),
+        "parameters": parameter_count(module),
+        "precision": runtime.describe(),
+    }
     return ema.model.eval(), runtime, info
 
 
@@ -433,13 +535,22 @@ def run_unet(args) -> dict:
     count = len(val) if args.eval_images is None else min(len(val), args.eval_images)
     # the plain UNet's own uncertainty, p(1-p) of its sigmoid, and its calibration, on the same
     # pixels (original resolution) that ours's statistics use
-    stats = {"calibration": common.CalibrationStats(),
-             "uncertainty_error_pq": common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)}
-    row = score_anchor(lambda images: torch.sigmoid(model(images * 2 - 1).float()), val, runtime, count, "unet", stats=stats)
-    return {"model": "unet", "encoder": encoder, "train": info, "rows": {"unet": row},
-            "calibration": {"unet": stats["calibration"].result()},
-            "uncertainty_error_pq": stats["uncertainty_error_pq"].result(),
-            "scored_stems": val.stems[:count]}  # the order of per_image_dice
+    stats = {
+        "calibration": common.CalibrationStats(),
+        "uncertainty_error_pq": common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER),
+    }
+    row = score_anchor(
+        lambda images: torch.sigmoid(model(images * 2 - 1).float()), val, runtime, count, "unet", stats=stats
+    )
+    return {
+        "model": "unet",
+        "encoder": encoder,
+        "train": info,
+        "rows": {"unet": row},
+        "calibration": {"unet": stats["calibration"].result()},
+        "uncertainty_error_pq": stats["uncertainty_error_pq"].result(),
+        "scored_stems": val.stems[:count],
+    }  # the order of per_image_dice
 
 
 def peer_model(image_size: int, dim: int, smoke: bool = False):
@@ -448,8 +559,14 @@ def peer_model(image_size: int, dim: int, smoke: bool = False):
     from med_seg_diff_pytorch import MedSegDiff, Unet
 
     if smoke:  # two levels, attention at the lower one, as the default's last level has it
-        unet = Unet(dim=dim, image_size=image_size, mask_channels=1, input_img_channels=3, dim_mults=(1, 2),
-                    full_self_attn=(False, True))
+        unet = Unet(
+            dim=dim,
+            image_size=image_size,
+            mask_channels=1,
+            input_img_channels=3,
+            dim_mults=(1, 2),
+            full_self_attn=(False, True),
+        )
     else:
         unet = Unet(dim=dim, image_size=image_size, mask_channels=1, input_img_channels=3)
     return MedSegDiff(unet, timesteps=10 if smoke else 1000)
@@ -499,12 +616,19 @@ def run_peer(args) -> dict:
     rows = {}
     for steps in args.peer_ddim_steps:
         model.sampling_timesteps, model.is_ddim_sampling = steps, steps < model.num_timesteps
-        rows[f"peer_ddim{steps}"] = score_peer(model, val, runtime, len(val) if args.eval_images is None else
-                                               min(len(val), args.eval_images), args.seed, f"DDIM {steps} steps")
+        rows[f"peer_ddim{steps}"] = score_peer(
+            model,
+            val,
+            runtime,
+            len(val) if args.eval_images is None else min(len(val), args.eval_images),
+            args.seed,
+            f"DDIM {steps} steps",
+        )
         common.write_json(args.out, {"model": "peer", "partial": True, "train": info, "rows": rows})
     model.sampling_timesteps, model.is_ddim_sampling = model.num_timesteps, False
-    rows["peer_default"] = score_peer(model, val, runtime, min(len(val), args.peer_eval_images), args.seed,
-                                      f"default ({model.num_timesteps} steps)")
+    rows["peer_default"] = score_peer(
+        model, val, runtime, min(len(val), args.peer_eval_images), args.seed, f"default ({model.num_timesteps} steps)"
+    )
     return {"model": "peer", "package": "med-seg-diff-pytorch 0.3.3", "train": info, "rows": rows}
 
 
@@ -522,9 +646,12 @@ def score_anchor(predict, val, runtime, count: int, label: str, stats=None) -> d
     `stats`, optional: {name: stats object} filled from the same probabilities and pixels, a
     common.CalibrationStats by add(p, truth), a common.UncertaintyErrorStats by add_pq(p, truth)
     (p(1-p) as the uncertainty); the time they take is left out of both timings."""
+
     def segment(images, first):
         probabilities = predict(images).float().clamp(0, 1)
-        return SegmentationOutput(probabilities, (probabilities[:, 0] > 0.5).long(), torch.zeros_like(probabilities[:, 0]))
+        return SegmentationOutput(
+            probabilities, (probabilities[:, 0] > 0.5).long(), torch.zeros_like(probabilities[:, 0])
+        )
 
     per_image, began, forward, extra = [], time.perf_counter(), 0.0, 0.0
     for batch in validation.scored_batches(segment, val, runtime, max_images=count):
@@ -539,10 +666,17 @@ def score_anchor(predict, val, runtime, count: int, label: str, stats=None) -> d
                     collector.add(batch.output.probabilities[offset], truth)
         extra += time.perf_counter() - collected
         print(f"  [{label}] scored {batch.indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
-    row = {**common.summarize(per_image), "seconds_per_image": (time.perf_counter() - began - extra) / count,
-           "forward_seconds_per_image": forward / count, "per_image_dice": [r["dice"] for r in per_image]}
-    print(f"[{label}] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f} on the first {count} val images",
-          flush=True)
+    row = {
+        **common.summarize(per_image),
+        "seconds_per_image": (time.perf_counter() - began - extra) / count,
+        "forward_seconds_per_image": forward / count,
+        "per_image_dice": [r["dice"] for r in per_image],
+    }
+    print(
+        f"[{label}] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f} "
+        f"on the first {count} val images",
+        flush=True,
+    )
     return row
 
 
@@ -571,9 +705,16 @@ def main(argv=None) -> int:
     run = {"ours": run_ours, "unet": run_unet, "peer": run_peer, "ablation": run_ablation}[args.model]
     clock = common.Stopwatch()
     result = run(args)
-    result.update(image_size=args.image_size, budget_minutes=args.minutes, lr=args.lr, batch_size=args.batch_size,
-                  total_minutes=clock.minutes(), peak_rss_mib=common.peak_rss_mib(), machine=common.machine_info(),
-                  smoke=args.smoke)
+    result.update(
+        image_size=args.image_size,
+        budget_minutes=args.minutes,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        total_minutes=clock.minutes(),
+        peak_rss_mib=common.peak_rss_mib(),
+        machine=common.machine_info(),
+        smoke=args.smoke,
+    )
     common.write_json(args.out, result)
     return 0
 

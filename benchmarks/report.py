@@ -13,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import common
-
 import numpy as np
 from matplotlib.figure import Figure
+
+from benchmarks import common
 
 IMAGES = common.ROOT / "docs" / "images"
 
@@ -40,28 +40,38 @@ def step_rows(ours: dict) -> list:
 
 
 def quality_table(ours, unet, peer, previous=None) -> str:
-    lines = ["| model | params | sampler | Dice (mean ± std) | IoU (mean ± std) | val images | s / image (128 px, batch 8) | optimizer steps in budget |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | params | sampler | Dice (mean ± std) | IoU (mean ± std) | val images | s / image (128 px, batch 8) | optimizer steps in budget |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     if ours:
         for steps, ensemble, row in step_rows(ours):
-            lines.append(f"| ours (diffusion) | {ours['train']['parameters'] / 1e6:.1f}M | DDIM {steps} steps, ensemble {ensemble} | "
-                         f"{fmt(row['dice'], row['dice_std'])} | {fmt(row['iou'], row['iou_std'])} | {row['images']} | "
-                         f"{row['seconds_per_image']:.2f} | {ours['train']['optimizer_steps']} |")
+            lines.append(
+                f"| ours (diffusion) | {ours['train']['parameters'] / 1e6:.1f}M | DDIM {steps} steps, ensemble {ensemble} | "
+                f"{fmt(row['dice'], row['dice_std'])} | {fmt(row['iou'], row['iou_std'])} | {row['images']} | "
+                f"{row['seconds_per_image']:.2f} | {ours['train']['optimizer_steps']} |"
+            )
     if previous:
         row = previous["rows"]["ddim10_ens1"]
         config = previous["config"]
-        lines.append(f"| ours, earlier defaults (patch size {config.get('patch_size', 1)}, linear x0 output) | "
-                     f"{previous['train']['parameters'] / 1e6:.1f}M | DDIM 10 steps, ensemble 1 | {fmt(row['dice'], row['dice_std'])} | "
-                     f"{fmt(row['iou'], row['iou_std'])} | {row['images']} | {row['seconds_per_image']:.2f} | {previous['train']['optimizer_steps']} |")
-    for name, result, sampler in (("smp.Unet resnet18, random init, Dice+BCE", unet, "one forward pass"),
-                                  ("med-seg-diff-pytorch 0.3.3 (peer)", peer, None)):
+        lines.append(
+            f"| ours, earlier defaults (patch size {config.get('patch_size', 1)}, linear x0 output) | "
+            f"{previous['train']['parameters'] / 1e6:.1f}M | DDIM 10 steps, ensemble 1 | {fmt(row['dice'], row['dice_std'])} | "
+            f"{fmt(row['iou'], row['iou_std'])} | {row['images']} | {row['seconds_per_image']:.2f} | {previous['train']['optimizer_steps']} |"
+        )
+    for name, result, sampler in (
+        ("smp.Unet resnet18, random init, Dice+BCE", unet, "one forward pass"),
+        ("med-seg-diff-pytorch 0.3.3 (peer)", peer, None),
+    ):
         if not result:
             lines.append(f"| {name} | – | – | not run | | | | |")
             continue
         for row in result["rows"].values():
-            lines.append(f"| {name} | {result['train']['parameters'] / 1e6:.1f}M | {sampler or row.get('sampler', 'default')} | "
-                         f"{fmt(row['dice'], row['dice_std'])} | {fmt(row['iou'], row['iou_std'])} | {row['images']} | "
-                         f"{row['seconds_per_image']:.2f} | {result['train']['optimizer_steps']} |")
+            lines.append(
+                f"| {name} | {result['train']['parameters'] / 1e6:.1f}M | {sampler or row.get('sampler', 'default')} | "
+                f"{fmt(row['dice'], row['dice_std'])} | {fmt(row['iou'], row['iou_std'])} | {row['images']} | "
+                f"{row['seconds_per_image']:.2f} | {result['train']['optimizer_steps']} |"
+            )
     return "\n".join(lines)
 
 
@@ -69,28 +79,35 @@ def uncertainty_table(ours) -> str:
     if not ours:
         return "(not run)"
     u, name = ours["uncertainty_error"], {"predictive entropy": "entropy"}.get(ours.get("uncertainty_map"), "std")
-    return "\n".join([
-        f"| ensemble | Pearson r ({name} vs error) | AUROC ({name} detects error pixels) | error pixels | mean {name} on errors "
-        f"| mean {name} on correct pixels |",
-        "|---|---|---|---|---|---|",
-        f"| {ours['ensemble_key'].replace('_ens', ' steps, ').replace('ddim', 'DDIM ')} samples | {u['pearson_r']:.3f} | {u['auroc']:.3f} | "
-        f"{100 * u['error_pixel_share']:.1f}% | {u['mean_std_on_errors']:.3f} | {u['mean_std_on_correct']:.3f} |",
-    ])
+    return "\n".join(
+        [
+            f"| ensemble | Pearson r ({name} vs error) | AUROC ({name} detects error pixels) | error pixels | mean {name} on errors "
+            f"| mean {name} on correct pixels |",
+            "|---|---|---|---|---|---|",
+            f"| {ours['ensemble_key'].replace('_ens', ' steps, ').replace('ddim', 'DDIM ')} samples | {u['pearson_r']:.3f} | {u['auroc']:.3f} | "
+            f"{100 * u['error_pixel_share']:.1f}% | {u['mean_std_on_errors']:.3f} | {u['mean_std_on_correct']:.3f} |",
+        ]
+    )
 
 
 def ablation_table(ablation) -> str:
     if not ablation:
         return "(not run)"
     base = ablation.get("default_config", {})
-    lines = [f"Variants override the default of the time (`{base.get('prediction_type')}`, `{base.get('schedule')}`, "
-             f"dice_weight {base.get('dice_weight')}, input_scale {base.get('input_scale')}, patch_size {base.get('patch_size', 1)}, "
-             f"bounded_x0 {base.get('bounded_x0', False)}).", "",
-             f"| variant | Dice on {ablation['scored_on']} (DDIM {ablation['ddim_steps']}) | IoU | optimizer steps | params |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Variants override the default of the time (`{base.get('prediction_type')}`, `{base.get('schedule')}`, "
+        f"dice_weight {base.get('dice_weight')}, input_scale {base.get('input_scale')}, patch_size {base.get('patch_size', 1)}, "
+        f"bounded_x0 {base.get('bounded_x0', False)}).",
+        "",
+        f"| variant | Dice on {ablation['scored_on']} (DDIM {ablation['ddim_steps']}) | IoU | optimizer steps | params |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in ablation["variants"].items():
         params = row["train"].get("parameters")
-        lines.append(f"| {name} | {fmt(row['dice'], row['dice_std'])} | {row['iou']:.3f} | {row['train']['optimizer_steps']} | "
-                     f"{'–' if params is None else f'{params / 1e6:.1f}M'} |")
+        lines.append(
+            f"| {name} | {fmt(row['dice'], row['dice_std'])} | {row['iou']:.3f} | {row['train']['optimizer_steps']} | "
+            f"{'–' if params is None else f'{params / 1e6:.1f}M'} |"
+        )
     return "\n".join(lines)
 
 
@@ -98,26 +115,38 @@ def speed_tables(speed) -> str:
     if not speed:
         return "(not run)"
     peaks = speed["matmul_peak_tflops"]
-    lines = [f"Matmul peak measured in the same run: bf16 {peaks['bf16']:.2f} TFLOP/s, fp32 {peaks['fp32']:.2f} TFLOP/s.", "",
-             "| size | precision | batch | s / step (median) | images / s | params | GFLOP / step | achieved TFLOP/s | share of peak | peak RSS (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Matmul peak measured in the same run: bf16 {peaks['bf16']:.2f} TFLOP/s, fp32 {peaks['fp32']:.2f} TFLOP/s.",
+        "",
+        "| size | precision | batch | s / step (median) | images / s | params | GFLOP / step | achieved TFLOP/s | share of peak | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in speed["training"]:
         rss = "–" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
-        lines.append(f"| {r['size']} | {r['precision']} | {r['batch']} | {r['step_seconds']:.2f} | {r['images_per_second']:.1f} | "
-                     f"{r['parameters'] / 1e6:.1f}M | {r['gflops_per_step']:.0f} | {r['achieved_tflops']:.3f} | {100 * r['share_of_peak']:.0f}% | {rss} |")
+        lines.append(
+            f"| {r['size']} | {r['precision']} | {r['batch']} | {r['step_seconds']:.2f} | {r['images_per_second']:.1f} | "
+            f"{r['parameters'] / 1e6:.1f}M | {r['gflops_per_step']:.0f} | {r['achieved_tflops']:.3f} | {100 * r['share_of_peak']:.0f}% | {rss} |"
+        )
     lines += ["", "| size | batch | DDIM steps | s / image |", "|---|---|---|---|"]
     for r in speed.get("sampling", []):
         lines.append(f"| {r['size']} | {r['batch']} | {r['steps']} | {r['seconds_per_image']:.3f} |")
     peer = speed.get("peer")
     if peer and "images_per_second" in peer:
-        lines += ["", "| model | params | training images / s (128 px, batch 8, bf16) | default sampler s / image, batch 1 | batch 8 |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | params | training images / s (128 px, batch 8, bf16) | default sampler s / image, batch 1 | batch 8 |",
+            "|---|---|---|---|---|",
+        ]
         ours = next(r for r in speed["training"] if r["size"] == peer["size"] and r["precision"] == "bf16")
-        lines.append(f"| ours | {peer['ours_parameters'] / 1e6:.1f}M | {ours['images_per_second']:.1f} | "
-                     f"{peer.get('ours_seconds_per_step_batch1', float('nan')):.3f} per DDIM step | {peer.get('ours_seconds_per_step_batch8', float('nan')):.3f} per DDIM step |")
-        lines.append(f"| med-seg-diff-pytorch 0.3.3 (dim {peer['unet_dim']}) | {peer['parameters'] / 1e6:.1f}M | {peer['images_per_second']:.1f} | "
-                     f"{peer.get('default_sampler_seconds_per_image_batch1', float('nan')):.1f} ({peer.get('default_sampler_steps')} steps) | "
-                     f"{peer.get('default_sampler_seconds_per_image_batch8', float('nan')):.1f} |")
+        lines.append(
+            f"| ours | {peer['ours_parameters'] / 1e6:.1f}M | {ours['images_per_second']:.1f} | "
+            f"{peer.get('ours_seconds_per_step_batch1', float('nan')):.3f} per DDIM step | {peer.get('ours_seconds_per_step_batch8', float('nan')):.3f} per DDIM step |"
+        )
+        lines.append(
+            f"| med-seg-diff-pytorch 0.3.3 (dim {peer['unet_dim']}) | {peer['parameters'] / 1e6:.1f}M | {peer['images_per_second']:.1f} | "
+            f"{peer.get('default_sampler_seconds_per_image_batch1', float('nan')):.1f} ({peer.get('default_sampler_steps')} steps) | "
+            f"{peer.get('default_sampler_seconds_per_image_batch8', float('nan')):.1f} |"
+        )
         lines.append(f"\nOurs / peer training throughput: **{peer['ours_over_peer_training']:.2f}x**.")
     return "\n".join(lines)
 
@@ -134,27 +163,55 @@ def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
     ax.errorbar(steps, dice, yerr=sem, marker="o", capsize=3, label="ours, DDIM, ensemble 1")
     for s, e, row in step_rows(ours):
         if e > 1:
-            ax.errorbar([s], [row["dice"]], yerr=[row["dice_std"] / np.sqrt(row["images"])], marker="*", markersize=12,
-                        linestyle="none", capsize=3, label=f"ours, DDIM {s}, ensemble {e}")
-    for result, label, colour in ((unet, "smp.Unet resnet18 (plain)", "tab:green"), (peer, "MedSegDiff peer", "tab:red")):
+            ax.errorbar(
+                [s],
+                [row["dice"]],
+                yerr=[row["dice_std"] / np.sqrt(row["images"])],
+                marker="*",
+                markersize=12,
+                linestyle="none",
+                capsize=3,
+                label=f"ours, DDIM {s}, ensemble {e}",
+            )
+    for result, label, colour in (
+        (unet, "smp.Unet resnet18 (plain)", "tab:green"),
+        (peer, "MedSegDiff peer", "tab:red"),
+    ):
         for style, row in zip(("--", ":"), (result or {}).get("rows", {}).values()):
             sampler = row.get("sampler", "one pass")
-            ax.axhline(row["dice"], linestyle=style, color=colour, label=f"{label}, {sampler}: {row['dice']:.3f} ({row['images']} img)")
+            ax.axhline(
+                row["dice"],
+                linestyle=style,
+                color=colour,
+                label=f"{label}, {sampler}: {row['dice']:.3f} ({row['images']} img)",
+            )
     if longer and longer[0]:
         long_ours, long_unet = longer
         rows = [r for r in step_rows(long_ours) if r[1] == 1]
-        ax.errorbar([r[0] for r in rows], [r[2]["dice"] for r in rows],
-                    yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows], marker="s", capsize=3, color="tab:gray",
-                    label=f"ours, {long_ours['budget_minutes']:.0f}-min budget")
+        ax.errorbar(
+            [r[0] for r in rows],
+            [r[2]["dice"] for r in rows],
+            yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows],
+            marker="s",
+            capsize=3,
+            color="tab:gray",
+            label=f"ours, {long_ours['budget_minutes']:.0f}-min budget",
+        )
         if long_unet:
             row = next(iter(long_unet["rows"].values()))
-            ax.axhline(row["dice"], linestyle="-.", color="tab:olive",
-                       label=f"smp.Unet, {long_unet['budget_minutes']:.0f}-min budget: {row['dice']:.3f}")
+            ax.axhline(
+                row["dice"],
+                linestyle="-.",
+                color="tab:olive",
+                label=f"smp.Unet, {long_unet['budget_minutes']:.0f}-min budget: {row['dice']:.3f}",
+            )
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(s) for s in steps])
     ax.set_xlabel("DDIM steps")
     ax.set_ylabel("mean Dice, Kvasir-SEG val (± s.e.m.)")
-    ax.set_title(f"Dice vs sampling steps, {ours['image_size']} px, {ours['budget_minutes']:.0f}-min CPU budget unless noted")
+    ax.set_title(
+        f"Dice vs sampling steps, {ours['image_size']} px, {ours['budget_minutes']:.0f}-min CPU budget unless noted"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -165,7 +222,7 @@ def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
 def speed_plot(speed) -> None:
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
-    labels = [f"{r['size']}px\n" + r['precision'].replace('+', '+\n') for r in speed["training"]]
+    labels = [f"{r['size']}px\n" + r["precision"].replace("+", "+\n") for r in speed["training"]]
     values = [r["images_per_second"] for r in speed["training"]]
     colours = ["tab:blue"] * len(values)
     peer = speed.get("peer")
@@ -244,8 +301,11 @@ def reliability_plot(ours, unet, path=None):
     top.set_aspect("equal")
     top.set_ylabel("observed foreground frequency")
     source = ours or unet
-    top.set_title(f"Reliability, Kvasir-SEG val, {source.get('image_size', '?')} px, "
-                  f"{source.get('budget_minutes', float('nan')):.0f}-min budget", fontsize=9)
+    top.set_title(
+        f"Reliability, Kvasir-SEG val, {source.get('image_size', '?')} px, "
+        f"{source.get('budget_minutes', float('nan')):.0f}-min budget",
+        fontsize=9,
+    )
     top.grid(alpha=0.3)
     top.legend(fontsize=7, loc="upper left")
     bottom.set_yscale("log")
@@ -271,21 +331,40 @@ def steps_plot(ours, unet, path=None):
     steps = [r[0] for r in rows]
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.errorbar(steps, [r[2]["dice"] for r in rows], yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows],
-                marker="o", capsize=3, label="ours, DDIM, ensemble 1")
+    ax.errorbar(
+        steps,
+        [r[2]["dice"] for r in rows],
+        yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows],
+        marker="o",
+        capsize=3,
+        label="ours, DDIM, ensemble 1",
+    )
     for s, e, row in step_rows(ours):
         if e > 1:
-            ax.errorbar([s], [row["dice"]], yerr=[row["dice_std"] / np.sqrt(row["images"])], marker="*", markersize=12,
-                        linestyle="none", capsize=3, label=f"ours, DDIM {s}, ensemble {e}")
+            ax.errorbar(
+                [s],
+                [row["dice"]],
+                yerr=[row["dice_std"] / np.sqrt(row["images"])],
+                marker="*",
+                markersize=12,
+                linestyle="none",
+                capsize=3,
+                label=f"ours, DDIM {s}, ensemble {e}",
+            )
     if unet and unet.get("rows"):
         row = next(iter(unet["rows"].values()))
-        ax.axhline(row["dice"], linestyle="--", color="tab:green", label=f"smp.Unet (plain), one pass: {row['dice']:.3f}")
+        ax.axhline(
+            row["dice"], linestyle="--", color="tab:green", label=f"smp.Unet (plain), one pass: {row['dice']:.3f}"
+        )
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(s) for s in steps])
     ax.set_xlabel("DDIM steps")
     ax.set_ylabel("mean Dice, Kvasir-SEG val (± s.e.m.)")
-    ax.set_title(f"Dice vs sampling steps, {ours.get('image_size', '?')} px, "
-                 f"{ours.get('budget_minutes', float('nan')):.0f}-min budget", fontsize=9)
+    ax.set_title(
+        f"Dice vs sampling steps, {ours.get('image_size', '?')} px, "
+        f"{ours.get('budget_minutes', float('nan')):.0f}-min budget",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -313,8 +392,10 @@ def paired_table(ours, unet, n: int = 10000, seed: int = 0) -> str:
     UNet, and every DDIM N ensemble-1 row vs DDIM 1."""
     if not ours:
         return "(not run)"
-    lines = ["| comparison | mean Dice difference (paired) | 95 % bootstrap interval | interval excludes 0 | images |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| comparison | mean Dice difference (paired) | 95 % bootstrap interval | interval excludes 0 | images |",
+        "|---|---|---|---|---|",
+    ]
 
     def add(label, pair):
         if pair is None:
@@ -328,7 +409,10 @@ def paired_table(ours, unet, n: int = 10000, seed: int = 0) -> str:
     if unet and unet.get("rows"):
         unet_key = next(iter(unet["rows"]))
         for steps, ensemble, _ in ordered:
-            add(f"ours {row_label(f'ddim{steps}_ens{ensemble}')} − smp.Unet", _paired(ours, f"ddim{steps}_ens{ensemble}", unet, unet_key))
+            add(
+                f"ours {row_label(f'ddim{steps}_ens{ensemble}')} − smp.Unet",
+                _paired(ours, f"ddim{steps}_ens{ensemble}", unet, unet_key),
+            )
     if "ddim1_ens1" in ours["rows"]:
         for steps, ensemble, _ in ordered:
             if ensemble == 1 and steps != 1:
@@ -341,15 +425,19 @@ def calibration_table(ours, unet) -> str:
     p(1-p) of ours's (mean) probability, p(1-p) of the plain UNet's sigmoid."""
     if not ours and not unet:
         return "(not run)"
-    lines = ["| model, row | ECE (15 bins) | Brier | uncertainty | AUROC (detects error pixels) | Pearson r | error pixels |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model, row | ECE (15 bins) | Brier | uncertainty | AUROC (detects error pixels) | Pearson r | error pixels |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def add(label, cal, unc_label, unc):
         ece = "–" if not cal else f"{cal['ece']:.4f}"
         brier = "–" if not cal else f"{cal['brier']:.4f}"
         if unc:
-            lines.append(f"| {label} | {ece} | {brier} | {unc_label} | {unc['auroc']:.3f} | {unc['pearson_r']:.3f} | "
-                         f"{100 * unc['error_pixel_share']:.1f}% |")
+            lines.append(
+                f"| {label} | {ece} | {brier} | {unc_label} | {unc['auroc']:.3f} | {unc['pearson_r']:.3f} | "
+                f"{100 * unc['error_pixel_share']:.1f}% |"
+            )
         else:
             lines.append(f"| {label} | {ece} | {brier} | – | – | – | – |")
 
@@ -364,7 +452,12 @@ def calibration_table(ours, unet) -> str:
     elif ours:
         lines.append("| ours | (results file predates the calibration statistics) | | | | | |")
     if unet and unet.get("calibration"):
-        add("smp.Unet (plain)", unet["calibration"].get("unet"), "p(1-p) of the sigmoid", unet.get("uncertainty_error_pq"))
+        add(
+            "smp.Unet (plain)",
+            unet["calibration"].get("unet"),
+            "p(1-p) of the sigmoid",
+            unet.get("uncertainty_error_pq"),
+        )
     elif unet:
         lines.append("| smp.Unet (plain) | (results file predates the calibration statistics) | | | | | |")
     return "\n".join(lines)
@@ -379,15 +472,22 @@ def refinement_ablation_table(ablation) -> str:
     if not variants:
         return "(not run)"
     keys = list(next(iter(variants.values()))["scores"]["rows"])
-    lines = [f"| variant | {' | '.join(row_label(k) for k in keys)} | DDIM 10 − DDIM 1 (paired, 95 % interval) | "
-             "optimizer steps | params |",
-             "|---|" + "---|" * (len(keys) + 3)]
+    lines = [
+        f"| variant | {' | '.join(row_label(k) for k in keys)} | DDIM 10 − DDIM 1 (paired, 95 % interval) | "
+        "optimizer steps | params |",
+        "|---|" + "---|" * (len(keys) + 3),
+    ]
     for name, row in variants.items():
         rows = row["scores"]["rows"]
-        mean, low, high = common.paired_bootstrap(rows["ddim10_ens1"]["per_image_dice"], rows["ddim1_ens1"]["per_image_dice"])
-        lines.append(f"| {name} | " + " | ".join(f"{rows[k]['dice']:.3f}" for k in keys) +
-                     f" | {mean:+.3f} [{low:+.3f}, {high:+.3f}] | {row['train']['optimizer_steps']} | "
-                     f"{row['train']['parameters'] / 1e6:.1f}M |")
+        mean, low, high = common.paired_bootstrap(
+            rows["ddim10_ens1"]["per_image_dice"], rows["ddim1_ens1"]["per_image_dice"]
+        )
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{rows[k]['dice']:.3f}" for k in keys)
+            + f" | {mean:+.3f} [{low:+.3f}, {high:+.3f}] | {row['train']['optimizer_steps']} | "
+            f"{row['train']['parameters'] / 1e6:.1f}M |"
+        )
     return "\n".join(lines)
 
 
@@ -396,12 +496,18 @@ def sampler_table(sampler) -> str:
     if not sampler:
         return "(not run)"
     base = next(r for r in sampler["rows"] if r["steps"] == 1 and r["ensemble"] == 1)
-    lines = [f"Checkpoint `{sampler['checkpoint']}`, scored on {sampler['scored_on']}.", "",
-             "| DDIM steps | eta | time-ensembled | samples | Dice | − DDIM 1 (paired, 95 % interval) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Checkpoint `{sampler['checkpoint']}`, scored on {sampler['scored_on']}.",
+        "",
+        "| DDIM steps | eta | time-ensembled | samples | Dice | − DDIM 1 (paired, 95 % interval) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in sampler["rows"]:
         mean, low, high = common.paired_bootstrap(row["per_image_dice"], base["per_image_dice"])
-        lines.append(f"| {row['steps']} | {row['eta']:g} | {'yes' if row['time_ensemble'] else 'no'} | {row['ensemble']} | "
-                     f"{row['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
+        lines.append(
+            f"| {row['steps']} | {row['eta']:g} | {'yes' if row['time_ensemble'] else 'no'} | {row['ensemble']} | "
+            f"{row['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |"
+        )
     trajectory = ", ".join(f"t={t}: {d:.3f}" for t, d in sampler["trajectory_ddim10"].items())
     lines += ["", f"Dice of each step's own x0 estimate along deterministic DDIM 10: {trajectory}."]
     return "\n".join(lines)
@@ -425,24 +531,30 @@ def merged_ablation(pattern: str):
 
 def main() -> int:
     size = 128
-    ours, unet, peer = load(f"kvasir_ours_{size}.json"), load(f"kvasir_unet_{size}.json"), load(f"kvasir_peer_{size}.json")
+    ours, unet, peer = (
+        load(f"kvasir_ours_{size}.json"),
+        load(f"kvasir_unet_{size}.json"),
+        load(f"kvasir_peer_{size}.json"),
+    )
     previous = load(f"kvasir_ours_{size}_v1_patch1.json")  # the same run with the defaults before the 128 px ablation
     ours_long, unet_long = load(f"kvasir_ours_{size}_40min.json"), load(f"kvasir_unet_{size}_40min.json")
     speed = load("speed.json")
-    sections = [f"## Quality, {size} px, 20 minutes\n\n" + quality_table(ours, unet, peer, previous),
-                f"## Quality, {size} px, 40 minutes\n\n" + quality_table(ours_long, unet_long, None),
-                "## Uncertainty vs error, 40 minutes\n\n" + uncertainty_table(ours_long),
-                "## Uncertainty vs error, 20 minutes\n\n" + uncertainty_table(ours),
-                "## Ablations, 64 px, 300 steps\n\n" + ablation_table(merged_ablation("kvasir_ablation_64*.json")),
-                "## Ablations, 128 px, 6 minutes\n\n" + ablation_table(merged_ablation("kvasir_ablation_128_patch*.json")),
-                "## Making the steps refine: ablations, 128 px\n\n" + refinement_ablation_table(
-                    merged_ablation("kvasir_ablation_128_[rs]*.json")),
-                "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
-                "## Calibration and uncertainty vs the plain UNet, 40 minutes\n\n" + calibration_table(ours_long, unet_long),
-                "## Calibration and uncertainty vs the plain UNet, 20 minutes\n\n" + calibration_table(ours, unet),
-                "## Paired Dice differences, 40 minutes\n\n" + paired_table(ours_long, unet_long),
-                "## Paired Dice differences, 20 minutes\n\n" + paired_table(ours, unet),
-                "## Speed\n\n" + speed_tables(speed)]
+    sections = [
+        f"## Quality, {size} px, 20 minutes\n\n" + quality_table(ours, unet, peer, previous),
+        f"## Quality, {size} px, 40 minutes\n\n" + quality_table(ours_long, unet_long, None),
+        "## Uncertainty vs error, 40 minutes\n\n" + uncertainty_table(ours_long),
+        "## Uncertainty vs error, 20 minutes\n\n" + uncertainty_table(ours),
+        "## Ablations, 64 px, 300 steps\n\n" + ablation_table(merged_ablation("kvasir_ablation_64*.json")),
+        "## Ablations, 128 px, 6 minutes\n\n" + ablation_table(merged_ablation("kvasir_ablation_128_patch*.json")),
+        "## Making the steps refine: ablations, 128 px\n\n"
+        + refinement_ablation_table(merged_ablation("kvasir_ablation_128_[rs]*.json")),
+        "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
+        "## Calibration and uncertainty vs the plain UNet, 40 minutes\n\n" + calibration_table(ours_long, unet_long),
+        "## Calibration and uncertainty vs the plain UNet, 20 minutes\n\n" + calibration_table(ours, unet),
+        "## Paired Dice differences, 40 minutes\n\n" + paired_table(ours_long, unet_long),
+        "## Paired Dice differences, 20 minutes\n\n" + paired_table(ours, unet),
+        "## Speed\n\n" + speed_tables(speed),
+    ]
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)

@@ -14,14 +14,23 @@ import numpy as np
 import torch
 
 from benchmarks import common
-
 from src.checkpoint import load_model
 from src.device import select_runtime
 from src.training import validation
 
 # (DDIM steps, eta, time_ensemble, ensemble)
-SETTINGS = [(1, 0.0, False, 1), (10, 0.0, False, 1), (50, 0.0, False, 1), (10, 1.0, False, 1), (10, 0.0, True, 1),
-            (5, 1.0, True, 1), (10, 1.0, True, 1), (50, 1.0, True, 1), (10, 0.0, False, 5), (10, 1.0, True, 5)]
+SETTINGS = [
+    (1, 0.0, False, 1),
+    (10, 0.0, False, 1),
+    (50, 0.0, False, 1),
+    (10, 1.0, False, 1),
+    (10, 0.0, True, 1),
+    (5, 1.0, True, 1),
+    (10, 1.0, True, 1),
+    (50, 1.0, True, 1),
+    (10, 0.0, False, 5),
+    (10, 1.0, True, 5),
+]
 
 
 def held_out_set(data, holdout: int, image_size: int):
@@ -38,8 +47,11 @@ def batches(dataset, size: int = 8):
 
 def score_setting(model, dataset, runtime, steps, eta, time_ensemble, ensemble, seed) -> list:
     """Per-image Dice of one sampler setting, scored by the trainer's validation loop."""
+
     def segment(images, first):
-        return model.segment(images, steps=steps, ensemble=ensemble, seed=seed + first, eta=eta, time_ensemble=time_ensemble)
+        return model.segment(
+            images, steps=steps, ensemble=ensemble, seed=seed + first, eta=eta, time_ensemble=time_ensemble
+        )
 
     return [score["dice"] for batch in validation.scored_batches(segment, dataset, runtime) for score in batch.scores]
 
@@ -53,7 +65,9 @@ def trajectory_dice(model, dataset, runtime, steps: int, seed: int) -> dict:
             for t, _, x0 in model.reverse_process(runtime.to_device(images), steps, eta=0.0, seed=seed + start):
                 probabilities = model.x0_to_probabilities(x0).float().cpu()
                 per_step.setdefault(t, []).extend(
-                    common.score_probabilities(probabilities[k], dataset.load_original_mask(i))["dice"] for k, i in enumerate(indices))
+                    common.score_probabilities(probabilities[k], dataset.load_original_mask(i))["dice"]
+                    for k, i in enumerate(indices)
+                )
     return {str(t): float(np.mean(v)) for t, v in per_step.items()}
 
 
@@ -73,14 +87,34 @@ def main(argv=None) -> int:
     rows = []
     for steps, eta, time_ensemble, ensemble in SETTINGS:
         per_image = score_setting(model, dataset, runtime, steps, eta, time_ensemble, ensemble, args.seed)
-        rows.append({"steps": steps, "eta": eta, "time_ensemble": time_ensemble, "ensemble": ensemble,
-                     "dice": float(np.mean(per_image)), "per_image_dice": per_image})
-        print(f"DDIM {steps}, eta {eta:g}, time ensemble {time_ensemble}, ensemble {ensemble}: Dice {rows[-1]['dice']:.4f}", flush=True)
+        rows.append(
+            {
+                "steps": steps,
+                "eta": eta,
+                "time_ensemble": time_ensemble,
+                "ensemble": ensemble,
+                "dice": float(np.mean(per_image)),
+                "per_image_dice": per_image,
+            }
+        )
+        print(
+            f"DDIM {steps}, eta {eta:g}, time ensemble {time_ensemble}, ensemble {ensemble}: "
+            f"Dice {rows[-1]['dice']:.4f}",
+            flush=True,
+        )
     trajectory = trajectory_dice(model, dataset, runtime, 10, args.seed)
     print("per-step estimate along DDIM 10 (eta 0): " + ", ".join(f"t={t} {d:.4f}" for t, d in trajectory.items()))
-    common.write_json(args.out, {"checkpoint": args.checkpoint, "config": model.config.to_dict(),
-                                 "scored_on": f"{len(dataset)} held-out TRAIN images", "rows": rows,
-                                 "trajectory_ddim10": trajectory, "machine": common.machine_info()})
+    common.write_json(
+        args.out,
+        {
+            "checkpoint": args.checkpoint,
+            "config": model.config.to_dict(),
+            "scored_on": f"{len(dataset)} held-out TRAIN images",
+            "rows": rows,
+            "trajectory_ddim10": trajectory,
+            "machine": common.machine_info(),
+        },
+    )
     return 0
 
 

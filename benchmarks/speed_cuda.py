@@ -10,7 +10,6 @@ Prints one line per configuration (BENCHMARKS.md quotes them).
 import sys
 import time
 
-
 import torch
 
 from src.device import select_runtime
@@ -45,8 +44,11 @@ def time_training(size: int, precision: str, channels_last: bool, batch: int = 8
         step()
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    print(f"train {size}px b{batch} {runtime.describe()}: {seconds * 1000:.1f} ms/step, {batch / seconds:.0f} img/s, "
-          f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB", flush=True)
+    print(
+        f"train {size}px b{batch} {runtime.describe()}: {seconds * 1000:.1f} ms/step, {batch / seconds:.0f} img/s, "
+        f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB",
+        flush=True,
+    )
 
 
 @torch.no_grad()
@@ -64,7 +66,11 @@ def time_sampling(size: int = 256, repeats: int = 3) -> None:
                     model.segment(images, steps=steps, seed=0)
                 torch.cuda.synchronize()
             per_image = (time.perf_counter() - start) / repeats / batch
-            print(f"sample {size}px batch {batch} {steps} DDIM steps {runtime.describe()}: {per_image * 1000:.1f} ms/image", flush=True)
+            print(
+                f"sample {size}px batch {batch} {steps} DDIM steps {runtime.describe()}: "
+                f"{per_image * 1000:.1f} ms/image",
+                flush=True,
+            )
 
 
 def main() -> int:

@@ -16,9 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from benchmarks import common
-from benchmarks import kvasir
-
+from benchmarks import common, kvasir
 from src.device import select_runtime
 from src.training.config import TrainConfig
 from src.training.optim import build_optimizer
@@ -49,15 +47,28 @@ def main(argv=None) -> int:
     for round_index in range(args.rounds):
         times["ours"].append(kvasir.estimate_ours_step(args, config, runtime))
         times["unet"].append(anchor_step_seconds(args, runtime))
-        print(f"round {round_index + 1}: ours {times['ours'][-1]:.3f} s/step, unet {times['unet'][-1]:.3f} s/step", flush=True)
+        print(
+            f"round {round_index + 1}: ours {times['ours'][-1]:.3f} s/step, unet {times['unet'][-1]:.3f} s/step",
+            flush=True,
+        )
     seconds = {name: float(np.median(values)) for name, values in times.items()}
-    budgets = {f"{minutes:g}": {name: math.floor(minutes * 60 / value) for name, value in seconds.items()}
-               for minutes in args.minutes}
+    budgets = {
+        f"{minutes:g}": {name: math.floor(minutes * 60 / value) for name, value in seconds.items()}
+        for minutes in args.minutes
+    }
     for minutes, steps in budgets.items():
         print(f"{minutes} min: " + ", ".join(f"{name} {count} steps" for name, count in steps.items()))
-    common.write_json(args.out, {"seconds_per_step": seconds, "rounds": times, "steps_for_minutes": budgets,
-                                 "precision": runtime.describe(), "config": config.to_dict(),
-                                 "machine": common.machine_info()})
+    common.write_json(
+        args.out,
+        {
+            "seconds_per_step": seconds,
+            "rounds": times,
+            "steps_for_minutes": budgets,
+            "precision": runtime.describe(),
+            "config": config.to_dict(),
+            "machine": common.machine_info(),
+        },
+    )
     return 0
 
 

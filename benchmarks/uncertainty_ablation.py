@@ -28,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common
-
 import numpy as np
 import torch
+
+from benchmarks import common
 
 UNET_CHECKPOINTS = common.RESULTS / "uncertainty_checkpoints"  # ours; results/checkpoints is not written to
 
@@ -48,18 +48,26 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--ours-checkpoint", help="our checkpoint (every mode but tables)")
     p.add_argument("--unet-weights", default=None, help="plain UNet state dict to compare with (heldout, val)")
-    p.add_argument("--unet-steps", type=int, default=None,
-                   help="train-unet: optimizer steps (default: the ablation run's steps times ours/UNet idle-core "
-                        "step time from results/step_budget.json, the headline protocol)")
+    p.add_argument(
+        "--unet-steps",
+        type=int,
+        default=None,
+        help="train-unet: optimizer steps (default: the ablation run's steps times ours/UNet idle-core "
+        "step time from results/step_budget.json, the headline protocol)",
+    )
     p.add_argument("--steps", type=int, default=10, help="DDIM steps")
     p.add_argument("--ensemble", type=int, default=10, help="members sampled; smaller ensembles use the first N")
     p.add_argument("--ensembles", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10])
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--holdout", type=int, default=100)
-    p.add_argument("--candidates", type=split_candidates, default=None,
-                   help="score only these candidates, comma-separated full names as in the heldout JSON "
-                        "(\"K=5: ens std (current),K=10: MI, members\"); default all")
+    p.add_argument(
+        "--candidates",
+        type=split_candidates,
+        default=None,
+        help="score only these candidates, comma-separated full names as in the heldout JSON "
+        '("K=5: ens std (current),K=10: MI, members"); default all',
+    )
     p.add_argument("--bootstrap", type=int, default=2000, help="image resamples of the paired bootstrap")
     p.add_argument("--eval-images", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -89,9 +97,23 @@ def train_unet(args) -> dict:
     # the ablation run trained on exactly these stems (its linked data folder): check, don't assume
     fit_of_run = sorted(p.stem for p in (Path(args.ours_checkpoint).parent / "data" / "images").iterdir())
     if fit_of_run != fit:
-        raise SystemExit(f"{args.ours_checkpoint} was not trained on holdout_split(train, {args.holdout}, seed=0)'s fit part")
-    kargs = kvasir.parse_args(["--model", "unet", "--image-size", str(args.image_size), "--max-steps", str(steps),
-                               "--seed", str(args.seed), "--threads", str(args.threads)])
+        raise SystemExit(
+            f"{args.ours_checkpoint} was not trained on holdout_split(train, {args.holdout}, seed=0)'s fit part"
+        )
+    kargs = kvasir.parse_args(
+        [
+            "--model",
+            "unet",
+            "--image-size",
+            str(args.image_size),
+            "--max-steps",
+            str(steps),
+            "--seed",
+            str(args.seed),
+            "--threads",
+            str(args.threads),
+        ]
+    )
     fit_set = common.kvasir_dataset(args.data, fit, args.image_size, augmentations="medium")
     torch.manual_seed(kargs.seed)  # as kvasir.main + run_unet seed it
     net = kvasir.plain_unet()
@@ -100,8 +122,13 @@ def train_unet(args) -> dict:
     weights.parent.mkdir(parents=True, exist_ok=True)
     (weights.parent / ".gitignore").write_text("*\n")  # 57 MB of weights stay out of git
     torch.save(model.state_dict(), weights)
-    info.update(weights=str(weights), ours_checkpoint=args.ours_checkpoint, ours_steps=state["step"],
-                fit_images=len(fit), held_out_images=len(held))
+    info.update(
+        weights=str(weights),
+        ours_checkpoint=args.ours_checkpoint,
+        ours_steps=state["step"],
+        fit_images=len(fit),
+        held_out_images=len(held),
+    )
     return {"mode": "train-unet", "train": info}
 
 
@@ -140,9 +167,14 @@ def component_maps(step_probs: torch.Tensor, members: int) -> dict:
     probs = step_probs[:, :members].float()
     timed, final = probs.mean(2), probs[:, :, -1]
     return {
-        "p_T": timed.mean(1), "std_T": timed.std(1, unbiased=False), "meanH_T": binary_entropy(timed).mean(1),
-        "p_F": final.mean(1), "std_F": final.std(1, unbiased=False), "meanH_F": binary_entropy(final).mean(1),
-        "meanH_all": binary_entropy(probs).mean((1, 2)), "time_var": probs.var(2, unbiased=False).mean(1),
+        "p_T": timed.mean(1),
+        "std_T": timed.std(1, unbiased=False),
+        "meanH_T": binary_entropy(timed).mean(1),
+        "p_F": final.mean(1),
+        "std_F": final.std(1, unbiased=False),
+        "meanH_F": binary_entropy(final).mean(1),
+        "meanH_all": binary_entropy(probs).mean((1, 2)),
+        "time_var": probs.var(2, unbiased=False).mean(1),
         "total_var": probs.flatten(1, 2).var(1, unbiased=False),
     }
 
@@ -180,13 +212,21 @@ BASE_CANDIDATES = {
 # rank averages: the mean of the base candidates' quantiles (each score's CDF on the sample)
 RANK_CANDIDATES = {
     "rank avg: p(1-p), ens std": ("p_T", ("p(1-p) of mean (= its entropy's ranking)", "ens std (current)")),
-    "rank avg: p(1-p), total variance": ("p_T", ("p(1-p) of mean (= its entropy's ranking)", "total variance, steps x members")),
-    "rank avg: p(1-p), MI steps x members": ("p_T", ("p(1-p) of mean (= its entropy's ranking)", "MI, steps x members")),
+    "rank avg: p(1-p), total variance": (
+        "p_T",
+        ("p(1-p) of mean (= its entropy's ranking)", "total variance, steps x members"),
+    ),
+    "rank avg: p(1-p), MI steps x members": (
+        "p_T",
+        ("p(1-p) of mean (= its entropy's ranking)", "MI, steps x members"),
+    ),
 }
 UNET = "plain UNet: p(1-p) of its sigmoid"
 
 
-def sample_step_probs(model, images: torch.Tensor, runtime, steps: int, members: int, eta: float, seed: int) -> torch.Tensor:
+def sample_step_probs(
+    model, images: torch.Tensor, runtime, steps: int, members: int, eta: float, seed: int
+) -> torch.Tensor:
     """(B, K, S, h, w): the foreground probability of every step's x0 estimate of `members`
     samples per image, consumed from model.reverse_process (rows ordered as segment() orders them,
     image-major, so member k of image b is row b * K + k; one seed for the whole batch)."""
@@ -223,7 +263,9 @@ def candidate_scores(maps: dict, ensembles, rank_cdfs=None, names=None) -> dict:
             for name, (prob, parts) in RANK_CANDIDATES.items():
                 full = f"K={k}: {name}"
                 if names is None or full in names:
-                    ranks = [torch.from_numpy(np.interp(base[part].numpy(), *rank_cdfs[f"K={k}: {part}"])) for part in parts]
+                    ranks = [
+                        torch.from_numpy(np.interp(base[part].numpy(), *rank_cdfs[f"K={k}: {part}"])) for part in parts
+                    ]
                     out[full] = (m[prob], sum(ranks) / len(ranks))
     if "unet" in maps and (names is None or UNET in names):
         out[UNET] = (maps["unet"], maps["unet"] * (1 - maps["unet"]))
@@ -271,7 +313,9 @@ def score(args, stems: list, scored_on: str) -> dict:
             indices = list(range(start, min(start + 8, count)))
             images = torch.stack([dataset[i][0] for i in indices])
             clock = time.perf_counter()
-            step_probs = sample_step_probs(model, images, runtime, args.steps, args.ensemble, args.eta, args.seed + start)
+            step_probs = sample_step_probs(
+                model, images, runtime, args.steps, args.ensemble, args.eta, args.seed + start
+            )
             sampling_seconds += time.perf_counter() - clock
             unet_p = unet_probs(unet, images, runtime) if unet is not None else None
             components = {k: component_maps(step_probs, k) for k in ensembles}
@@ -294,14 +338,18 @@ def score(args, stems: list, scored_on: str) -> dict:
             unique, first = np.unique(edges, return_index=True)  # np.interp needs increasing x
             rank_cdfs[f"K={k}: {name}"] = (unique, quantiles[first])
     model_res = [candidate_scores(m, ensembles, rank_cdfs, names) for m in per_image_maps]
-    stats = {name: common.QuantileErrorStats.from_sample(torch.cat([s[name][1].flatten() for s in model_res]).numpy())
-             for name in model_res[0]}
+    stats = {
+        name: common.QuantileErrorStats.from_sample(torch.cat([s[name][1].flatten() for s in model_res]).numpy())
+        for name in model_res[0]
+    }
     del model_res
     # the old fixed-bin statistics too, to compare with the figures already in BENCHMARKS.md
     legacy = {}
     for k in ensembles:
         legacy[f"K={k}: ens std (current)"] = common.UncertaintyErrorStats()
-        legacy[f"K={k}: p(1-p) of mean (= its entropy's ranking)"] = common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)
+        legacy[f"K={k}: p(1-p) of mean (= its entropy's ranking)"] = common.UncertaintyErrorStats(
+            upper=common.UncertaintyErrorStats.PQ_UPPER
+        )
     legacy[UNET] = common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)
 
     # pass 2 at the original resolution
@@ -309,10 +357,12 @@ def score(args, stems: list, scored_on: str) -> dict:
     calibration, dice = {}, {}
     for index, maps in enumerate(per_image_maps):
         truth = dataset.load_original_mask(index)
-        y = (truth.ravel() != 0)
+        y = truth.ravel() != 0
         size = truth.shape[-2:]
-        full = {key: (_resize(value, size) if isinstance(value, dict) else _resize({"p": value}, size)["p"])
-                for key, value in maps.items()}
+        full = {
+            key: (_resize(value, size) if isinstance(value, dict) else _resize({"p": value}, size)["p"])
+            for key, value in maps.items()
+        }
         scores = candidate_scores(full, ensembles, rank_cdfs, names)
         for name, (p, u) in scores.items():
             p_flat = p.numpy().ravel()
@@ -340,15 +390,30 @@ def score(args, stems: list, scored_on: str) -> dict:
     for name, collector in stats.items():
         label = prob_keys[name]
         counts = [np.array([c[i] for c in calibration[label]]) for i in range(3)]
-        rows[name] = {"auroc": collector.auroc(), "probability": label,
-                      "ece": float(common.ece_from_bins(*(c.sum(axis=0) for c in counts))),
-                      "dice": float(np.mean(dice[label])), "error_pixel_share": float(
-                          collector.per_image()[0].sum() / (collector.per_image()[0].sum() + collector.per_image()[1].sum()))}
+        rows[name] = {
+            "auroc": collector.auroc(),
+            "probability": label,
+            "ece": float(common.ece_from_bins(*(c.sum(axis=0) for c in counts))),
+            "dice": float(np.mean(dice[label])),
+            "error_pixel_share": float(
+                collector.per_image()[0].sum() / (collector.per_image()[0].sum() + collector.per_image()[1].sum())
+            ),
+        }
         if name in legacy:
             rows[name]["auroc_fixed_bins"] = legacy[name].result()["auroc"]
-    result = {"scored_on": scored_on, "images": count, "steps": args.steps, "members_sampled": args.ensemble,
-              "ensembles": ensembles, "eta": args.eta, "seed": args.seed, "models": info, "rows": rows,
-              "sampling_seconds_per_image": sampling_seconds / count, "total_minutes": (time.perf_counter() - began) / 60}
+    result = {
+        "scored_on": scored_on,
+        "images": count,
+        "steps": args.steps,
+        "members_sampled": args.ensemble,
+        "ensembles": ensembles,
+        "eta": args.eta,
+        "seed": args.seed,
+        "models": info,
+        "rows": rows,
+        "sampling_seconds_per_image": sampling_seconds / count,
+        "total_minutes": (time.perf_counter() - began) / 60,
+    }
     _store = {"stats": stats, "calibration": calibration, "dice": dice, "prob_keys": prob_keys}
     return result, _store
 
@@ -398,8 +463,11 @@ def bootstrap_against_unet(store: dict, names, n: int, seed: int = 0) -> dict:
         }
         if current in store["stats"] and current != name:
             out[name]["auroc_minus_current"] = common.pooled_bootstrap(
-                auroc_diff, [err, cor, *store["stats"][current].per_image()], n, seed)
-    out[UNET] = {"auroc": common.pooled_bootstrap(lambda e, c: common.auroc_from_histograms(e, c), [unet_err, unet_cor], n, seed)}
+                auroc_diff, [err, cor, *store["stats"][current].per_image()], n, seed
+            )
+    out[UNET] = {
+        "auroc": common.pooled_bootstrap(lambda e, c: common.auroc_from_histograms(e, c), [unet_err, unet_cor], n, seed)
+    }
     return out
 
 
@@ -417,7 +485,7 @@ def run_val(args) -> dict:
     val = common.read_stems(args.data, "val")
     result, store = score(args, val, f"{len(val)} val images")
     result["bootstrap"] = bootstrap_against_unet(store, [n for n in result["rows"] if n != UNET], args.bootstrap)
-    result["scored_stems"] = val[:result["images"]]
+    result["scored_stems"] = val[: result["images"]]
     _print_rows(result)
     return {"mode": "val", **result}
 
@@ -426,8 +494,11 @@ def _print_rows(result: dict) -> None:
     unet = result["rows"].get(UNET, {}).get("auroc", float("nan"))
     for name, row in sorted(result["rows"].items(), key=lambda item: -item[1]["auroc"]):
         extra = f", fixed bins {row['auroc_fixed_bins']:.4f}" if "auroc_fixed_bins" in row else ""
-        print(f"{name:60s} AUROC {row['auroc']:.4f} ({row['auroc'] - unet:+.4f} vs UNet{extra})  "
-              f"ECE {row['ece']:.4f}  Dice {row['dice']:.4f}", flush=True)
+        print(
+            f"{name:60s} AUROC {row['auroc']:.4f} ({row['auroc'] - unet:+.4f} vs UNet{extra})  "
+            f"ECE {row['ece']:.4f}  Dice {row['dice']:.4f}",
+            flush=True,
+        )
 
 
 def exact_auroc(u, error) -> float:
@@ -450,14 +521,18 @@ def run_bin_check(args) -> dict:
     count = min(len(dataset), args.eval_images or len(dataset))
     k = args.ensembles[0]
     pixels = {"std": [], "pq": [], "error": []}
-    fixed = {"std": common.UncertaintyErrorStats(), "pq": common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)}
+    fixed = {
+        "std": common.UncertaintyErrorStats(),
+        "pq": common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER),
+    }
     model_res = {"std": [], "pq": []}
     with torch.no_grad():
         for start in range(0, count, 8):  # the batches and seeds of score(), so the maps are the same
             indices = list(range(start, min(start + 8, count)))
             images = torch.stack([dataset[i][0] for i in indices])
-            maps = component_maps(sample_step_probs(model, images, runtime, args.steps, args.ensemble, args.eta,
-                                                    args.seed + start), k)
+            maps = component_maps(
+                sample_step_probs(model, images, runtime, args.steps, args.ensemble, args.eta, args.seed + start), k
+            )
             for offset, index in enumerate(indices):
                 truth = dataset.load_original_mask(index)
                 full = _resize({n: maps[n][offset] for n in ("p_T", "std_T")}, truth.shape[-2:])
@@ -478,8 +553,13 @@ def run_bin_check(args) -> dict:
         for image_u, image_e in zip(pixels[name], pixels["error"]):
             quantile.add(image_u, image_e)
         rows[f"K={k}: {'ens std' if name == 'std' else 'p(1-p) of mean'}"] = {
-            "exact": exact_auroc(u, error), "quantile_bins": quantile.auroc(), "fixed_bins": fixed[name].result()["auroc"],
-            "share_of_pixels_in_lowest_fixed_bin": float((fixed[name].hist_error[0] + fixed[name].hist_correct[0]) / error.size)}
+            "exact": exact_auroc(u, error),
+            "quantile_bins": quantile.auroc(),
+            "fixed_bins": fixed[name].result()["auroc"],
+            "share_of_pixels_in_lowest_fixed_bin": float(
+                (fixed[name].hist_error[0] + fixed[name].hist_correct[0]) / error.size
+            ),
+        }
         print(name, rows[f"K={k}: {'ens std' if name == 'std' else 'p(1-p) of mean'}"], flush=True)
     return {"mode": "bin-check", "images": count, "pixels": int(error.size), "models": info, "rows": rows}
 
@@ -496,7 +576,12 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None
     checkpoint) and the val confirmation ({label: val JSON})."""
     rows, boot = heldout["rows"], heldout["bootstrap"]
     unet = rows[UNET]
-    head = ["candidate", "AUROC, 5 members", "AUROC, 10 members", "10 members − UNet, 345 steps (paired, 95 % interval)"]
+    head = [
+        "candidate",
+        "AUROC, 5 members",
+        "AUROC, 10 members",
+        "10 members − UNet, 345 steps (paired, 95 % interval)",
+    ]
     if heldout_check:
         head += ["10 members − UNet, 1104 steps (paired)", "5 members − ens std (paired)"]
     if other:
@@ -509,8 +594,12 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None
         cells = [name, f"{k5['auroc']:.3f}", f"{k10['auroc']:.3f}", _ci(boot[f"K=10: {name}"]["auroc_minus_unet"])]
         if heldout_check:
             check = heldout_check["bootstrap"]
-            cells += [_ci(check[f"K=10: {name}"]["auroc_minus_unet"]),
-                      _ci(check[f"K=5: {name}"]["auroc_minus_current"]) if "auroc_minus_current" in check[f"K=5: {name}"] else "–"]
+            cells += [
+                _ci(check[f"K=10: {name}"]["auroc_minus_unet"]),
+                _ci(check[f"K=5: {name}"]["auroc_minus_current"])
+                if "auroc_minus_current" in check[f"K=5: {name}"]
+                else "–",
+            ]
         if other:
             cells.append(f"{other['rows'][f'K=10: {name}']['auroc']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -520,18 +609,29 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None
     if other:
         cells.append("")
     lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| probability | members | ECE (15 bins) | Dice | ECE − UNet, 345 steps (paired) | Dice − UNet, 345 steps (paired) |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| probability | members | ECE (15 bins) | Dice | ECE − UNet, 345 steps (paired) | Dice − UNet, 345 steps (paired) |",
+        "|---|---|---|---|---|---|",
+    ]
     for k in heldout["ensembles"]:
-        for name, label in (("ens std (current)", "mean over members x steps (segment())"), ("final x0: ens std", "mean of the members' final x0")):
+        for name, label in (
+            ("ens std (current)", "mean over members x steps (segment())"),
+            ("final x0: ens std", "mean of the members' final x0"),
+        ):
             row, b = rows[f"K={k}: {name}"], boot[f"K={k}: {name}"]
-            lines.append(f"| {label} | {k} | {row['ece']:.4f} | {row['dice']:.3f} | {_ci(b['ece_minus_unet'], 4)} | {_ci(b['dice_minus_unet'])} |")
+            lines.append(
+                f"| {label} | {k} | {row['ece']:.4f} | {row['dice']:.3f} | {_ci(b['ece_minus_unet'], 4)} | {_ci(b['dice_minus_unet'])} |"
+            )
     lines.append(f"| plain UNet's sigmoid, 345 steps | – | {unet['ece']:.4f} | {unet['dice']:.3f} | | |")
     if heldout_check:
         u = heldout_check["rows"][UNET]
         lines.append(f"| plain UNet's sigmoid, 1104 steps | – | {u['ece']:.4f} | {u['dice']:.3f} | | |")
-    lines += ["", "| val, budget | uncertainty | members | AUROC (95 % interval) | − UNet p(1-p) (paired) | − ens std, same members (paired) | ECE | ECE − UNet (paired) | Dice − UNet (paired) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| val, budget | uncertainty | members | AUROC (95 % interval) | − UNet p(1-p) (paired) | − ens std, same members (paired) | ECE | ECE − UNet (paired) | Dice − UNet (paired) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, val in vals.items():
         vrows, vboot = val["rows"], val["bootstrap"]
         for name in sorted((n for n in vrows if n != UNET), key=lambda n: (int(n.split(":")[0][2:]), n)):
@@ -539,15 +639,20 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None
             b = vboot[name]
             current = _ci(b["auroc_minus_current"]) if "auroc_minus_current" in b else "–"
             point, low, high = b["auroc"]
-            lines.append(f"| {label} | {short} | {k[2:]} | {point:.3f} [{low:.3f}, {high:.3f}] | {_ci(b['auroc_minus_unet'])} | {current} | "
-                         f"{vrows[name]['ece']:.4f} | {_ci(b['ece_minus_unet'], 4)} | {_ci(b['dice_minus_unet'])} |")
+            lines.append(
+                f"| {label} | {short} | {k[2:]} | {point:.3f} [{low:.3f}, {high:.3f}] | {_ci(b['auroc_minus_unet'])} | {current} | "
+                f"{vrows[name]['ece']:.4f} | {_ci(b['ece_minus_unet'], 4)} | {_ci(b['dice_minus_unet'])} |"
+            )
         point, low, high = vboot[UNET]["auroc"]
-        lines.append(f"| {label} | plain UNet, p(1-p) | – | {point:.3f} [{low:.3f}, {high:.3f}] | | | {vrows[UNET]['ece']:.4f} | | |")
+        lines.append(
+            f"| {label} | plain UNet, p(1-p) | – | {point:.3f} [{low:.3f}, {high:.3f}] | | | {vrows[UNET]['ece']:.4f} | | |"
+        )
     return "\n".join(lines)
 
 
 def run_tables(args) -> dict:
     """Print the markdown tables from results/uncertainty_*.json (no sampling)."""
+
     def load(name):
         path = common.RESULTS / name
         return json.loads(path.read_text()) if path.is_file() else None
@@ -559,8 +664,12 @@ def run_tables(args) -> dict:
         if single:
             for key in ("rows", "bootstrap"):
                 vals[label][key].update({n: v for n, v in single[key].items() if n != UNET})
-    text = markdown_tables(load("uncertainty_heldout_128_33.json"), vals,
-                           load("uncertainty_heldout_128_33_unet1104.json"), load("uncertainty_heldout_128_0.json"))
+    text = markdown_tables(
+        load("uncertainty_heldout_128_33.json"),
+        vals,
+        load("uncertainty_heldout_128_33_unet1104.json"),
+        load("uncertainty_heldout_128_0.json"),
+    )
     print(text)
     return {"mode": "tables", "markdown": text}
 
@@ -571,7 +680,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.mode} needs --ours-checkpoint")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    run = {"train-unet": train_unet, "heldout": run_heldout, "val": run_val, "bin-check": run_bin_check, "tables": run_tables}[args.mode]
+    run = {
+        "train-unet": train_unet,
+        "heldout": run_heldout,
+        "val": run_val,
+        "bin-check": run_bin_check,
+        "tables": run_tables,
+    }[args.mode]
     result = run(args)
     out = Path(args.out or common.RESULTS / f"uncertainty_{args.mode.replace('-', '_')}.json")
     result.update(machine=common.machine_info(), peak_rss_mib=common.peak_rss_mib())

@@ -10,7 +10,6 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -52,7 +51,9 @@ def load_checkpoint(path) -> dict:
     """Read a checkpoint on the CPU with `weights_only=True`: pickled code is refused, never run."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: {'a folder, not a checkpoint file' if path.is_dir() else 'checkpoint not found'}")
+        raise CheckpointError(
+            f"{path}: {'a folder, not a checkpoint file' if path.is_dir() else 'checkpoint not found'}"
+        )
     if not zipfile.is_zipfile(path):
         # torch.save writes a zip archive; anything else (cut short, an image, text) would reach the
         # legacy unpickler and fail in arbitrary ways
@@ -63,7 +64,9 @@ def load_checkpoint(path) -> dict:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "disallowed content"
         raise CheckpointError(f"{path}: refused to load: not a plain-weights checkpoint ({first_line[:160]})") from None
     except Exception as error:  # noqa: BLE001 - any other failure of a damaged archive is the same problem for the user
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): {str(error).splitlines()[0][:160]}") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt): {str(error).splitlines()[0][:160]}"
+        ) from None
     if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
         raise CheckpointError(f"{path}: not a Diffusion Segmentation checkpoint (no model_config/model entries)")
     return state
@@ -85,7 +88,7 @@ def model_from_checkpoint(state: dict, path="checkpoint", use_ema: bool = True) 
     return model
 
 
-def load_model(path, device: Optional[torch.device] = None, use_ema: bool = True) -> DiffusionSegmentation:
+def load_model(path, device: torch.device | None = None, use_ema: bool = True) -> DiffusionSegmentation:
     """load_checkpoint + model_from_checkpoint, in eval mode, on `device`."""
     model = model_from_checkpoint(load_checkpoint(path), path, use_ema)
     return model.to(device or "cpu").eval()

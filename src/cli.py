@@ -62,10 +62,15 @@ def number_in(low: float, high: float, low_inclusive: bool = True, high_inclusiv
         above = value >= low if low_inclusive else value > low
         below = value <= high if high_inclusive else value < high
         if not (above and below):
-            ends = {(True, True): "inclusive", (False, False): "exclusive",
-                    (True, False): f"{low:g} included, {high:g} excluded", (False, True): f"{low:g} excluded, {high:g} included"}
+            ends = {
+                (True, True): "inclusive",
+                (False, False): "exclusive",
+                (True, False): f"{low:g} included, {high:g} excluded",
+                (False, True): f"{low:g} excluded, {high:g} included",
+            }
             raise argparse.ArgumentTypeError(
-                f"must be between {low:g} and {high:g} ({ends[low_inclusive, high_inclusive]}){hint}, got {value}")
+                f"must be between {low:g} and {high:g} ({ends[low_inclusive, high_inclusive]}){hint}, got {value}"
+            )
         return value
 
     return parse
@@ -91,5 +96,10 @@ def config_flag(group, config_class, name: str, *flag_names: str, **kwargs) -> N
         default = ",".join(map(str, default))
     switch = kwargs.get("action") in ("store_true", "store_false")  # the flag's name says what it does
     shown = "" if default is None or switch or "(default" in help_text else f" (default: {default})"
-    group.add_argument(*(flag_names or [f"--{name.replace('_', '-')}"]), dest=name, default=argparse.SUPPRESS,
-                       help=(kwargs.pop("help", None) or help_text) + shown, **kwargs)
+    group.add_argument(
+        *(flag_names or [f"--{name.replace('_', '-')}"]),
+        dest=name,
+        default=argparse.SUPPRESS,
+        help=(kwargs.pop("help", None) or help_text) + shown,
+        **kwargs,
+    )

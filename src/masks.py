@@ -26,4 +26,4 @@ def probabilities_to_mask(probabilities: torch.Tensor, num_classes: int, thresho
 def crop_box(maps: torch.Tensor, box) -> torch.Tensor:
     """(..., H, W) -> (..., h, w): the content of a letterboxed input, box = (top, left, h, w)."""
     top, left, height, width = box
-    return maps[..., top:top + height, left:left + width]
+    return maps[..., top : top + height, left : left + width]

@@ -17,8 +17,14 @@ ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def tiny_model(**overrides) -> DiffusionSegmentation:
     """A ~30k-parameter model at 16x16: fast enough for end-to-end inference tests on a CPU."""
     torch.manual_seed(0)
-    values = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2,
-                  image_size=(16, 16))
+    values = dict(
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2,),
+        num_heads=2,
+        image_size=(16, 16),
+    )
     return DiffusionSegmentation(DiffusionConfig(**{**values, **overrides}))
 
 
@@ -45,8 +51,8 @@ def write_class_id_dataset(root, count: int = 12, size=(24, 40), ignore_rows: in
     for i in range(count):
         labels = np.zeros(size, dtype=np.uint8)
         top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-        labels[top:top + height // 2, left:left + width // 3] = 1
-        labels[height // 2:, width - width // 4:] = 2
+        labels[top : top + height // 2, left : left + width // 3] = 1
+        labels[height // 2 :, width - width // 4 :] = 2
         image = np.stack([labels == 1, labels == 2, labels == 0], axis=-1).astype(np.uint8) * 200
         labels[:ignore_rows] = 255
         Image.fromarray(image + rng.integers(0, 40, image.shape, dtype=np.uint8)).save(root / "images" / f"{i:02d}.png")

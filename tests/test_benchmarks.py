@@ -13,8 +13,10 @@ import torch
 
 from benchmarks import common, data_loading, kvasir, report, speed, uncertainty_ablation
 
-needs_kvasir = pytest.mark.skipif(not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
-                                  reason=f"Kvasir-SEG not found at {common.DEFAULT_DATA}")
+needs_kvasir = pytest.mark.skipif(
+    not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
+    reason=f"Kvasir-SEG not found at {common.DEFAULT_DATA}",
+)
 needs_peer_venv = pytest.mark.skipif(not common.PEER_PYTHON.exists(), reason="benchmarks/.peer-venv not set up")
 
 
@@ -71,7 +73,7 @@ def test_calibration_of_an_overconfident_predictor():
     assert result["count"][0] == 100 and result["count"][14] == 100 and sum(result["count"]) == 200
     assert result["frequency"][14] == pytest.approx(0.7) and result["confidence"][14] == pytest.approx(0.95)
     assert result["frequency"][0] == pytest.approx(0.3) and result["confidence"][1] is None
-    brier = (0.7 * 0.05 ** 2 + 0.3 * 0.95 ** 2)  # the same for both rows, by symmetry
+    brier = 0.7 * 0.05**2 + 0.3 * 0.95**2  # the same for both rows, by symmetry
     assert result["brier"] == pytest.approx(brier)
 
 
@@ -89,10 +91,14 @@ def test_pq_auroc_is_one_when_errors_sit_at_the_highest_pq():
     confident (p(1-p) <= 0.09)."""
     truth = np.zeros((4, 10), dtype=np.uint8)
     truth[:2] = 1
-    p = torch.tensor([[0.99] * 8 + [0.45] * 2,  # foreground: 8 right, 2 missed at p = 0.45
-                      [0.9] * 8 + [0.45] * 2,
-                      [0.01] * 8 + [0.55] * 2,  # background: 8 right, 2 false positives at 0.55
-                      [0.1] * 8 + [0.55] * 2])[None]
+    p = torch.tensor(
+        [
+            [0.99] * 8 + [0.45] * 2,  # foreground: 8 right, 2 missed at p = 0.45
+            [0.9] * 8 + [0.45] * 2,
+            [0.01] * 8 + [0.55] * 2,  # background: 8 right, 2 false positives at 0.55
+            [0.1] * 8 + [0.55] * 2,
+        ]
+    )[None]
     stats = common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)
     stats.add_pq(p, truth)
     result = stats.result()
@@ -125,7 +131,8 @@ def test_binary_entropy_and_mutual_information_known_values():
     ua = uncertainty_ablation
     # 0 and 1 are floored at PROB_FLOOR = 1e-6, whose entropy is 2e-5 bits
     assert ua.binary_entropy(torch.tensor([0.5, 0.0, 1.0, 0.25])).tolist() == pytest.approx(
-        [1.0, 0.0, 0.0, 0.8112781], abs=5e-5)
+        [1.0, 0.0, 0.0, 0.8112781], abs=5e-5
+    )
     # members along dim 1: two members that disagree completely (0 and 1) -> MI = H(0.5) - 0 = 1 bit;
     # two members that agree at 0.5 -> all the entropy is shared, MI = 0; 0.2 and 0.6 -> H(0.4) - mean H
     members = torch.tensor([[[0.0, 0.5, 0.2]], [[1.0, 0.5, 0.6]]]).permute(1, 0, 2)  # (1, 2 members, 3 pixels)
@@ -157,8 +164,11 @@ def test_step_probs_reproduce_segment_mean_and_std():
     from src.models import DiffusionConfig, DiffusionSegmentation
 
     torch.manual_seed(0)
-    model = DiffusionSegmentation(DiffusionConfig(image_size=(32, 32), base_channels=8, channel_mults=(1, 2),
-                                                  attention_resolutions=(2,), num_heads=1)).eval()
+    model = DiffusionSegmentation(
+        DiffusionConfig(
+            image_size=(32, 32), base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=1
+        )
+    ).eval()
 
     class Runtime:  # no autocast, so both paths compute in float32
         to_device = staticmethod(lambda x: x)
@@ -188,7 +198,9 @@ def test_quantile_error_stats_gives_the_exact_auroc():
 
 
 def test_candidate_names_with_commas_survive_the_command_line():
-    names = uncertainty_ablation.split_candidates("K=5: ens std (current),K=10: MI, members, K=1: expected entropy, steps x members")
+    names = uncertainty_ablation.split_candidates(
+        "K=5: ens std (current),K=10: MI, members, K=1: expected entropy, steps x members"
+    )
     assert names == ["K=5: ens std (current)", "K=10: MI, members", "K=1: expected entropy, steps x members"]
     assert set(names) <= {f"K={k}: {n}" for k in (1, 5, 10) for n in uncertainty_ablation.BASE_CANDIDATES}
 
@@ -210,7 +222,8 @@ def test_auroc_and_ece_from_counts_match_the_pooled_stats():
     calibration = common.CalibrationStats()
     calibration.add_pixels(p, y)
     assert common.ece_from_bins(calibration.count, calibration.sum_p, calibration.sum_y) == pytest.approx(
-        calibration.result()["ece"])
+        calibration.result()["ece"]
+    )
 
 
 def test_pooled_bootstrap_of_an_auroc_difference():
@@ -244,21 +257,50 @@ def fake_results():
     calibration = common.CalibrationStats()
     calibration.add_pixels(rng.uniform(size=2000), rng.uniform(size=2000) < 0.4)
     cal = calibration.result()
-    unc = {"pearson_r": 0.3, "auroc": 0.8, "error_pixel_share": 0.05, "mean_std_on_errors": 0.2,
-           "mean_std_on_correct": 0.05, "pixels": 2000, "upper": 0.25}
+    unc = {
+        "pearson_r": 0.3,
+        "auroc": 0.8,
+        "error_pixel_share": 0.05,
+        "mean_std_on_errors": 0.2,
+        "mean_std_on_correct": 0.05,
+        "pixels": 2000,
+        "upper": 0.25,
+    }
 
     def row(level):
         dice = np.clip(level + rng.normal(0, 0.05, size=10), 0, 1)
-        return {"dice": float(dice.mean()), "dice_std": float(dice.std()), "iou": 0.6, "iou_std": 0.1, "images": 10,
-                "seconds_per_image": 0.1, "per_image_dice": dice.tolist()}
+        return {
+            "dice": float(dice.mean()),
+            "dice_std": float(dice.std()),
+            "iou": 0.6,
+            "iou_std": 0.1,
+            "images": 10,
+            "seconds_per_image": 0.1,
+            "per_image_dice": dice.tolist(),
+        }
 
     keys = ["ddim1_ens1", "ddim5_ens1", "ddim10_ens1", "ddim25_ens1", "ddim50_ens1", "ddim10_ens5"]
-    ours = {"model": "ours", "image_size": 128, "budget_minutes": 40, "ensemble_key": "ddim10_ens5",
-            "rows": {key: row(0.7 + 0.01 * i) for i, key in enumerate(keys)}, "scored_stems": stems,
-            "calibration": {key: cal for key in keys}, "uncertainty_error": {**unc, "upper": 0.5},
-            "uncertainty_error_pq": unc, "uncertainty_error_pq_rows": {key: unc for key in keys}}
-    unet = {"model": "unet", "image_size": 128, "budget_minutes": 40, "rows": {"unet": row(0.72)},
-            "scored_stems": stems, "calibration": {"unet": cal}, "uncertainty_error_pq": unc}
+    ours = {
+        "model": "ours",
+        "image_size": 128,
+        "budget_minutes": 40,
+        "ensemble_key": "ddim10_ens5",
+        "rows": {key: row(0.7 + 0.01 * i) for i, key in enumerate(keys)},
+        "scored_stems": stems,
+        "calibration": {key: cal for key in keys},
+        "uncertainty_error": {**unc, "upper": 0.5},
+        "uncertainty_error_pq": unc,
+        "uncertainty_error_pq_rows": {key: unc for key in keys},
+    }
+    unet = {
+        "model": "unet",
+        "image_size": 128,
+        "budget_minutes": 40,
+        "rows": {"unet": row(0.72)},
+        "scored_stems": stems,
+        "calibration": {"unet": cal},
+        "uncertainty_error_pq": unc,
+    }
     return ours, unet
 
 
@@ -337,9 +379,13 @@ def test_kvasir_smoke_ours(tmp_path):
 @pytest.mark.parametrize("model", ["unet", "peer"])
 def test_kvasir_smoke_anchors(tmp_path, model):
     out = tmp_path / f"{model}.json"
-    done = subprocess.run(common.module_command(common.PEER_PYTHON, "kvasir", "--smoke", "--model", model, "--out", out),
-                          capture_output=True, text=True, timeout=120,
-                          env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(common.ROOT)})
+    done = subprocess.run(
+        common.module_command(common.PEER_PYTHON, "kvasir", "--smoke", "--model", model, "--out", out),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(common.ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = result["rows"]

@@ -67,7 +67,10 @@ def test_same_stem_with_any_extension_pairs(tmp_path):
     pairing = find_pairs(tmp_path / "images", tmp_path / "masks")
     assert pairing.issues == []
     assert [(i.name, m.name) for i, m in pairing.pairs] == [
-        ("image001.jpg", "image001.png"), ("image002.png", "image002.png"), ("image003.jpg", "image003.jpg")]
+        ("image001.jpg", "image001.png"),
+        ("image002.png", "image002.png"),
+        ("image003.jpg", "image003.jpg"),
+    ]
 
 
 def test_mask_and_gt_suffixes_pair(tmp_path):
@@ -80,7 +83,10 @@ def test_mask_and_gt_suffixes_pair(tmp_path):
     pairing = find_pairs(tmp_path / "images", tmp_path / "masks")
     assert pairing.issues == []
     assert {(i.name, m.name) for i, m in pairing.pairs} == {
-        ("photo_001.jpg", "photo_001_mask.png"), ("IMG_123.png", "IMG_123_mask.png"), ("data_05.tiff", "data_05_gt.png")}
+        ("photo_001.jpg", "photo_001_mask.png"),
+        ("IMG_123.png", "IMG_123_mask.png"),
+        ("data_05.tiff", "data_05_gt.png"),
+    }
 
 
 def test_extensions_are_case_insensitive_and_other_files_ignored(tmp_path):
@@ -126,8 +132,9 @@ def test_data_dir_with_split_files_uses_them(tiny_dataset):
 
 
 def test_dataset_from_stems_and_from_pairs(tiny_dataset):
-    by_stems = SegmentationDataset(tiny_dataset / "images", tiny_dataset / "masks", 16,
-                                   stems=["sample_0003", "sample_0001"])
+    by_stems = SegmentationDataset(
+        tiny_dataset / "images", tiny_dataset / "masks", 16, stems=["sample_0003", "sample_0001"]
+    )
     assert by_stems.stems == ["sample_0001", "sample_0003"]  # sorted by stem
     by_pairs = SegmentationDataset.from_pairs(by_stems.pairs, image_size=16)
     assert torch.equal(by_pairs[1][0], by_stems[1][0])
@@ -251,8 +258,14 @@ def test_original_mask_matches_training_mask_at_native_size(tiny_dataset):
 
 
 def test_cache_serves_later_epochs_without_the_files(tiny_dataset):
-    loader = load_dataset(tiny_dataset / "images", tiny_dataset / "masks", batch_size=3, image_size=16,
-                          augmentation_mode="none", shuffle=False)
+    loader = load_dataset(
+        tiny_dataset / "images",
+        tiny_dataset / "masks",
+        batch_size=3,
+        image_size=16,
+        augmentation_mode="none",
+        shuffle=False,
+    )
     first = [batch for batch in loader]
     for path in (tiny_dataset / "images").iterdir():
         path.unlink()
@@ -270,8 +283,7 @@ def test_without_cache_files_are_read_each_time(tiny_dataset):
 
 
 def test_loader_with_a_worker_process(tiny_dataset):
-    loader = load_dataset(tiny_dataset / "images", tiny_dataset / "masks", batch_size=4, image_size=16,
-                          num_workers=1)
+    loader = load_dataset(tiny_dataset / "images", tiny_dataset / "masks", batch_size=4, image_size=16, num_workers=1)
     images, masks = next(iter(loader))
     assert images.shape == (4, 3, 16, 16) and masks.shape == (4, 1, 16, 16)
 
@@ -281,8 +293,14 @@ def test_distributed_loader_uses_a_distributed_sampler(tiny_dataset, tmp_path):
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
-        loader = load_dataset(tiny_dataset / "images", tiny_dataset / "masks", batch_size=2, image_size=16,
-                              distributed=True, drop_last=True)
+        loader = load_dataset(
+            tiny_dataset / "images",
+            tiny_dataset / "masks",
+            batch_size=2,
+            image_size=16,
+            distributed=True,
+            drop_last=True,
+        )
         assert isinstance(loader.sampler, DistributedSampler)
         loader.sampler.set_epoch(1)
         assert len(list(loader)) == 3
@@ -305,11 +323,21 @@ def test_modes_are_defined_as_the_readme_says():
     (flip,) = build_augmentations("light", 32)
     assert isinstance(flip, DualRandomHorizontalFlip) and flip.p == 0.5
     medium = build_augmentations("medium", 32)
-    assert [type(t) for t in medium] == [DualRandomHorizontalFlip, DualRandomVerticalFlip, DualRandomRotation, ColorJitter]
+    assert [type(t) for t in medium] == [
+        DualRandomHorizontalFlip,
+        DualRandomVerticalFlip,
+        DualRandomRotation,
+        ColorJitter,
+    ]
     assert medium[1].p == 0.3 and medium[2].degrees == [-15.0, 15.0]
     heavy = build_augmentations("heavy", 32)
-    assert [type(t) for t in heavy] == [DualRandomHorizontalFlip, DualRandomVerticalFlip, DualRandomRotation,
-                                        DualRandomResizedCrop, ColorJitter]
+    assert [type(t) for t in heavy] == [
+        DualRandomHorizontalFlip,
+        DualRandomVerticalFlip,
+        DualRandomRotation,
+        DualRandomResizedCrop,
+        ColorJitter,
+    ]
     assert heavy[2].degrees == [-30.0, 30.0] and heavy[3].scale == (0.7, 1.0) and heavy[3].size == (32, 32)
     with pytest.raises(ValueError, match="augmentation_mode"):
         build_augmentations("extreme", 32)
@@ -363,8 +391,14 @@ def test_color_jitter_changes_images_only(tmp_path):
 
 
 def test_validation_set_is_never_augmented(tiny_dataset):
-    train_loader, val_loader = load_dataset(tiny_dataset / "images", tiny_dataset / "masks", batch_size=2,
-                                            image_size=(24, 32), val_split=0.5, augmentation_mode="heavy")
+    train_loader, val_loader = load_dataset(
+        tiny_dataset / "images",
+        tiny_dataset / "masks",
+        batch_size=2,
+        image_size=(24, 32),
+        val_split=0.5,
+        augmentation_mode="heavy",
+    )
     assert train_loader.dataset.transform is not None
     assert val_loader.dataset.transform is None
     plain = SegmentationDataset.from_pairs(val_loader.dataset.pairs, image_size=(24, 32))
@@ -391,8 +425,14 @@ def test_split_is_reproducible_disjoint_and_order_independent(tiny_dataset):
 
 def test_shuffled_order_is_seeded(tiny_dataset):
     def order(seed):
-        loader = load_dataset(tiny_dataset / "images", tiny_dataset / "masks", batch_size=6, image_size=8,
-                              augmentation_mode="none", seed=seed)
+        loader = load_dataset(
+            tiny_dataset / "images",
+            tiny_dataset / "masks",
+            batch_size=6,
+            image_size=8,
+            augmentation_mode="none",
+            seed=seed,
+        )
         return next(iter(loader))[0]
 
     assert torch.equal(order(1), order(1))
@@ -453,8 +493,11 @@ def test_truncated_file_stops_before_training(tiny_dataset, cache):
 
 def test_mask_size_differs_from_its_image(tiny_dataset):
     save(tiny_dataset / "masks/sample_0002.png", box_mask(20, 30))
-    with pytest.raises(DatasetError, match=r"masks/sample_0002.png: size 30x20 differs from its image "
-                                           r"images/sample_0002.png \(32x24\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"masks/sample_0002.png: size 30x20 differs from its image "
+        r"images/sample_0002.png \(32x24\)",
+    ):
         load_dataset(tiny_dataset / "images", tiny_dataset / "masks")
 
 
@@ -546,11 +589,19 @@ def test_cache_is_skipped_when_it_would_not_fit(tiny_dataset, monkeypatch):
 
 def test_readme_custom_augmentation_example(tiny_dataset):
     custom_augmentations = [DualRandomHorizontalFlip(p=0.7), DualRandomRotation(degrees=20)]
-    dataset = SegmentationDataset(image_dir=tiny_dataset / "images", mask_dir=tiny_dataset / "masks",
-                                  augmentations=custom_augmentations, color_jitter=True)
+    dataset = SegmentationDataset(
+        image_dir=tiny_dataset / "images",
+        mask_dir=tiny_dataset / "masks",
+        augmentations=custom_augmentations,
+        color_jitter=True,
+    )
     image, mask = dataset[0]
     assert image.shape == (3, 256, 256) and mask.shape == (1, 256, 256)
-    assert [type(t) for t in dataset.transform.transforms] == [DualRandomHorizontalFlip, DualRandomRotation, ColorJitter]
+    assert [type(t) for t in dataset.transform.transforms] == [
+        DualRandomHorizontalFlip,
+        DualRandomRotation,
+        ColorJitter,
+    ]
 
 
 # ---- datasets as users bring them: ignore label, aspect ratio, EXIF, default split ---------
@@ -566,8 +617,14 @@ def test_ignore_index_becomes_void_and_rotation_fills_void(tmp_path):
     _, mask = plain[0]
     assert mask.dtype == torch.int64 and torch.equal(mask[:3], torch.full((3, W), -1))
     assert torch.equal(mask[3:], torch.from_numpy(labels[3:]).long())
-    rotated = SegmentationDataset(tmp_path / "images", tmp_path / "masks", (H, W), num_classes=3, ignore_index=255,
-                                  augmentations=[DualRandomRotation(degrees=(45, 45), mask_fill=255)])
+    rotated = SegmentationDataset(
+        tmp_path / "images",
+        tmp_path / "masks",
+        (H, W),
+        num_classes=3,
+        ignore_index=255,
+        augmentations=[DualRandomRotation(degrees=(45, 45), mask_fill=255)],
+    )
     _, mask = rotated[0]
     assert mask[0, 0] == -1 and mask[-1, -1] == -1  # corners rotated in: no class, not background
     save(tmp_path / "binary" / "a.png", np.where(labels == 2, 1, labels).astype(np.uint8))  # 0/1 labels and 255

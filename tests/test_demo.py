@@ -15,8 +15,14 @@ def test_quick_demo_writes_its_figures(tmp_path):
     out = tmp_path / "demo"
     # one OpenMP thread: the quick model is tiny, and a busy 2-core machine makes a second thread wait
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "demo.py", "--quick", "--output-dir", str(out), "--no-progress"],
-                            cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    result = subprocess.run(
+        [sys.executable, "demo.py", "--quick", "--output-dir", str(out), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for name in FIGURES:
         path = out / name
@@ -31,7 +37,12 @@ def test_quick_demo_writes_its_figures(tmp_path):
 
 
 def test_demo_bad_device_is_a_clean_error(tmp_path):
-    result = subprocess.run([sys.executable, "demo.py", "--quick", "--device", "nonsense", "--output-dir", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "demo.py", "--quick", "--device", "nonsense", "--output-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

@@ -7,11 +7,13 @@ import torch
 
 from src.models import DiffusionConfig, DiffusionSegmentation
 from src.models.losses import soft_dice_loss
-from src.models.segmentation import predictive_entropy
 from src.models.schedules import cosine_beta_schedule, linear_beta_schedule
+from src.models.segmentation import predictive_entropy
 
 # patch_size 1: the diffusion math is checked on 8-16 px images, below what the default patch size 4 allows
-TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2, patch_size=1)
+TINY = dict(
+    base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2, patch_size=1
+)
 
 
 def tiny_model(**overrides) -> DiffusionSegmentation:
@@ -67,7 +69,9 @@ def test_posterior_mean_and_variance_formulas():
     x0, x_t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     mean, variance, _ = model.process.q_posterior(x0, x_t, torch.tensor([t, t]))
     # Ho et al. eq. 7
-    expected_mean = (abar[t - 1].sqrt() * betas[t] / (1 - abar[t])) * x0 + ((1 - betas[t]).sqrt() * (1 - abar[t - 1]) / (1 - abar[t])) * x_t
+    expected_mean = (abar[t - 1].sqrt() * betas[t] / (1 - abar[t])) * x0 + (
+        (1 - betas[t]).sqrt() * (1 - abar[t - 1]) / (1 - abar[t])
+    ) * x_t
     expected_var = (1 - abar[t - 1]) / (1 - abar[t]) * betas[t]
     torch.testing.assert_close(mean, expected_mean.float(), rtol=1e-5, atol=1e-6)
     assert variance.flatten()[0].item() == pytest.approx(expected_var.item(), rel=1e-5)
@@ -246,7 +250,9 @@ def test_input_scale_shrinks_the_noised_mask_and_the_loss_target_stays_the_mask(
     masks = (torch.rand(2, 1, 16, 16) > 0.5).float()
     t = torch.zeros(2, dtype=torch.long)  # abar_0 ~ 1: x_t ~ the scaled mask
     seen = {}
-    model.network_output = lambda x_t, t, images, x0_estimate=None: seen.setdefault("x_t", x_t) * 0 + model.masks_to_x0(masks)
+    model.network_output = lambda x_t, t, images, x0_estimate=None: (
+        seen.setdefault("x_t", x_t) * 0 + model.masks_to_x0(masks)
+    )
     losses = model.training_losses(torch.rand(2, 3, 16, 16), masks, t=t)
     assert seen["x_t"].abs().max() < 0.3  # the mask at 0.25, plus the tiny noise of t = 0
     assert losses["mse"].item() < 1e-8  # predicting the unscaled mask is exactly right

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from src.checkpoint import CheckpointError, save_checkpoint
+from src.device import select_runtime
 from src.inference import OutputOptions, Predictor, PredictorOptions, run_interactive
 from src.inference.cli import main
-from src.device import select_runtime
 from tests.helpers import ONE_THREAD_ENV, tiny_model, write_checkpoint, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +50,15 @@ def read_png(path) -> np.ndarray:
 
 
 def run_cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "inference.py", *args], cwd=REPO, input=stdin, capture_output=True,
-                          text=True, timeout=120, env=ONE_THREAD_ENV)
+    return subprocess.run(
+        [sys.executable, "inference.py", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ONE_THREAD_ENV,
+    )
 
 
 # -- single image -----------------------------------------------------------------------------
@@ -59,8 +66,19 @@ def run_cli(*args, stdin=None):
 
 def test_single_image_end_to_end_keeps_size_and_stem(workspace, tmp_path):
     source = workspace["images"] / "img_0.png"
-    result = run_cli("--checkpoint", str(workspace["checkpoint"]), "--input", str(source), "--output", str(tmp_path),
-                     "--ensemble", "2", "--save-probs", "--visualize-process", *FAST)
+    result = run_cli(
+        "--checkpoint",
+        str(workspace["checkpoint"]),
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path),
+        "--ensemble",
+        "2",
+        "--save-probs",
+        "--visualize-process",
+        *FAST,
+    )
     assert result.returncode == 0, result.stderr
     width, height = workspace["sizes"]["img_0"]
     mask = read_png(tmp_path / "img_0.png")
@@ -80,17 +98,43 @@ def test_single_image_end_to_end_keeps_size_and_stem(workspace, tmp_path):
 
 def test_overlay_is_default_and_can_be_turned_off(workspace, tmp_path):
     source = str(workspace["images"] / "img_1.png")
-    assert main(["--checkpoint", str(workspace["checkpoint"]), "--input", source, "--output", str(tmp_path / "a"), *FAST]) == 0
-    assert main(["--checkpoint", str(workspace["checkpoint"]), "--input", source, "--output", str(tmp_path / "b"),
-                 "--no-overlay", *FAST]) == 0
+    assert (
+        main(["--checkpoint", str(workspace["checkpoint"]), "--input", source, "--output", str(tmp_path / "a"), *FAST])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(workspace["checkpoint"]),
+                "--input",
+                source,
+                "--output",
+                str(tmp_path / "b"),
+                "--no-overlay",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "a" / "img_1_overlay.png").exists()
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["img_1.png"]  # no uncertainty with one sample
 
 
 def test_same_seed_same_mask_other_seed_other_sample(workspace, tmp_path):
     def probabilities(seed, out):
-        argv = ["--checkpoint", str(workspace["checkpoint"]), "--input", str(workspace["images"] / "img_2.png"),
-                "--output", str(tmp_path / out), "--seed", str(seed), "--save-probs", *FAST]
+        argv = [
+            "--checkpoint",
+            str(workspace["checkpoint"]),
+            "--input",
+            str(workspace["images"] / "img_2.png"),
+            "--output",
+            str(tmp_path / out),
+            "--seed",
+            str(seed),
+            "--save-probs",
+            *FAST,
+        ]
         assert main(argv) == 0
         return read_png(tmp_path / out / "img_2.png"), np.load(tmp_path / out / "img_2_prob.npy")
 
@@ -105,7 +149,20 @@ def test_grayscale_input_and_grayscale_checkpoint(workspace, tmp_path):
     grey_ckpt = write_checkpoint(tiny_model(in_channels=1), tmp_path / "grey.pth")
     for checkpoint, source in ((workspace["checkpoint"], "grey.jpg"), (grey_ckpt, "img_0.png")):
         out = tmp_path / Path(checkpoint).stem
-        assert main(["--checkpoint", str(checkpoint), "--input", str(workspace["images"] / source), "--output", str(out), *FAST]) == 0
+        assert (
+            main(
+                [
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--input",
+                    str(workspace["images"] / source),
+                    "--output",
+                    str(out),
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         stem = Path(source).stem
         width, height = workspace["sizes"][stem]
         assert read_png(out / f"{stem}.png").shape == (height, width)
@@ -114,8 +171,21 @@ def test_grayscale_input_and_grayscale_checkpoint(workspace, tmp_path):
 
 def test_multiclass_masks_are_class_ids_plus_colour(workspace, tmp_path):
     checkpoint = write_checkpoint(tiny_model(num_classes=3), tmp_path / "multi.pth")
-    assert main(["--checkpoint", str(checkpoint), "--input", str(workspace["images"] / "img_0.png"), "--output",
-                 str(tmp_path), "--save-probs", *FAST]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--input",
+                str(workspace["images"] / "img_0.png"),
+                "--output",
+                str(tmp_path),
+                "--save-probs",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     ids = read_png(tmp_path / "img_0.png")
     width, height = workspace["sizes"]["img_0"]
     assert ids.shape == (height, width) and ids.dtype == np.uint8 and ids.max() <= 2
@@ -125,8 +195,17 @@ def test_multiclass_masks_are_class_ids_plus_colour(workspace, tmp_path):
 
 
 def test_image_size_override(workspace, tmp_path):
-    argv = ["--checkpoint", str(workspace["checkpoint"]), "--input", str(workspace["images"] / "img_0.png"),
-            "--output", str(tmp_path), "--image-size", "32", *FAST]
+    argv = [
+        "--checkpoint",
+        str(workspace["checkpoint"]),
+        "--input",
+        str(workspace["images"] / "img_0.png"),
+        "--output",
+        str(tmp_path),
+        "--image-size",
+        "32",
+        *FAST,
+    ]
     assert main(argv) == 0
     assert read_png(tmp_path / "img_0.png").shape == (23, 37)
 
@@ -156,8 +235,17 @@ def test_predictor_uses_ema_weights_and_resizes_back(workspace, tmp_path):
 
 
 def test_image_size_not_divisible_is_a_clean_error(workspace, capsys):
-    code = main(["--checkpoint", str(workspace["checkpoint"]), "--input", str(workspace["images"] / "img_0.png"),
-                 "--image-size", "15", *FAST])
+    code = main(
+        [
+            "--checkpoint",
+            str(workspace["checkpoint"]),
+            "--input",
+            str(workspace["images"] / "img_0.png"),
+            "--image-size",
+            "15",
+            *FAST,
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --image-size") and "divisible" in err and "\n" not in err
@@ -168,8 +256,22 @@ def test_image_size_not_divisible_is_a_clean_error(workspace, capsys):
 
 def test_batch_skips_corrupt_file_and_scores_against_masks(workspace, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["--checkpoint", str(workspace["checkpoint"]), "--input", str(workspace["images"]), "--batch",
-                 "--batch-size", "2", "--output", str(out), "--mask-dir", str(workspace["masks"]), *FAST])
+    code = main(
+        [
+            "--checkpoint",
+            str(workspace["checkpoint"]),
+            "--input",
+            str(workspace["images"]),
+            "--batch",
+            "--batch-size",
+            "2",
+            "--output",
+            str(out),
+            "--mask-dir",
+            str(workspace["masks"]),
+            *FAST,
+        ]
+    )
     assert code == 0
     stdout = capsys.readouterr().out
     assert "corrupt.png" in stdout and "mean Dice" in stdout
@@ -194,8 +296,22 @@ def test_batch_skips_corrupt_file_and_scores_against_masks(workspace, tmp_path, 
 
 def test_batch_result_does_not_depend_on_batch_size_for_the_first_image(workspace, tmp_path):
     for batch_size in (1, 3):
-        assert main(["--checkpoint", str(workspace["checkpoint"]), "--input", str(workspace["images"]),
-                     "--output", str(tmp_path / str(batch_size)), "--batch-size", str(batch_size), *FAST]) == 0
+        assert (
+            main(
+                [
+                    "--checkpoint",
+                    str(workspace["checkpoint"]),
+                    "--input",
+                    str(workspace["images"]),
+                    "--output",
+                    str(tmp_path / str(batch_size)),
+                    "--batch-size",
+                    str(batch_size),
+                    *FAST,
+                ]
+            )
+            == 0
+        )
     # sampling noise depends on the seed and the position in the batch: grey.jpg comes first in
     # its batch either way (corrupt.png, sorted before it, is skipped)
     assert (read_png(tmp_path / "1" / "grey.png") == read_png(tmp_path / "3" / "grey.png")).all()
@@ -205,10 +321,25 @@ def test_batch_result_does_not_depend_on_batch_size_for_the_first_image(workspac
 
 
 def test_interactive_with_piped_stdin(workspace, tmp_path):
-    lines = ["help", str(workspace["images"] / "img_1.png"), "/no/such/file.png", str(workspace["images"] / "corrupt.png"),
-             f'"{workspace["images"] / "img_0.png"}"', "", "q", str(workspace["images"] / "img_2.png")]
-    result = run_cli("--checkpoint", str(workspace["checkpoint"]), "--interactive", "--output", str(tmp_path), *FAST,
-                     stdin="\n".join(lines) + "\n")
+    lines = [
+        "help",
+        str(workspace["images"] / "img_1.png"),
+        "/no/such/file.png",
+        str(workspace["images"] / "corrupt.png"),
+        f'"{workspace["images"] / "img_0.png"}"',
+        "",
+        "q",
+        str(workspace["images"] / "img_2.png"),
+    ]
+    result = run_cli(
+        "--checkpoint",
+        str(workspace["checkpoint"]),
+        "--interactive",
+        "--output",
+        str(tmp_path),
+        *FAST,
+        stdin="\n".join(lines) + "\n",
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     out = result.stdout
@@ -239,8 +370,9 @@ def test_interactive_ends_cleanly_on_eof_and_ctrl_c(workspace, tmp_path):
 
 def test_checkpoint_of_another_architecture_is_a_clean_error(workspace, tmp_path):
     small, other = tiny_model(), tiny_model(base_channels=16, channel_mults=(1, 2, 2))
-    foreign = save_checkpoint({"model_config": small.config.to_dict(), "model": other.state_dict(), "ema": None},
-                              tmp_path / "foreign.pth")
+    foreign = save_checkpoint(
+        {"model_config": small.config.to_dict(), "model": other.state_dict(), "ema": None}, tmp_path / "foreign.pth"
+    )
     result = run_cli("--checkpoint", str(foreign), "--input", str(workspace["images"] / "img_0.png"), *FAST)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "foreign.pth" in result.stderr
@@ -249,9 +381,20 @@ def test_checkpoint_of_another_architecture_is_a_clean_error(workspace, tmp_path
         Predictor.from_checkpoint(foreign, device="cpu")
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "truncated checkpoint", "missing input", "corrupt image",
-                                  "batch with a file", "no input", "interactive with input", "mask dir on one image",
-                                  "unknown device"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing checkpoint",
+        "truncated checkpoint",
+        "missing input",
+        "corrupt image",
+        "batch with a file",
+        "no input",
+        "interactive with input",
+        "mask dir on one image",
+        "unknown device",
+    ],
+)
 def test_bad_input_gives_one_line_error_and_exit_2(workspace, tmp_path, capsys, case):
     ckpt, images = str(workspace["checkpoint"]), workspace["images"]
     truncated = tmp_path / "truncated.pth"
@@ -264,7 +407,14 @@ def test_bad_input_gives_one_line_error_and_exit_2(workspace, tmp_path, capsys, 
         "batch with a file": ["--checkpoint", ckpt, "--input", str(images / "img_0.png"), "--batch"],
         "no input": ["--checkpoint", ckpt],
         "interactive with input": ["--checkpoint", ckpt, "--interactive", "--input", str(images)],
-        "mask dir on one image": ["--checkpoint", ckpt, "--input", str(images / "img_0.png"), "--mask-dir", str(images)],
+        "mask dir on one image": [
+            "--checkpoint",
+            ckpt,
+            "--input",
+            str(images / "img_0.png"),
+            "--mask-dir",
+            str(images),
+        ],
         "unknown device": ["--checkpoint", ckpt, "--input", str(images / "img_0.png"), "--device", "tpu:9"],
     }[case]
     assert main([*argv, "--output", str(tmp_path / "out"), *FAST]) == 2
@@ -274,8 +424,20 @@ def test_bad_input_gives_one_line_error_and_exit_2(workspace, tmp_path, capsys, 
 
 
 def test_batch_refuses_to_write_into_the_input_folder(workspace, capsys):
-    assert main(["--checkpoint", str(workspace["checkpoint"]), "--input", str(workspace["images"]),
-                 "--output", str(workspace["images"]), *FAST]) == 2
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(workspace["checkpoint"]),
+                "--input",
+                str(workspace["images"]),
+                "--output",
+                str(workspace["images"]),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "overwrite" in capsys.readouterr().err
 
 
@@ -291,11 +453,27 @@ def test_mask_dir_scoring_leaves_the_ignore_label_out_and_reports_per_class_iou(
     data = write_class_id_dataset(tmp_path / "data", count=2)
     model = tiny_model(num_classes=3)
     # the run's own --ignore-index travels in the checkpoint and is the default at scoring
-    checkpoint = save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(),
-                                  "train_config": {"ignore_index": 255}}, tmp_path / "three.pth")
+    checkpoint = save_checkpoint(
+        {"model_config": model.config.to_dict(), "model": model.state_dict(), "train_config": {"ignore_index": 255}},
+        tmp_path / "three.pth",
+    )
     out = tmp_path / "out"
-    assert main(["--checkpoint", str(checkpoint), "--input", str(data / "images"), "--mask-dir", str(data / "masks"),
-                 "--output", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--input",
+                str(data / "images"),
+                "--mask-dir",
+                str(data / "masks"),
+                "--output",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert "mIoU" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ignore_index"] == 255 and len(summary["per_class_iou"]) == 3 and 0 <= summary["miou"] <= 1

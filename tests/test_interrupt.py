@@ -20,8 +20,27 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the subprocess runs 
 
 # long enough that no run ends by itself before it is signalled; no validation on the way
 LONG_RUN = dict(synthetic_samples=16, batch_size=4, epochs=1000, val_every=1000, lr=1e-3, warmup_steps=2, seed=3)
-LONG_RUN_FLAGS = ["--synthetic", "--synthetic-samples", "16", "--batch-size", "4", "--epochs", "1000", "--val-every", "1000",
-                  "--lr", "1e-3", "--warmup-steps", "2", "--seed", "3", "--save-every", "10", "--no-progress", *TINY_FLAGS]
+LONG_RUN_FLAGS = [
+    "--synthetic",
+    "--synthetic-samples",
+    "16",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "1000",
+    "--val-every",
+    "1000",
+    "--lr",
+    "1e-3",
+    "--warmup-steps",
+    "2",
+    "--seed",
+    "3",
+    "--save-every",
+    "10",
+    "--no-progress",
+    *TINY_FLAGS,
+]
 
 
 def test_sigterm_saves_mid_epoch_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
@@ -46,12 +65,21 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_matches_an_uninterrupted_on
     last = out / "last.pth"
     step = load_checkpoint(last)["step"]
     assert step > 4  # past the first epoch's 4 steps: saved mid-run, not at an epoch boundary by luck
-    assert stderr.strip().splitlines()[-1] == f"interrupted by SIGTERM: step {step} saved in {last}; continue with --resume {last}"
+    assert (
+        stderr.strip().splitlines()[-1]
+        == f"interrupted by SIGTERM: step {step} saved in {last}; continue with --resume {last}"
+    )
     assert "Traceback" not in stderr and not (out / ".train.lock").exists()
 
     target = step + 3  # resume through the CLI and stop a few steps on, mid-epoch
-    resumed = subprocess.run([sys.executable, "train.py", "--resume", str(last), "--max-steps", str(target), "--no-progress"],
-                             cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "train.py", "--resume", str(last), "--max-steps", str(target), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     model_config = DiffusionConfig.from_dict(load_checkpoint(last)["model_config"])  # what the flags built
     reference = train(tiny_train_config(tmp_path / "reference", **LONG_RUN, max_steps=target), model_config)
@@ -75,7 +103,10 @@ def test_sigint_in_the_loop_saves_after_the_current_step(tmp_path, monkeypatch):
     with pytest.raises(Interrupted) as stop:
         train(tiny_train_config(tmp_path, epochs=3), TINY_MODEL)
     assert stop.value.exit_code == 130
-    assert str(stop.value) == f"interrupted by SIGINT: step 3 saved in {tmp_path / 'last.pth'}; continue with --resume {tmp_path / 'last.pth'}"
+    assert (
+        str(stop.value) == f"interrupted by SIGINT: step 3 saved in {tmp_path / 'last.pth'}; "
+        f"continue with --resume {tmp_path / 'last.pth'}"
+    )
     state = load_checkpoint(tmp_path / "last.pth")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 3, 3)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

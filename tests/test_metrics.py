@@ -12,7 +12,9 @@ def test_void_pixels_change_no_score():
     other = pred.copy()
     other[truth == 255] = [2, 0, 0]  # different guesses under the void pixels only
     for num_classes in (1, 3):
-        assert segmentation_scores(pred, truth, num_classes, void=255) == segmentation_scores(other, truth, num_classes, void=255)
+        assert segmentation_scores(pred, truth, num_classes, void=255) == segmentation_scores(
+            other, truth, num_classes, void=255
+        )
     assert segmentation_scores(pred, truth, 3, void=255) == {"dice": 1.0, "iou": 1.0}
     assert segmentation_scores(pred, truth, 3)["iou"] < 1.0  # counted, void pixels would be errors
 

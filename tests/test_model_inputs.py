@@ -16,8 +16,10 @@ def write_pair(root, name: str, size_hw, suffix: str):
     """A smooth colour photo-like image (so JPEG keeps detail) and a disc mask, at `size_hw`."""
     (root / "images").mkdir(exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
-    yy, xx = np.mgrid[0:size_hw[0], 0:size_hw[1]]
-    image = np.stack([(xx * 255 // size_hw[1]), (yy * 255 // size_hw[0]), ((xx + yy) * 7) % 256], axis=-1).astype(np.uint8)
+    yy, xx = np.mgrid[0 : size_hw[0], 0 : size_hw[1]]
+    image = np.stack([(xx * 255 // size_hw[1]), (yy * 255 // size_hw[0]), ((xx + yy) * 7) % 256], axis=-1).astype(
+        np.uint8
+    )
     Image.fromarray(image).save(root / "images" / f"{name}{suffix}", quality=90)
     disc = ((yy - size_hw[0] / 2) ** 2 + (xx - size_hw[1] / 2) ** 2) < (min(size_hw) / 3) ** 2
     Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"{name}.png")
@@ -28,7 +30,9 @@ def test_training_and_inference_see_identical_pixels(tmp_path, resize):
     write_pair(tmp_path, "photo", (300, 460), ".jpg")  # large enough that a reduced-scale decode would differ
     write_pair(tmp_path, "scan", (37, 23), ".png")  # upscaled
     dataset = SegmentationDataset(tmp_path / "images", tmp_path / "masks", image_size=(32, 48), resize=resize)
-    predictor = Predictor(tiny_model(image_size=(32, 48)), select_runtime("cpu", "fp32"), PredictorOptions(resize=resize))
+    predictor = Predictor(
+        tiny_model(image_size=(32, 48)), select_runtime("cpu", "fp32"), PredictorOptions(resize=resize)
+    )
     for index, (image_path, _) in enumerate(dataset.pairs):
         trained_on = dataset[index][0]
         inferred_on = predictor.preprocess([predictor.load(image_path)])[0]

@@ -19,8 +19,16 @@ def test_tiny_model_overfits_one_batch_to_dice_above_0_9():
     images = torch.from_numpy(np.stack([p[0] for p in pairs]))
     masks = torch.from_numpy(np.stack([p[1] for p in pairs]))
 
-    config = DiffusionConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-                             num_heads=2, timesteps=1000, prediction_type="x0", dice_weight=1.0)
+    config = DiffusionConfig(
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2,),
+        num_heads=2,
+        timesteps=1000,
+        prediction_type="x0",
+        dice_weight=1.0,
+    )
     model = DiffusionSegmentation(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)  # speed is a benchmark's business, not this test's
     for _ in range(300):

@@ -36,8 +36,21 @@ def run(*args: str) -> int:
 
 
 def test_create_sample_writes_a_loadable_dataset(tmp_path, capsys):
-    assert run("--action", "create-sample", "--output-dir", tmp_path / "sample", "--num-samples", 5,
-               "--image-size", 32, "--seed", 1) == 0
+    assert (
+        run(
+            "--action",
+            "create-sample",
+            "--output-dir",
+            tmp_path / "sample",
+            "--num-samples",
+            5,
+            "--image-size",
+            32,
+            "--seed",
+            1,
+        )
+        == 0
+    )
     assert "Wrote 5 synthetic pairs" in capsys.readouterr().out
     assert len(list((tmp_path / "sample/images").glob("*.png"))) == 5
     dataset = SegmentationDataset(tmp_path / "sample/images", tmp_path / "sample/masks", image_size=32)
@@ -45,8 +58,21 @@ def test_create_sample_writes_a_loadable_dataset(tmp_path, capsys):
 
 
 def test_create_sample_multiclass(tmp_path):
-    assert run("--action", "create-sample", "--output-dir", tmp_path, "--num-samples", 3, "--image-size", 16,
-               "--num-classes", 3) == 0
+    assert (
+        run(
+            "--action",
+            "create-sample",
+            "--output-dir",
+            tmp_path,
+            "--num-samples",
+            3,
+            "--image-size",
+            16,
+            "--num-classes",
+            3,
+        )
+        == 0
+    )
     dataset = SegmentationDataset(tmp_path / "images", tmp_path / "masks", 16, num_classes=3)
     assert dataset[0][1].max() <= 2
 
@@ -56,8 +82,19 @@ def test_analyze_reports_statistics_and_writes_files(tiny_dataset, tmp_path, cap
     save(tiny_dataset / "masks/wide.png", grey_mask(24, 64))
     save(tiny_dataset / "images/lonely.png", np.zeros((24, 32, 3), np.uint8))
     out = tmp_path / "analysis"
-    assert run("--action", "analyze", "--image-dir", tiny_dataset / "images", "--mask-dir", tiny_dataset / "masks",
-               "--output-dir", out) == 0
+    assert (
+        run(
+            "--action",
+            "analyze",
+            "--image-dir",
+            tiny_dataset / "images",
+            "--mask-dir",
+            tiny_dataset / "masks",
+            "--output-dir",
+            out,
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "# Dataset analysis" in printed and "## Recommendations" in printed
     summary = json.loads((out / "analysis.json").read_text())
@@ -74,7 +111,9 @@ def test_analyze_reports_statistics_and_writes_files(tiny_dataset, tmp_path, cap
 
 
 def test_validate_clean_dataset_passes(tiny_dataset, capsys):
-    assert run("--action", "validate", "--image-dir", tiny_dataset / "images", "--mask-dir", tiny_dataset / "masks") == 0
+    assert (
+        run("--action", "validate", "--image-dir", tiny_dataset / "images", "--mask-dir", tiny_dataset / "masks") == 0
+    )
     assert "OK: no problems found" in capsys.readouterr().out
 
 
@@ -89,16 +128,29 @@ def test_validate_lists_every_problem(tiny_dataset, tmp_path, capsys):
     (images / "sample_0005.png").write_bytes((images / "sample_0003.png").read_bytes())  # duplicate
     path = images / "sample_0004.png"  # truncated (header intact)
     path.write_bytes(path.read_bytes()[:200])
-    assert run("--action", "validate", "--image-dir", images, "--mask-dir", masks, "--output-dir", tmp_path / "report") == 1
+    assert (
+        run("--action", "validate", "--image-dir", images, "--mask-dir", masks, "--output-dir", tmp_path / "report")
+        == 1
+    )
     printed = capsys.readouterr().out
-    for expected in ["ERROR missing_mask (1)", "images/lonely.png: no mask",
-                     "ERROR missing_image (1)", "masks/orphan_mask.png: no image",
-                     "ERROR unreadable (2)", "masks/sample_0000.png: unreadable", "images/sample_0004.png: unreadable",
-                     "ERROR size_mismatch (1)", "masks/sample_0001.png: size 30x20 differs from its image",
-                     "warning empty_mask (1)", "masks/sample_0002.png: mask is all background",
-                     "warning grey_mask", "masks/sample_0003.png: 3 grey levels",
-                     "warning duplicate_image (1)", "images/sample_0003.png, images/sample_0005.png: identical files",
-                     "Run again with --fix-issues"]:
+    for expected in [
+        "ERROR missing_mask (1)",
+        "images/lonely.png: no mask",
+        "ERROR missing_image (1)",
+        "masks/orphan_mask.png: no image",
+        "ERROR unreadable (2)",
+        "masks/sample_0000.png: unreadable",
+        "images/sample_0004.png: unreadable",
+        "ERROR size_mismatch (1)",
+        "masks/sample_0001.png: size 30x20 differs from its image",
+        "warning empty_mask (1)",
+        "masks/sample_0002.png: mask is all background",
+        "warning grey_mask",
+        "masks/sample_0003.png: 3 grey levels",
+        "warning duplicate_image (1)",
+        "images/sample_0003.png, images/sample_0005.png: identical files",
+        "Run again with --fix-issues",
+    ]:
         assert expected in printed, expected
     report = json.loads((tmp_path / "report/validation.json").read_text())
     assert not report["ok"] and len(report["issues"]) == 9  # sample_0001 is grey too
@@ -173,8 +225,20 @@ def test_fix_issues_on_a_full_disk_leaves_the_mask_whole(tiny_dataset, monkeypat
 
 def test_fix_issues_backup_goes_to_output_dir_when_given(tiny_dataset, tmp_path):
     save(tiny_dataset / "masks/sample_0001.png", grey_mask(24, 32))
-    assert run("--action", "validate", "--image-dir", tiny_dataset / "images", "--mask-dir", tiny_dataset / "masks",
-               "--fix-issues", "--output-dir", tmp_path / "out") == 0
+    assert (
+        run(
+            "--action",
+            "validate",
+            "--image-dir",
+            tiny_dataset / "images",
+            "--mask-dir",
+            tiny_dataset / "masks",
+            "--fix-issues",
+            "--output-dir",
+            tmp_path / "out",
+        )
+        == 0
+    )
     assert (tmp_path / "out/backup/sample_0001.png").exists()
 
 
@@ -191,8 +255,21 @@ def flat_source(root: Path, count: int = 10) -> Path:
 def test_organize_flat_folder_copies_a_seeded_split(tmp_path, capsys):
     source = flat_source(tmp_path / "raw")
     before = sorted(p.name for p in source.iterdir())
-    assert run("--action", "organize", "--source-dir", source, "--output-dir", tmp_path / "out",
-               "--train-split", 0.8, "--seed", 3) == 0
+    assert (
+        run(
+            "--action",
+            "organize",
+            "--source-dir",
+            source,
+            "--output-dir",
+            tmp_path / "out",
+            "--train-split",
+            0.8,
+            "--seed",
+            3,
+        )
+        == 0
+    )
     assert "skipped: raw/stray.png: no mask" in capsys.readouterr().out
     out = tmp_path / "out"
     train = sorted(p.stem for p in (out / "train/images").iterdir())
@@ -204,8 +281,21 @@ def test_organize_flat_folder_copies_a_seeded_split(tmp_path, capsys):
     train_loader, val_loader = load_dataset(data_dir=out, image_size=8)
     assert len(train_loader.dataset) == 8 and len(val_loader.dataset) == 2
 
-    assert run("--action", "organize", "--source-dir", source, "--output-dir", tmp_path / "again",
-               "--train-split", 0.8, "--seed", 3) == 0
+    assert (
+        run(
+            "--action",
+            "organize",
+            "--source-dir",
+            source,
+            "--output-dir",
+            tmp_path / "again",
+            "--train-split",
+            0.8,
+            "--seed",
+            3,
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "again/val/images").iterdir()) == [f"{s}.jpg" for s in val]
 
 
@@ -217,14 +307,23 @@ def test_organize_images_and_masks_folders_and_refuses_to_overwrite(tiny_dataset
     assert "already exists and is not empty" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--action", "analyze", "--image-dir", "."], "--action analyze needs --mask-dir"),
-    (["--action", "organize", "--output-dir", "x"], "--action organize needs --source-dir"),
-    (["--action", "create-sample"], "--action create-sample needs --output-dir"),
-    (["--action", "validate", "--image-dir", "/no/such/dir", "--mask-dir", "."], "--image-dir /no/such/dir: folder does not exist"),
-    (["--action", "organize", "--source-dir", ".", "--output-dir", "x", "--train-split", "1.5"], "must be between 0 and 1"),
-    (["--action", "shuffle"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--action", "analyze", "--image-dir", "."], "--action analyze needs --mask-dir"),
+        (["--action", "organize", "--output-dir", "x"], "--action organize needs --source-dir"),
+        (["--action", "create-sample"], "--action create-sample needs --output-dir"),
+        (
+            ["--action", "validate", "--image-dir", "/no/such/dir", "--mask-dir", "."],
+            "--image-dir /no/such/dir: folder does not exist",
+        ),
+        (
+            ["--action", "organize", "--source-dir", ".", "--output-dir", "x", "--train-split", "1.5"],
+            "must be between 0 and 1",
+        ),
+        (["--action", "shuffle"], "invalid choice"),
+    ],
+)
 def test_bad_command_lines_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as caught:
         prepare_data.main(argv)
@@ -234,9 +333,22 @@ def test_bad_command_lines_exit_2_with_one_line(argv, message, capsys):
 
 def test_script_runs_as_a_command(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "prepare_data.py"), "--action", "create-sample", "--output-dir", str(tmp_path),
-         "--num-samples", "2", "--image-size", "16"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "prepare_data.py"),
+            "--action",
+            "create-sample",
+            "--output-dir",
+            str(tmp_path),
+            "--num-samples",
+            "2",
+            "--image-size",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "masks").iterdir())) == 2
@@ -251,13 +363,17 @@ def test_class_id_masks_are_named_and_never_binarised(tmp_path, capsys):
     data = write_class_id_dataset(tmp_path / "data", count=3)
     assert run("--action", "analyze", "--image-dir", data / "images", "--mask-dir", data / "masks") == 0
     report = capsys.readouterr().out
-    hint = "the masks look like 3 class ids (values 0..2), not binary masks: pass --num-classes 3 and --ignore-index 255"
+    hint = (
+        "the masks look like 3 class ids (values 0..2), not binary masks: pass --num-classes 3 and --ignore-index 255"
+    )
     assert hint in report
     assert "grey_mask" not in report and "empty_mask" not in report and "fix-issues" not in report
     # a mask at the wrong size: --fix-issues resizes it, keeping its class ids (and its unlabelled 255s)
     original = np.asarray(Image.open(data / "masks" / "01.png"))
     Image.fromarray(original).resize((20, 12), Image.Resampling.NEAREST).save(data / "masks" / "01.png")
-    assert run("--action", "validate", "--image-dir", data / "images", "--mask-dir", data / "masks", "--fix-issues") == 0
+    assert (
+        run("--action", "validate", "--image-dir", data / "images", "--mask-dir", data / "masks", "--fix-issues") == 0
+    )
     assert hint in capsys.readouterr().out
     fixed = np.asarray(Image.open(data / "masks" / "01.png"))
     assert fixed.shape == original.shape and set(np.unique(fixed)) == {0, 1, 2, 255}
@@ -267,8 +383,23 @@ def test_analyze_reports_the_ignored_fraction(tmp_path, capsys):
     from tests.helpers import write_class_id_dataset
 
     data = write_class_id_dataset(tmp_path / "data", count=2, size=(24, 40), ignore_rows=6)
-    assert run("--action", "analyze", "--image-dir", data / "images", "--mask-dir", data / "masks", "--num-classes", 3,
-               "--ignore-index", 255, "--output-dir", tmp_path / "report") == 0
+    assert (
+        run(
+            "--action",
+            "analyze",
+            "--image-dir",
+            data / "images",
+            "--mask-dir",
+            data / "masks",
+            "--num-classes",
+            3,
+            "--ignore-index",
+            255,
+            "--output-dir",
+            tmp_path / "report",
+        )
+        == 0
+    )
     assert "ignored fraction (value 255): min 0.250, mean 0.250, max 0.250" in capsys.readouterr().out
     summary = json.loads((tmp_path / "report" / "analysis.json").read_text())
     assert summary["ignored_fraction"]["mean"] == pytest.approx(0.25) and summary["issue_counts"] == {}

@@ -35,8 +35,20 @@ from utils.image_io import IMAGE_EXTENSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--no-progress"]
-TINY_FLAGS = ["--image-size", "16", "--base-channels", "8", "--channel-mults", "1,2", "--num-res-blocks", "1",
-              "--attention-resolutions", "2", "--timesteps", "100"]
+TINY_FLAGS = [
+    "--image-size",
+    "16",
+    "--base-channels",
+    "8",
+    "--channel-mults",
+    "1,2",
+    "--num-res-blocks",
+    "1",
+    "--attention-resolutions",
+    "2",
+    "--timesteps",
+    "100",
+]
 H, W = 12, 16
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -56,7 +68,7 @@ def photo(height: int = H, width: int = W, seed: int = 0) -> np.ndarray:
 
 def box_mask(height: int = H, width: int = W, value: int = 255) -> np.ndarray:
     mask = np.zeros((height, width), np.uint8)
-    mask[height // 4: height // 2, width // 4: 3 * width // 4] = value
+    mask[height // 4 : height // 2, width // 4 : 3 * width // 4] = value
     return mask
 
 
@@ -86,14 +98,16 @@ def assert_one_line_error(err: str, *expected: str) -> None:
 
 def png_1bit(path: Path, width: int, height: int) -> Path:
     """A valid all-black 1-bit PNG written chunk by chunk: a 10000x10000 one is 12 KB on disk."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     rows = bytes((1 + (width + 7) // 8) * height)  # a filter byte per row, then zero bits
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -146,8 +160,10 @@ def test_bad_image_file_is_refused_naming_it(case, tmp_path, tiny_checkpoint, ca
     good_pairs(tmp_path)
     bad = tmp_path / "images" / "bad.png"
     write(bad)
-    save(tmp_path / "masks/bad.png", box_mask(48, 64) if "truncated" in case else box_mask(4, 4) if "TIFF" in case
-         else box_mask())
+    save(
+        tmp_path / "masks/bad.png",
+        box_mask(48, 64) if "truncated" in case else box_mask(4, 4) if "TIFF" in case else box_mask(),
+    )
     if case == "EPS named .png":
         assert Image.open(bad).format == "EPS"  # the file really is one PIL would open
 
@@ -156,8 +172,9 @@ def test_bad_image_file_is_refused_naming_it(case, tmp_path, tiny_checkpoint, ca
     message = str(caught.value)
     assert message.startswith("images/bad.png: ") and reason in message and "\n" not in message
 
-    code, err = run_main(inference_main, ["--checkpoint", tiny_checkpoint, "--input", bad,
-                                          "--output", tmp_path / "out", *FAST], capsys)
+    code, err = run_main(
+        inference_main, ["--checkpoint", tiny_checkpoint, "--input", bad, "--output", tmp_path / "out", *FAST], capsys
+    )
     assert code == 2
     assert_one_line_error(err, "error: images/bad.png: ", reason)
     assert not (tmp_path / "out" / "bad.png").exists()
@@ -168,15 +185,33 @@ def test_wrongly_suffixed_images_are_read_by_content(tmp_path, tiny_checkpoint):
     jpeg_named_png = save(tmp_path / "images/b.png", photo(seed=2), format="JPEG")
     save(tmp_path / "masks/a.png", box_mask())
     save(tmp_path / "masks/b.png", box_mask())
-    loader = load_dataset(tmp_path / "images", tmp_path / "masks", image_size=(H, W), augmentation_mode="none",
-                          shuffle=False, batch_size=2)
+    loader = load_dataset(
+        tmp_path / "images",
+        tmp_path / "masks",
+        image_size=(H, W),
+        augmentation_mode="none",
+        shuffle=False,
+        batch_size=2,
+    )
     images, masks = next(iter(loader))
     assert torch.equal(images[0], torch.from_numpy(photo(seed=1)).permute(2, 0, 1).float() / 255)  # lossless PNG
     decoded = np.array(Image.open(jpeg_named_png).convert("RGB"))  # what the JPEG decoder gives
     assert torch.equal(images[1], torch.from_numpy(decoded).permute(2, 0, 1).float() / 255)
     assert masks.shape == (2, 1, H, W)
-    assert inference_main(["--checkpoint", str(tiny_checkpoint), "--input", str(png_named_jpg),
-                           "--output", str(tmp_path / "out"), *FAST]) == 0
+    assert (
+        inference_main(
+            [
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--input",
+                str(png_named_jpg),
+                "--output",
+                str(tmp_path / "out"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert np.asarray(Image.open(tmp_path / "out/a.png")).shape == (H, W)
 
 
@@ -189,8 +224,20 @@ def test_one_pixel_images(tmp_path, tiny_checkpoint):
     assert masks.shape == (1, 1, 16, 16) and masks.eq(1).all()
     assert loader.dataset.load_original_mask(0).shape == (1, 1)
 
-    assert inference_main(["--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "images/dot.png"),
-                           "--output", str(tmp_path / "out"), *FAST]) == 0
+    assert (
+        inference_main(
+            [
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--input",
+                str(tmp_path / "images/dot.png"),
+                "--output",
+                str(tmp_path / "out"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert np.asarray(Image.open(tmp_path / "out/dot.png")).shape == (1, 1)
     assert np.asarray(Image.open(tmp_path / "out/dot_overlay.png")).shape == (1, 1, 3)
 
@@ -219,16 +266,29 @@ def _image_modes() -> dict:
     transparent = rgb.convert("P")
     transparent.info["transparency"] = 0
     return {  # name -> (file name, PIL image, save options, expected RGB pixels)
-        "16-bit grey": ("deep.png", Image.fromarray(wide), {},
-                        np.repeat(np.round(wide / 257.0).astype(np.uint8)[..., None], 3, axis=2)),
+        "16-bit grey": (
+            "deep.png",
+            Image.fromarray(wide),
+            {},
+            np.repeat(np.round(wide / 257.0).astype(np.uint8)[..., None], 3, axis=2),
+        ),
         "palette": ("pal.png", rgb.convert("P"), {}, np.asarray(rgb.convert("P").convert("RGB"))),
-        "palette + transparency": ("palt.png", transparent, {"transparency": 0},
-                                   np.asarray(rgb.convert("P").convert("RGB"))),
+        "palette + transparency": (
+            "palt.png",
+            transparent,
+            {"transparency": 0},
+            np.asarray(rgb.convert("P").convert("RGB")),
+        ),
         "CMYK": ("cmyk.tif", rgb.convert("CMYK"), {}, np.asarray(rgb.convert("CMYK").convert("RGB"))),
         "CMYK JPEG": ("cmyk_jpeg.jpg", rgb.convert("CMYK"), {"quality": 100}, None),  # lossy: shape only
         "RGBA": ("rgba.png", rgb.convert("RGBA"), {}, photo()),
         "grayscale": ("grey.png", rgb.convert("L"), {}, np.repeat(np.asarray(rgb.convert("L"))[..., None], 3, axis=2)),
-        "grey + alpha": ("la.png", rgb.convert("LA"), {}, np.repeat(np.asarray(rgb.convert("L"))[..., None], 3, axis=2)),
+        "grey + alpha": (
+            "la.png",
+            rgb.convert("LA"),
+            {},
+            np.repeat(np.asarray(rgb.convert("L"))[..., None], 3, axis=2),
+        ),
         "1-bit": ("bits.png", rgb.convert("1"), {}, np.asarray(rgb.convert("1").convert("RGB"))),
     }
 
@@ -262,19 +322,41 @@ def test_mask_encodings_read_alike_in_training_and_scoring(tmp_path, tiny_checkp
     for stem, mask in masks.items():
         save(tmp_path / f"images/{stem}.png", photo())  # identical images: identical predictions
         save(tmp_path / f"masks/{stem}.png", mask)
-    loader = load_dataset(tmp_path / "images", tmp_path / "masks", image_size=(H, W), augmentation_mode="none",
-                          batch_size=3, shuffle=False)
+    loader = load_dataset(
+        tmp_path / "images",
+        tmp_path / "masks",
+        image_size=(H, W),
+        augmentation_mode="none",
+        batch_size=3,
+        shuffle=False,
+    )
     _, labels = next(iter(loader))
     assert all(torch.equal(label[0], torch.from_numpy(truth).float()) for label in labels)
 
     save(tmp_path / "images/small.png", photo())
     save(tmp_path / "masks/small.png", box_mask(6, 8))  # another size than its image
-    with pytest.raises(DatasetError, match=r"masks/small.png: size 8x6 differs from its image images/small.png \(16x12\)"):
+    with pytest.raises(
+        DatasetError, match=r"masks/small.png: size 8x6 differs from its image images/small.png \(16x12\)"
+    ):
         load_dataset(tmp_path / "images", tmp_path / "masks", image_size=(H, W))
 
-    code, _ = run_main(inference_main, ["--checkpoint", tiny_checkpoint, "--input", tmp_path / "images",
-                                        "--mask-dir", tmp_path / "masks", "--batch-size", 1,
-                                        "--output", tmp_path / "out", *FAST], capsys)
+    code, _ = run_main(
+        inference_main,
+        [
+            "--checkpoint",
+            tiny_checkpoint,
+            "--input",
+            tmp_path / "images",
+            "--mask-dir",
+            tmp_path / "masks",
+            "--batch-size",
+            1,
+            "--output",
+            tmp_path / "out",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0
     rows = {row.split(",")[0]: row.split(",")[2] for row in (tmp_path / "out/metrics.csv").read_text().splitlines()[1:]}
     assert rows["zero_one.png"] == rows["zero_255.png"] == rows["grey.png"]  # same prediction, same truth
@@ -287,12 +369,26 @@ def test_multiclass_mask_ids(tmp_path, capsys):
     labels[2:6, 3:10], labels[8:11, 1:5] = 1, 2
     save(tmp_path / "images/m.png", photo())
     save(tmp_path / "masks/m.png", labels)
-    loader = load_dataset(tmp_path / "images", tmp_path / "masks", image_size=(H, W), num_classes=3,
-                          augmentation_mode="none")
+    loader = load_dataset(
+        tmp_path / "images", tmp_path / "masks", image_size=(H, W), num_classes=3, augmentation_mode="none"
+    )
     assert torch.equal(next(iter(loader))[1][0], torch.from_numpy(labels).long())
     checkpoint = write_checkpoint(tiny_model(num_classes=3), tmp_path / "multi.pth")
-    code, _ = run_main(inference_main, ["--checkpoint", checkpoint, "--input", tmp_path / "images",
-                                        "--mask-dir", tmp_path / "masks", "--output", tmp_path / "out", *FAST], capsys)
+    code, _ = run_main(
+        inference_main,
+        [
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            tmp_path / "images",
+            "--mask-dir",
+            tmp_path / "masks",
+            "--output",
+            tmp_path / "out",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0 and (tmp_path / "out/metrics.csv").read_text().splitlines()[1].startswith("m.png,m.png,")
 
     fractions = np.zeros((H, W), np.float32)
@@ -316,12 +412,34 @@ def test_unicode_and_spaces_in_folder_and_file_names(tmp_path, tiny_checkpoint, 
     assert next(iter(loader))[0].shape == (2, 3, 8, 8)
 
     out = tmp_path / "öut pút"
-    assert run_main(inference_main, ["--checkpoint", tiny_checkpoint, "--input", root / "ímages ü",
-                                     "--mask-dir", root / "mäsks ü", "--output", out, *FAST], capsys)[0] == 0
+    assert (
+        run_main(
+            inference_main,
+            [
+                "--checkpoint",
+                tiny_checkpoint,
+                "--input",
+                root / "ímages ü",
+                "--mask-dir",
+                root / "mäsks ü",
+                "--output",
+                out,
+                *FAST,
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     assert (out / "fötö 1.png").exists() and (out / "写真_overlay.png").exists()
     assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header, two images, mean
-    assert run_main(prepare_data.main, ["--action", "validate", "--image-dir", root / "ímages ü",
-                                        "--mask-dir", root / "mäsks ü"], capsys)[0] == 0
+    assert (
+        run_main(
+            prepare_data.main,
+            ["--action", "validate", "--image-dir", root / "ímages ü", "--mask-dir", root / "mäsks ü"],
+            capsys,
+        )[0]
+        == 0
+    )
 
 
 def test_symlinks_are_followed_and_broken_ones_named(tmp_path, predictor):
@@ -353,20 +471,25 @@ def test_empty_folder_through_every_entry_point(tmp_path, tiny_checkpoint, capsy
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")  # non-image files do not count
-    code, err = run_main(inference_main, ["--checkpoint", tiny_checkpoint, "--input", empty,
-                                          "--output", tmp_path / "out", *FAST], capsys)
+    code, err = run_main(
+        inference_main, ["--checkpoint", tiny_checkpoint, "--input", empty, "--output", tmp_path / "out", *FAST], capsys
+    )
     assert code == 2
     assert_one_line_error(err, f"error: {empty}: no images (.jpg")
 
     for action in ("analyze", "validate"):
         code, _ = run_main(prepare_data.main, ["--action", action, "--image-dir", empty, "--mask-dir", empty], capsys)
         assert code == 1, action
-    code, err = run_main(prepare_data.main, ["--action", "organize", "--source-dir", empty,
-                                             "--output-dir", tmp_path / "org"], capsys)
+    code, err = run_main(
+        prepare_data.main, ["--action", "organize", "--source-dir", empty, "--output-dir", tmp_path / "org"], capsys
+    )
     assert code == 1 and "no image/mask pairs to organize" in err and not (tmp_path / "org").exists()
 
-    code, err = run_main(train_main, ["--image-dir", empty, "--mask-dir", empty, "--output-dir", tmp_path / "run",
-                                      "--no-progress", *TINY_FLAGS], capsys)
+    code, err = run_main(
+        train_main,
+        ["--image-dir", empty, "--mask-dir", empty, "--output-dir", tmp_path / "run", "--no-progress", *TINY_FLAGS],
+        capsys,
+    )
     assert code == 1
     assert_one_line_error(err, f"error: {empty}: no images")
 
@@ -376,10 +499,27 @@ def test_train_py_names_bad_files_without_a_traceback(tmp_path):
     (tmp_path / "images/empty.png").write_bytes(b"")
     save(tmp_path / "masks/empty.png", box_mask())
     save(tmp_path / "masks/ok_1.png", box_mask(6, 8))
-    result = subprocess.run([sys.executable, "train.py", "--image-dir", str(tmp_path / "images"), "--mask-dir",
-                             str(tmp_path / "masks"), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
-                             "--no-progress", *TINY_FLAGS],
-                            cwd=REPO, capture_output=True, text=True, timeout=120, env=ONE_THREAD_ENV)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--image-dir",
+            str(tmp_path / "images"),
+            "--mask-dir",
+            str(tmp_path / "masks"),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--no-progress",
+            *TINY_FLAGS,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ONE_THREAD_ENV,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: 2 problems in the dataset:")
@@ -548,9 +688,20 @@ def test_memory_check_catches_a_leak(tiny_checkpoint, five_hundred_images, tmp_p
 # ---- command-line misuse ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["unknown flag", "missing --checkpoint", "not a number", "interactive + mask dir",
-                                  "interactive + batch", "missing mask dir", "checkpoint is a folder",
-                                  "output is a file", "output inside a file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown flag",
+        "missing --checkpoint",
+        "not a number",
+        "interactive + mask dir",
+        "interactive + batch",
+        "missing mask dir",
+        "checkpoint is a folder",
+        "output is a file",
+        "output inside a file",
+    ],
+)
 def test_inference_misuse_is_one_line_exit_2(case, tmp_path, tiny_checkpoint, capsys):
     good_pairs(tmp_path)
     image, images = tmp_path / "images/ok_0.png", tmp_path / "images"
@@ -559,8 +710,14 @@ def test_inference_misuse_is_one_line_exit_2(case, tmp_path, tiny_checkpoint, ca
     argv, expected = {
         "unknown flag": ([*ckpt, "--input", image, "--bogus"], "inference.py: error: unrecognized arguments: --bogus"),
         "missing --checkpoint": (["--input", image], "the following arguments are required: --checkpoint"),
-        "not a number": ([*ckpt, "--input", image, "--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
-        "interactive + mask dir": ([*ckpt, "--interactive", "--mask-dir", images], "--mask-dir works in batch mode only"),
+        "not a number": (
+            [*ckpt, "--input", image, "--steps", "ten"],
+            "argument --steps: expected an integer, got 'ten'",
+        ),
+        "interactive + mask dir": (
+            [*ckpt, "--interactive", "--mask-dir", images],
+            "--mask-dir works in batch mode only",
+        ),
         "interactive + batch": ([*ckpt, "--interactive", "--batch"], "--interactive reads image paths at its prompt"),
         "missing mask dir": ([*ckpt, "--input", images, "--mask-dir", tmp_path / "nope"], "nope: no such folder"),
         "checkpoint is a folder": (["--checkpoint", images, "--input", image], "a folder, not a checkpoint file"),
@@ -573,29 +730,47 @@ def test_inference_misuse_is_one_line_exit_2(case, tmp_path, tiny_checkpoint, ca
     assert image.read_bytes() == before and sorted(p.name for p in images.iterdir()) == ["ok_0.png", "ok_1.png"]
 
 
-@pytest.mark.parametrize("case", ["unknown flag", "missing --action", "fix-issues with analyze",
-                                  "organize flags with create-sample", "missing source dir", "output dir is a file",
-                                  "zero samples", "threshold out of range"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown flag",
+        "missing --action",
+        "fix-issues with analyze",
+        "organize flags with create-sample",
+        "missing source dir",
+        "output dir is a file",
+        "zero samples",
+        "threshold out of range",
+    ],
+)
 def test_prepare_data_misuse_is_one_line_exit_2(case, tmp_path, capsys):
     good_pairs(tmp_path)
     images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
     a_file = images / "ok_0.png"
     argv, expected = {
-        "unknown flag": (["--action", "validate", "--image-dir", images, "--mask-dir", masks, "--bogus"],
-                         "unrecognized arguments: --bogus"),
+        "unknown flag": (
+            ["--action", "validate", "--image-dir", images, "--mask-dir", masks, "--bogus"],
+            "unrecognized arguments: --bogus",
+        ),
         "missing --action": ([], "the following arguments are required: --action"),
-        "fix-issues with analyze": (["--action", "analyze", "--image-dir", images, "--mask-dir", masks, "--fix-issues"],
-                                    "--action analyze does not use --fix-issues"),
-        "organize flags with create-sample": (["--action", "create-sample", "--output-dir", out, "--source-dir", images,
-                                               "--train-split", "0.5"],
-                                              "--action create-sample does not use --source-dir and --train-split"),
-        "missing source dir": (["--action", "organize", "--source-dir", tmp_path / "nope", "--output-dir", out],
-                               "--source-dir " + str(tmp_path / "nope") + ": folder does not exist"),
+        "fix-issues with analyze": (
+            ["--action", "analyze", "--image-dir", images, "--mask-dir", masks, "--fix-issues"],
+            "--action analyze does not use --fix-issues",
+        ),
+        "organize flags with create-sample": (
+            ["--action", "create-sample", "--output-dir", out, "--source-dir", images, "--train-split", "0.5"],
+            "--action create-sample does not use --source-dir and --train-split",
+        ),
+        "missing source dir": (
+            ["--action", "organize", "--source-dir", tmp_path / "nope", "--output-dir", out],
+            "--source-dir " + str(tmp_path / "nope") + ": folder does not exist",
+        ),
         "output dir is a file": (["--action", "create-sample", "--output-dir", a_file], "exists and is not a folder"),
-        "zero samples": (["--action", "create-sample", "--output-dir", out, "--num-samples", "0"],
-                         "must be >= 1"),
-        "threshold out of range": (["--action", "validate", "--image-dir", images, "--mask-dir", masks,
-                                    "--mask-threshold", "1.5"], "--mask-threshold must be in [0, 1)"),
+        "zero samples": (["--action", "create-sample", "--output-dir", out, "--num-samples", "0"], "must be >= 1"),
+        "threshold out of range": (
+            ["--action", "validate", "--image-dir", images, "--mask-dir", masks, "--mask-threshold", "1.5"],
+            "--mask-threshold must be in [0, 1)",
+        ),
     }[case]
     code, err = run_main(prepare_data.main, argv, capsys)
     assert code == 2
@@ -611,14 +786,26 @@ def test_prepare_data_unwritable_output_is_one_line_exit_1(tmp_path, capsys):
     assert_one_line_error(err, f"error: {blocker / 'sample'}", "Not a directory")
 
 
-@pytest.mark.parametrize("script, argv, expected", [
-    ("inference.py", ["--checkpoint", "x.pth", "--bogus"], "inference.py: error: unrecognized arguments: --bogus"),
-    ("prepare_data.py", ["--action", "create-sample", "--output-dir", "x", "--fix-issues"],
-     "prepare_data.py: error: --action create-sample does not use --fix-issues"),
-])
+@pytest.mark.parametrize(
+    "script, argv, expected",
+    [
+        ("inference.py", ["--checkpoint", "x.pth", "--bogus"], "inference.py: error: unrecognized arguments: --bogus"),
+        (
+            "prepare_data.py",
+            ["--action", "create-sample", "--output-dir", "x", "--fix-issues"],
+            "prepare_data.py: error: --action create-sample does not use --fix-issues",
+        ),
+    ],
+)
 def test_scripts_misused_from_the_shell(script, argv, expected, tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / script), *argv], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120, env=ONE_THREAD_ENV)
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ONE_THREAD_ENV,
+    )
     assert result.returncode == 2
     assert_one_line_error(result.stderr, expected)
     assert list(tmp_path.iterdir()) == []

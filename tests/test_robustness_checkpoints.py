@@ -13,10 +13,29 @@ from src.checkpoint import CheckpointError, load_checkpoint, load_model, save_ch
 from src.models import DiffusionConfig, DiffusionSegmentation
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(image_size=(16, 16), base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-            num_heads=2, timesteps=100)
-TINY_FLAGS = ["--image-size", "16", "--base-channels", "8", "--channel-mults", "1,2", "--num-res-blocks", "1",
-              "--attention-resolutions", "2", "--timesteps", "100"]
+TINY = dict(
+    image_size=(16, 16),
+    base_channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    num_heads=2,
+    timesteps=100,
+)
+TINY_FLAGS = [
+    "--image-size",
+    "16",
+    "--base-channels",
+    "8",
+    "--channel-mults",
+    "1,2",
+    "--num-res-blocks",
+    "1",
+    "--attention-resolutions",
+    "2",
+    "--timesteps",
+    "100",
+]
 
 
 class _Payload:
@@ -41,16 +60,21 @@ def test_checkpoint_with_code_payload_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pth: refused to load"):
         load_checkpoint(evil)
     assert not marker.exists()
-    result = subprocess.run([sys.executable, "train.py", "--resume", str(evil)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--resume", str(evil)], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 2 and "refused to load" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "truncated or corrupt"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "truncated or corrupt"),
-    (b"just some text\n", "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "truncated or corrupt"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "truncated or corrupt"),
+        (b"just some text\n", "truncated or corrupt"),
+    ],
+)
 def test_non_checkpoint_files_give_clean_errors(tmp_path, content, message):
     path = tmp_path / "model.pth"
     path.write_bytes(content)
@@ -75,7 +99,9 @@ def test_missing_truncated_and_foreign_checkpoints(tmp_path):
 
 def test_weights_of_another_architecture_are_a_clean_error(tmp_path):
     wide = DiffusionSegmentation(DiffusionConfig(**{**TINY, "base_channels": 16}))
-    path = save_checkpoint({"model_config": DiffusionConfig(**TINY).to_dict(), "model": wide.state_dict()}, tmp_path / "mix.pth")
+    path = save_checkpoint(
+        {"model_config": DiffusionConfig(**TINY).to_dict(), "model": wide.state_dict()}, tmp_path / "mix.pth"
+    )
     with pytest.raises(CheckpointError, match="mix.pth: weights do not match the model config"):
         load_model(path)
     bad_config = save_checkpoint({"model_config": {"base_channels": 8, "layers": 3}, "model": {}}, tmp_path / "cfg.pth")
@@ -119,15 +145,34 @@ def test_sigkill_while_saving_leaves_previous_checkpoint_and_resume_continues(tm
     script = tmp_path / "killed.py"
     script.write_text(KILL_DURING_SECOND_SAVE)
     out = tmp_path / "run"
-    args = ["--synthetic", "--synthetic-samples", "8", "--batch-size", "4", "--epochs", "3", "--save-every", "1",
-            "--val-steps", "1", "--output-dir", str(out), "--no-progress", *TINY_FLAGS]
+    args = [
+        "--synthetic",
+        "--synthetic-samples",
+        "8",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--save-every",
+        "1",
+        "--val-steps",
+        "1",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        *TINY_FLAGS,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     killed = subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True, env=env)
     assert killed.returncode == -9
     state = load_checkpoint(out / "last.pth")
     assert state["epoch"] == 1
-    resumed = subprocess.run([sys.executable, "train.py", "--resume", str(out / "last.pth"), "--no-progress"],
-                             cwd=REPO, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "train.py", "--resume", str(out / "last.pth"), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(out / "last.pth")["epoch"] == 3
 
@@ -135,20 +180,27 @@ def test_sigkill_while_saving_leaves_previous_checkpoint_and_resume_continues(tm
 def test_unwritable_output_dir_stops_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = subprocess.run([sys.executable, "train.py", "--synthetic", "--output-dir", str(blocker / "out"), *TINY_FLAGS],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--synthetic", "--output-dir", str(blocker / "out"), *TINY_FLAGS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert "output directory is not writable" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--synthetic", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-    (["--synthetic", "--image-dir", "x", "--mask-dir", "y"], "cannot be combined"),
-    ([], "give --synthetic, --data-dir, or both --image-dir and --mask-dir"),
-    (["--image-dir", "/no/such/dir", "--mask-dir", "/no/such/dir"], "no such directory"),
-    (["--resume", "/no/such/file.pth"], "checkpoint not found"),
-    (["--synthetic", "--epochs", "0"], "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--synthetic", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["--synthetic", "--image-dir", "x", "--mask-dir", "y"], "cannot be combined"),
+        ([], "give --synthetic, --data-dir, or both --image-dir and --mask-dir"),
+        (["--image-dir", "/no/such/dir", "--mask-dir", "/no/such/dir"], "no such directory"),
+        (["--resume", "/no/such/file.pth"], "checkpoint not found"),
+        (["--synthetic", "--epochs", "0"], "must be >= 1"),
+    ],
+)
 def test_train_cli_misuse_is_one_line_exit_2(argv, message):
     result = subprocess.run([sys.executable, "train.py", *argv], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2

@@ -1,6 +1,5 @@
 """Sliding-window inference (src/inference/tiling.py) and letterboxed inputs, alone and through inference.py."""
 
-import json
 import subprocess
 import sys
 
@@ -19,12 +18,14 @@ from tests.test_inference import REPO
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("length, window, overlap", [(100, 16, 0.25), (64, 16, 0.5), (17, 16, 0.25), (16, 16, 0.5), (10, 16, 0.25)])
+@pytest.mark.parametrize(
+    "length, window, overlap", [(100, 16, 0.25), (64, 16, 0.5), (17, 16, 0.25), (16, 16, 0.5), (10, 16, 0.25)]
+)
 def test_windows_cover_every_pixel_with_the_asked_overlap(length, window, overlap):
     starts = tile_starts(length, window, overlap)
     covered = np.zeros(max(length, window), dtype=bool)
     for start in starts:
-        covered[start:start + window] = True
+        covered[start : start + window] = True
     assert covered[:length].all() and starts[0] == 0 and starts[-1] + window == max(length, window)
     steps = np.diff(starts)
     assert all(0 < step <= window * (1 - overlap) for step in steps)
@@ -46,7 +47,9 @@ def test_blending_a_per_pixel_answer_gives_it_back_exactly():
         seen.append(tiles.shape)
         return tiles[:, :2], tiles[:, 2]  # 2 "classes" and an "uncertainty" from the pixels themselves
 
-    probabilities, uncertainty = sliding_window(image, (16, 16), run, num_channels=2, overlap=0.5, batch_size=3, progress=False)
+    probabilities, uncertainty = sliding_window(
+        image, (16, 16), run, num_channels=2, overlap=0.5, batch_size=3, progress=False
+    )
     expected = image.astype(np.float32) / 255
     np.testing.assert_allclose(probabilities, expected[..., :2].transpose(2, 0, 1), atol=1e-6)
     np.testing.assert_allclose(uncertainty, expected[..., 2], atol=1e-6)
@@ -63,8 +66,11 @@ class _EchoModel:
     def __call__(self, images, steps, ensemble, threshold, seed, **sampler_options):
         self.calls.append(tuple(images.shape))
         probabilities = images[:, :1].clone()
-        return SegmentationOutput(probabilities=probabilities, mask=(probabilities[:, 0] > threshold).long(),
-                                  uncertainty=torch.zeros_like(probabilities[:, 0]))
+        return SegmentationOutput(
+            probabilities=probabilities,
+            mask=(probabilities[:, 0] > threshold).long(),
+            uncertainty=torch.zeros_like(probabilities[:, 0]),
+        )
 
 
 @pytest.mark.parametrize("resize, tile", [("pad", False), ("stretch", True), ("stretch", None)])
@@ -81,15 +87,37 @@ def test_letterboxed_and_tiled_predictions_land_on_the_original_pixels(resize, t
         np.testing.assert_allclose(prediction.probabilities[0], image[..., 0] / 255, atol=1e-6)
     else:  # one letterboxed call; cropped and resized back, the bright band is where it was
         assert echo.calls == [(1, 3, 16, 16)]
-        assert prediction.mask[:, 34:56].all() and not prediction.mask[:, :26].any() and not prediction.mask[:, 64:].any()
+        assert (
+            prediction.mask[:, 34:56].all() and not prediction.mask[:, :26].any() and not prediction.mask[:, 64:].any()
+        )
 
 
 def test_tile_through_inference_py_for_a_multiclass_ensemble(tmp_path):
     checkpoint = write_checkpoint(tiny_model(num_classes=3), tmp_path / "three.pth")
     source = write_image(tmp_path / "big.png", (70, 45))  # (W, H): over 2x the 16 px model, so tiled unasked
-    result = subprocess.run([sys.executable, "inference.py", "--checkpoint", str(checkpoint), "--input", str(source),
-                             "--output", str(tmp_path / "out"), "--steps", "2", "--ensemble", "2", "--tile-overlap", "0.5"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120, env=ONE_THREAD_ENV)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "inference.py",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            "--steps",
+            "2",
+            "--ensemble",
+            "2",
+            "--tile-overlap",
+            "0.5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ONE_THREAD_ENV,
+    )
     assert result.returncode == 0, result.stderr
     count = len(windows((45, 70), (16, 16), 0.5))
     assert f"tiles:   0%|          | 0/{count}" in result.stderr  # the progress bar over the windows

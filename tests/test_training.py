@@ -10,22 +10,52 @@ import numpy as np
 import pytest
 import torch
 
-from src.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from src.checkpoint import load_checkpoint
 from src.device import select_runtime
 from src.models import DiffusionConfig, DiffusionSegmentation, SegmentationOutput
 from src.training import TrainConfig, TrainingError, train
 from src.training.validation import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = DiffusionConfig(image_size=(16, 16), base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                             attention_resolutions=(2,), num_heads=2, timesteps=100)
-TINY_FLAGS = ["--image-size", "16", "--base-channels", "8", "--channel-mults", "1,2", "--num-res-blocks", "1",
-              "--attention-resolutions", "2", "--timesteps", "100"]
+TINY_MODEL = DiffusionConfig(
+    image_size=(16, 16),
+    base_channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    num_heads=2,
+    timesteps=100,
+)
+TINY_FLAGS = [
+    "--image-size",
+    "16",
+    "--base-channels",
+    "8",
+    "--channel-mults",
+    "1,2",
+    "--num-res-blocks",
+    "1",
+    "--attention-resolutions",
+    "2",
+    "--timesteps",
+    "100",
+]
 
 
 def tiny_train_config(tmp_path, **overrides) -> TrainConfig:
-    values = dict(synthetic=True, synthetic_samples=16, batch_size=4, epochs=2, lr=1e-3, warmup_steps=2,
-                  output_dir=str(tmp_path), val_steps=2, save_every=1, progress=False, seed=3)
+    values = dict(
+        synthetic=True,
+        synthetic_samples=16,
+        batch_size=4,
+        epochs=2,
+        lr=1e-3,
+        warmup_steps=2,
+        output_dir=str(tmp_path),
+        val_steps=2,
+        save_every=1,
+        progress=False,
+        seed=3,
+    )
     return TrainConfig(**{**values, **overrides})
 
 
@@ -38,11 +68,33 @@ def run_cli(*args, cwd=REPO):
 
 
 def test_short_synthetic_run_writes_checkpoints_history_and_plots(tmp_path):
-    result = run_cli("--synthetic", "--synthetic-samples", "16", "--batch-size", "4", "--epochs", "2", "--save-every", "1",
-                     "--val-steps", "2", "--output-dir", str(tmp_path), "--no-progress", *TINY_FLAGS)
+    result = run_cli(
+        "--synthetic",
+        "--synthetic-samples",
+        "16",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--save-every",
+        "1",
+        "--val-steps",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+        "--no-progress",
+        *TINY_FLAGS,
+    )
     assert result.returncode == 0, result.stderr
-    for name in ("last.pth", "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "history.json",
-                 "training_curves.png", "val_predictions.png"):
+    for name in (
+        "last.pth",
+        "best.pth",
+        "checkpoint_epoch_1.pth",
+        "checkpoint_epoch_2.pth",
+        "history.json",
+        "training_curves.png",
+        "val_predictions.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     history = json.loads((tmp_path / "history.json").read_text())
     assert [e["epoch"] for e in history] == [1, 2]
@@ -156,7 +208,9 @@ def test_validation_dice_and_iou_against_hand_made_masks():
     probs = torch.zeros(2, 1, 8, 8)
     probs[0, 0, :4, :4] = 1  # predicts the top-left quarter (64 px at 16x16)
     probs[1, 0] = 0  # predicts nothing for the empty mask: Dice 1
-    scores = evaluate(_KnownModel(probs), _HandMadeMasks([truth_a, truth_b]), select_runtime("cpu", "fp32"), batch_size=1)
+    scores = evaluate(
+        _KnownModel(probs), _HandMadeMasks([truth_a, truth_b]), select_runtime("cpu", "fp32"), batch_size=1
+    )
     dice_a = 2 * 64 / (64 + 128)
     iou_a = 64 / 128
     assert scores["per_image"][0]["dice"] == pytest.approx(dice_a)
@@ -178,9 +232,29 @@ def test_cli_misuse_is_a_one_line_error(tmp_path):
 
 def test_wandb_missing_is_a_clear_error_or_logs_offline(tmp_path):
     result = subprocess.run(
-        [sys.executable, "train.py", "--synthetic", "--synthetic-samples", "8", "--batch-size", "4", "--epochs", "1",
-         "--val-steps", "1", "--output-dir", str(tmp_path), "--no-progress", "--wandb", *TINY_FLAGS],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
+        [
+            sys.executable,
+            "train.py",
+            "--synthetic",
+            "--synthetic-samples",
+            "8",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--val-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--no-progress",
+            "--wandb",
+            *TINY_FLAGS,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
     )
     try:
         import wandb  # noqa: F401
@@ -211,8 +285,20 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     worker.write_text(DDP_WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(worker), str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(worker),
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -265,11 +351,15 @@ def test_resumed_budget_run_keeps_its_clock(tmp_path, monkeypatch):
     from src.training import trainer
 
     monkeypatch.setattr(trainer, "time", SlowingClock(slow_after=10**9))
-    first = train(tiny_train_config(tmp_path, epochs=100, max_minutes=0.05, val_every=1000, save_every=1000), TINY_MODEL)
+    first = train(
+        tiny_train_config(tmp_path, epochs=100, max_minutes=0.05, val_every=1000, save_every=1000), TINY_MODEL
+    )
     state = load_checkpoint(first.last_checkpoint)
     assert first.stopped_early and state["scheduler"]["elapsed_seconds"] >= 3.0
     # --max-minutes counts the whole run: resumed with the same budget it has nothing left to do
-    again = train(tiny_train_config(tmp_path, epochs=100, max_minutes=0.05, resume=str(first.last_checkpoint)), TINY_MODEL)
+    again = train(
+        tiny_train_config(tmp_path, epochs=100, max_minutes=0.05, resume=str(first.last_checkpoint)), TINY_MODEL
+    )
     assert again.steps == first.steps
 
 
@@ -285,9 +375,32 @@ def class_id_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("class_ids")
     data = write_class_id_dataset(root / "data")
     out = root / "run"
-    args = ["--image-dir", str(data / "images"), "--mask-dir", str(data / "masks"), "--num-classes", "3", "--ignore-index", "255",
-            "--resize", "pad", "--epochs", "1", "--batch-size", "4", "--val-steps", "2", "--no-progress", "--output-dir", str(out),
-            *TINY_FLAGS, "--image-size", "16x32", "--patch-size", "2"]
+    args = [
+        "--image-dir",
+        str(data / "images"),
+        "--mask-dir",
+        str(data / "masks"),
+        "--num-classes",
+        "3",
+        "--ignore-index",
+        "255",
+        "--resize",
+        "pad",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--val-steps",
+        "2",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *TINY_FLAGS,
+        "--image-size",
+        "16x32",
+        "--patch-size",
+        "2",
+    ]
     return data, out, args, run_cli(*args)
 
 
@@ -334,8 +447,9 @@ def test_too_few_pairs_for_a_split_say_so(tiny_dataset):
     config = TrainConfig(image_dir=str(tiny_dataset / "images"), mask_dir=str(tiny_dataset / "masks"), batch_size=2)
     data = build_training_data(config, TINY_MODEL)
     assert data.val_dataset is None
-    assert data.notes == ["validation: none: 6 pairs are too few to hold out 10 % (fewer than 10); "
-                          "--val-split F holds out a share anyway"]
+    assert data.notes == [
+        "validation: none: 6 pairs are too few to hold out 10 % (fewer than 10); --val-split F holds out a share anyway"
+    ]
 
 
 def test_class_id_masks_trained_as_binary_are_named(tmp_path):
@@ -349,9 +463,14 @@ def test_class_id_masks_trained_as_binary_are_named(tmp_path):
 
 
 def test_train_config_validates_itself():
-    for values, message in (({"batch_size": 0}, "batch_size must be >= 1"), ({"resize": "crop"}, "resize must be one of"),
-                            ({"val_split": 1.0}, "val_split must be 0"), ({"lr": 0}, "lr must be > 0"),
-                            ({"precision": "fp8"}, "precision must be one of"), ({"ema_decay": 1.0}, "ema_decay")):
+    for values, message in (
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"resize": "crop"}, "resize must be one of"),
+        ({"val_split": 1.0}, "val_split must be 0"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+    ):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**values)
 

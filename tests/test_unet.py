@@ -8,8 +8,15 @@ from src.models.unet import UNet
 
 
 def tiny_unet(**overrides) -> UNet:
-    kwargs = dict(in_channels=4, out_channels=1, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
-                  attention_resolutions=(4,), num_heads=2)
+    kwargs = dict(
+        in_channels=4,
+        out_channels=1,
+        base_channels=8,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_heads=2,
+    )
     return UNet(**{**kwargs, **overrides})
 
 

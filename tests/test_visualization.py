@@ -24,7 +24,6 @@ from utils.visualization import (
     uncertainty_to_rgb,
 )
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,8 +49,15 @@ def test_training_curves_accept_epochs_without_validation(tmp_path):
 def test_prediction_grid_columns_and_rows(tmp_path, channels, num_classes):
     images = torch.rand(5, channels, 16, 16)
     masks = torch.randint(0, max(num_classes, 2), (5, 16, 16))
-    full = save_prediction_grid(images, masks, masks, tmp_path / "full.png", uncertainty=torch.rand(5, 16, 16) * 0.5,
-                                num_classes=num_classes, max_rows=4)
+    full = save_prediction_grid(
+        images,
+        masks,
+        masks,
+        tmp_path / "full.png",
+        uncertainty=torch.rand(5, 16, 16) * 0.5,
+        num_classes=num_classes,
+        max_rows=4,
+    )
     bare = save_prediction_grid(images, None, masks, tmp_path / "bare.png", num_classes=num_classes, max_rows=2)
     (full_w, full_h), (bare_w, bare_h) = png_size(full), png_size(bare)
     assert full_w > bare_w and full_h > bare_h  # 4 columns x 4 rows vs 2 columns x 2 rows
@@ -95,8 +101,15 @@ def test_diffusion_figures_and_gif(tmp_path):
     image = torch.rand(3, 16, 16)
     frames = torch.randn(4, 1, 16, 16)
     forward = save_forward_diffusion(frames, [0, 10, 50, 99], tmp_path / "forward.png", image=image)
-    reverse = save_reverse_process(image, [99, 66, 33, 0], frames, frames.tanh(), tmp_path / "reverse.png",
-                                   final_mask=torch.zeros(16, 16, dtype=torch.long), next_timesteps=[66, 33, 0, -1])
+    reverse = save_reverse_process(
+        image,
+        [99, 66, 33, 0],
+        frames,
+        frames.tanh(),
+        tmp_path / "reverse.png",
+        final_mask=torch.zeros(16, 16, dtype=torch.long),
+        next_timesteps=[66, 33, 0, -1],
+    )
     assert png_size(forward)[0] > png_size(forward)[1]  # one wide row
     assert png_size(reverse)[0] > 0
     gif = save_process_gif(image, frames, frames, tmp_path / "process.gif")

@@ -34,8 +34,9 @@ class DualRandomRotation(v2.RandomRotation):
     """
 
     def __init__(self, degrees: float = 15.0, mask_fill: int = 0):
-        super().__init__(degrees, interpolation=InterpolationMode.BILINEAR,
-                         fill={tv_tensors.Image: 0, tv_tensors.Mask: mask_fill})
+        super().__init__(
+            degrees, interpolation=InterpolationMode.BILINEAR, fill={tv_tensors.Image: 0, tv_tensors.Mask: mask_fill}
+        )
 
 
 class DualRandomResizedCrop(v2.RandomResizedCrop):
@@ -76,4 +77,9 @@ def build_augmentations(mode: str, image_size: int | tuple[int, int], mask_fill:
     flips = [DualRandomHorizontalFlip(p=0.5), DualRandomVerticalFlip(p=0.3)]
     if mode == "medium":
         return [*flips, DualRandomRotation(degrees=15, mask_fill=mask_fill), ColorJitter()]
-    return [*flips, DualRandomRotation(degrees=30, mask_fill=mask_fill), DualRandomResizedCrop(image_size), ColorJitter()]
+    return [
+        *flips,
+        DualRandomRotation(degrees=30, mask_fill=mask_fill),
+        DualRandomResizedCrop(image_size),
+        ColorJitter(),
+    ]

@@ -24,26 +24,40 @@ from utils.augmentations import (
     build_augmentations,
 )
 from utils.errors import DatasetError, DatasetWarning, Issue
-from utils.image_io import (
-    IMAGE_EXTENSIONS,
-)
+from utils.image_io import IMAGE_EXTENSIONS
 from utils.pairing import MASK_SUFFIXES, Pair, find_pairs, read_split_file, split_pairs
 from utils.segmentation_dataset import SegmentationDataset, discover_pairs
 from utils.synthetic import SyntheticSegmentationDataset, make_synthetic_pair, synthetic_split, write_synthetic_dataset
 
 __all__ = [
-    "AUGMENTATION_MODES", "IMAGE_EXTENSIONS", "MASK_SUFFIXES",
-    "ColorJitter", "DualRandomHorizontalFlip", "DualRandomResizedCrop", "DualRandomRotation",
-    "DualRandomVerticalFlip", "build_augmentations",
-    "DatasetError", "DatasetWarning", "Issue",
-    "SegmentationDataset", "SyntheticSegmentationDataset", "discover_pairs", "find_pairs",
-    "load_dataset", "load_synthetic_dataset", "make_synthetic_pair", "read_split_file",
-    "split_pairs", "write_synthetic_dataset",
+    "AUGMENTATION_MODES",
+    "IMAGE_EXTENSIONS",
+    "MASK_SUFFIXES",
+    "ColorJitter",
+    "DualRandomHorizontalFlip",
+    "DualRandomResizedCrop",
+    "DualRandomRotation",
+    "DualRandomVerticalFlip",
+    "build_augmentations",
+    "DatasetError",
+    "DatasetWarning",
+    "Issue",
+    "SegmentationDataset",
+    "SyntheticSegmentationDataset",
+    "discover_pairs",
+    "find_pairs",
+    "load_dataset",
+    "load_synthetic_dataset",
+    "make_synthetic_pair",
+    "read_split_file",
+    "split_pairs",
+    "write_synthetic_dataset",
 ]
 
 # With no split given, hold out this share for validation, when there are at least MIN_PAIRS_TO_SPLIT pairs
 AUTO_VAL_SPLIT = 0.1
 MIN_PAIRS_TO_SPLIT = 10
+
 
 def _make_loader(
     dataset: Dataset,
@@ -59,8 +73,9 @@ def _make_loader(
     instead (the trainer calls ``loader.sampler.set_epoch(epoch)``)."""
     sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last) if distributed else None
     if drop_last and len(dataset) < batch_size:
-        warnings.warn(f"{len(dataset)} samples < batch_size {batch_size} with drop_last: no batches",
-                      DatasetWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(dataset)} samples < batch_size {batch_size} with drop_last: no batches", DatasetWarning, stacklevel=3
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -81,7 +96,8 @@ def is_presplit(data_dir: str | Path | None) -> bool:
         return False
     root = Path(data_dir)
     return ((root / "train" / "images").is_dir() and (root / "val" / "images").is_dir()) or all(
-        (root / "splits" / name).is_file() for name in ("train.txt", "val.txt"))
+        (root / "splits" / name).is_file() for name in ("train.txt", "val.txt")
+    )
 
 
 def auto_val_split(num_pairs: int) -> float | None:
@@ -111,19 +127,22 @@ def _split_sources(
             if val_split == "auto":
                 val_split = None
             if val_split is not None:
-                warnings.warn(f"{root} is already split into train/ and val/: val_split ignored",
-                              DatasetWarning, stacklevel=3)
+                warnings.warn(
+                    f"{root} is already split into train/ and val/: val_split ignored", DatasetWarning, stacklevel=3
+                )
             train = discover_pairs(root / "train" / "images", root / "train" / "masks", None, skip_invalid)
             val = discover_pairs(root / "val" / "images", root / "val" / "masks", None, skip_invalid)
             return train, val
         if not (root / "images").is_dir():
             raise DatasetError(
-                f"{root}: expected train/ and val/ (each with images/ and masks/), or images/ and masks/")
+                f"{root}: expected train/ and val/ (each with images/ and masks/), or images/ and masks/"
+            )
         image_dir, mask_dir = root / "images", root / "masks"
         split_files = (root / "splits" / "train.txt", root / "splits" / "val.txt")
         if val_split in (None, "auto") and all(path.is_file() for path in split_files):
-            train, val = (discover_pairs(image_dir, mask_dir, read_split_file(path), skip_invalid)
-                          for path in split_files)
+            train, val = (
+                discover_pairs(image_dir, mask_dir, read_split_file(path), skip_invalid) for path in split_files
+            )
             return train, val
     if image_dir is None or mask_dir is None:
         raise ValueError("give image_dir and mask_dir, or data_dir")
@@ -161,7 +180,8 @@ def load_dataset(
 
     Returns two loaders when ``val_split`` is set (seeded split of the pairs) or when
     ``data_dir`` is pre-split (see ``_split_sources``). ``val_split="auto"`` holds out
-    AUTO_VAL_SPLIT of the pairs when there are at least MIN_PAIRS_TO_SPLIT (one loader otherwise). Only the training set is augmented
+    AUTO_VAL_SPLIT of the pairs when there are at least MIN_PAIRS_TO_SPLIT (one loader otherwise).
+    Only the training set is augmented
     (``augmentation_mode``) and shuffled; the validation loader keeps stem order.
     ``loader.dataset`` is the SegmentationDataset itself.
     Every file is decoded (and cached, with ``cache``) here, before any training step:
@@ -172,8 +192,16 @@ def load_dataset(
     if augmentation_mode not in AUGMENTATION_MODES:
         raise ValueError(f"augmentation_mode must be one of {AUGMENTATION_MODES}, got {augmentation_mode!r}")
     train_pairs, val_pairs = _split_sources(image_dir, mask_dir, data_dir, val_split, seed, skip_invalid)
-    common = dict(image_size=image_size, mask_threshold=mask_threshold, num_classes=num_classes,
-                  in_channels=in_channels, skip_invalid=skip_invalid, cache=cache, ignore_index=ignore_index, resize=resize)
+    common = dict(
+        image_size=image_size,
+        mask_threshold=mask_threshold,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        skip_invalid=skip_invalid,
+        cache=cache,
+        ignore_index=ignore_index,
+        resize=resize,
+    )
     train_set = SegmentationDataset.from_pairs(train_pairs, augmentations=augmentation_mode, **common).preload()
     train_loader = _make_loader(train_set, batch_size, shuffle, num_workers, pin_memory, seed, drop_last, distributed)
     if val_pairs is None:
@@ -203,8 +231,9 @@ def load_synthetic_dataset(
     num_val = 0 if val_split is None else max(1, int(round(num_samples * val_split)))
     if num_val >= num_samples:
         raise ValueError(f"val_split={val_split} of {num_samples} samples leaves no training data")
-    train_set, val_set = synthetic_split(num_samples - num_val, num_val, seed, image_size=image_size,
-                                         num_classes=num_classes, in_channels=in_channels)
+    train_set, val_set = synthetic_split(
+        num_samples - num_val, num_val, seed, image_size=image_size, num_classes=num_classes, in_channels=in_channels
+    )
     train_loader = _make_loader(train_set, batch_size, shuffle, num_workers, False, seed, drop_last, distributed)
     if val_set is None:
         return train_loader

@@ -19,8 +19,17 @@ from tqdm import tqdm
 from utils.dataset_checks import check_pair_header
 from utils.errors import ISSUE_KINDS, DatasetError, Issue, display_path
 from utils.image_io import (
-    JPEG_EXTENSIONS, ClassIds, class_id_hint, displayed_size, load_image, looks_like_class_ids, mask_to_labels, open_image,
-    read_mask_values, values_are_binary, void_label,
+    JPEG_EXTENSIONS,
+    ClassIds,
+    class_id_hint,
+    displayed_size,
+    load_image,
+    looks_like_class_ids,
+    mask_to_labels,
+    open_image,
+    read_mask_values,
+    values_are_binary,
+    void_label,
 )
 from utils.pairing import find_pairs, list_image_files
 
@@ -90,16 +99,24 @@ def inspect_pair(
         report.issues.append(Issue("empty_mask", f"{name}: mask is all background", (mask_path,), fatal=False))
     if num_classes == 1 and (is_colour or not values_are_binary(values, value_max)):
         levels = len(np.unique(values))
-        report.issues.append(Issue(
-            "grey_mask",
-            f"{name}: {levels} grey levels{' (colour)' if is_colour else ''}; "
-            f"thresholded at {mask_threshold:g} of {value_max:g}",
-            (mask_path,), fatal=False,
-        ))
+        report.issues.append(
+            Issue(
+                "grey_mask",
+                f"{name}: {levels} grey levels{' (colour)' if is_colour else ''}; "
+                f"thresholded at {mask_threshold:g} of {value_max:g}",
+                (mask_path,),
+                fatal=False,
+            )
+        )
     if mask_path.suffix.lower() in JPEG_EXTENSIONS:
-        report.issues.append(Issue(
-            "lossy_mask", f"{name}: JPEG mask; lossless PNG keeps edges and class ids exact", (mask_path,), fatal=False
-        ))
+        report.issues.append(
+            Issue(
+                "lossy_mask",
+                f"{name}: JPEG mask; lossless PNG keeps edges and class ids exact",
+                (mask_path,),
+                fatal=False,
+            )
+        )
     return report
 
 
@@ -110,11 +127,16 @@ def class_id_masks(reports: list[PairReport], ignore_index: int | None = None) -
     if not decoded or any(r.levels is None or r.is_colour for r in decoded):
         return None
     levels = set().union(*(r.levels for r in decoded))
-    return looks_like_class_ids(levels, max(r.value_max for r in decoded), ignore_index) if len(levels) <= MAX_LEVELS else None
+    return (
+        looks_like_class_ids(levels, max(r.value_max for r in decoded), ignore_index)
+        if len(levels) <= MAX_LEVELS
+        else None
+    )
 
 
 def drop_binary_mask_issues(reports: list[PairReport]) -> None:
-    """Class-id masks are neither grey nor empty binary masks: no such warnings, nothing for --fix-issues to binarise."""
+    """Class-id masks are neither grey nor empty binary masks: no such warnings, nothing for
+    --fix-issues to binarise."""
     for report in reports:
         report.issues = [issue for issue in report.issues if issue.kind not in ("grey_mask", "empty_mask")]
 
@@ -123,8 +145,12 @@ def _stats(values: list[float]) -> dict:
     if not values:
         return {}
     array = np.asarray(values, dtype=np.float64)
-    return {"min": float(array.min()), "max": float(array.max()), "mean": float(array.mean()),
-            "median": float(np.median(array))}
+    return {
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "mean": float(array.mean()),
+        "median": float(np.median(array)),
+    }
 
 
 def recommendations(summary: dict) -> list[str]:
@@ -136,8 +162,10 @@ def recommendations(summary: dict) -> list[str]:
     if num_pairs == 0:
         advice.append("no image/mask pairs: check --image-dir and --mask-dir (see Issues)")
     elif num_pairs < 100:
-        advice.append(f"{num_pairs} pairs is a small dataset: use augmentation_mode 'light', more epochs, "
-                      "and consider mixing in synthetic data")
+        advice.append(
+            f"{num_pairs} pairs is a small dataset: use augmentation_mode 'light', more epochs, "
+            "and consider mixing in synthetic data"
+        )
     elif num_pairs <= 1000:
         advice.append(f"{num_pairs} pairs: use augmentation_mode 'medium' and a validation split (val_split=0.2)")
     else:
@@ -145,12 +173,16 @@ def recommendations(summary: dict) -> list[str]:
     short_sides = summary.get("short_side", {})
     if short_sides:
         fitting = [size for size in IMAGE_SIZE_CHOICES if size <= short_sides["median"]] or [IMAGE_SIZE_CHOICES[0]]
-        advice.append(f"median short side is {short_sides['median']:.0f} px: image_size {fitting[-1]} keeps "
-                      "detail without upsampling (smaller is faster)")
+        advice.append(
+            f"median short side is {short_sides['median']:.0f} px: image_size {fitting[-1]} keeps "
+            "detail without upsampling (smaller is faster)"
+        )
     aspect = summary.get("aspect_ratio", {})
     if aspect and aspect["max"] / max(aspect["min"], 1e-9) > 1.5:
-        advice.append(f"aspect ratios range {aspect['min']:.2f}-{aspect['max']:.2f}: images are stretched to "
-                      "image_size; train with --resize pad to keep their shape")
+        advice.append(
+            f"aspect ratios range {aspect['min']:.2f}-{aspect['max']:.2f}: images are stretched to "
+            "image_size; train with --resize pad to keep their shape"
+        )
     if summary["distinct_sizes"] > 1:
         advice.append(f"{summary['distinct_sizes']} distinct image sizes: all are resized to image_size")
     foreground = summary.get("foreground_fraction", {})
@@ -158,8 +190,10 @@ def recommendations(summary: dict) -> list[str]:
         advice.append(f"objects are small (mean foreground {foreground['mean']:.1%}): prefer a larger image_size")
     kinds = summary["issue_counts"]
     if kinds.get("grey_mask"):
-        advice.append(f"{kinds['grey_mask']} masks are not strictly binary (JPEG or anti-aliased): they are "
-                      "thresholded at mask_threshold; `--action validate --fix-issues` saves binary PNGs")
+        advice.append(
+            f"{kinds['grey_mask']} masks are not strictly binary (JPEG or anti-aliased): they are "
+            "thresholded at mask_threshold; `--action validate --fix-issues` saves binary PNGs"
+        )
     if any(kind not in ("grey_mask", "empty_mask") for kind in kinds):
         advice.append("run `--action validate` to list every problem (and `--fix-issues` for the safe ones)")
     return advice
@@ -173,8 +207,10 @@ def class_histogram(reports: list, num_classes: int) -> dict:
         counts = np.asarray(report.class_counts[: len(class_pixels)])
         class_pixels[: len(counts)] += counts
         class_images[: len(counts)] += counts > 0
-    return {str(c): {"pixel_fraction": float(class_pixels[c] / max(class_pixels.sum(), 1)), "images": int(class_images[c])}
-            for c in range(len(class_pixels))}
+    return {
+        str(c): {"pixel_fraction": float(class_pixels[c] / max(class_pixels.sum(), 1)), "images": int(class_images[c])}
+        for c in range(len(class_pixels))
+    }
 
 
 def analyze_dataset(
@@ -192,8 +228,10 @@ def analyze_dataset(
     """
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     pairing = find_pairs(image_dir, mask_dir)
-    reports = [inspect_pair(image, mask, num_classes, mask_threshold, decode_image=False, ignore_index=ignore_index)
-               for image, mask in tqdm(pairing.pairs, desc="Analyzing", disable=None)]
+    reports = [
+        inspect_pair(image, mask, num_classes, mask_threshold, decode_image=False, ignore_index=ignore_index)
+        for image, mask in tqdm(pairing.pairs, desc="Analyzing", disable=None)
+    ]
     class_ids = class_id_masks(reports, ignore_index) if num_classes == 1 else None
     if class_ids:
         drop_binary_mask_issues(reports)
@@ -236,11 +274,15 @@ def format_summary(summary: dict) -> str:
     """The analysis as Markdown (also printed to the terminal)."""
     counts = summary["counts"]
     lines = [
-        "# Dataset analysis", "",
-        f"- images: {summary['image_dir']}", f"- masks: {summary['mask_dir']}", "",
-        "## Counts", "",
-        f"{counts['images']} images, {counts['masks']} masks, {counts['pairs']} pairs, "
-        f"{counts['usable_pairs']} usable", "",
+        "# Dataset analysis",
+        "",
+        f"- images: {summary['image_dir']}",
+        f"- masks: {summary['mask_dir']}",
+        "",
+        "## Counts",
+        "",
+        f"{counts['images']} images, {counts['masks']} masks, {counts['pairs']} pairs, {counts['usable_pairs']} usable",
+        "",
     ]
     if summary.get("class_id_masks"):
         lines[2:2] = [f"**Note:** {class_id_hint(ClassIds(**summary['class_id_masks']))}", ""]
@@ -248,25 +290,43 @@ def format_summary(summary: dict) -> str:
         width, height, aspect = summary["width"], summary["height"], summary["aspect_ratio"]
         common = ", ".join(f"{size} ({n})" for size, n in summary["common_sizes"])
         lines += [
-            "## Image sizes", "",
-            "| | min | median | mean | max |", "|---|---|---|---|---|",
-            *(f"| {name} | {s['min']:.4g} | {s['median']:.4g} | {s['mean']:.4g} | {s['max']:.4g} |"
-              for name, s in (("width", width), ("height", height), ("aspect (w/h)", aspect))),
-            "", f"{summary['distinct_sizes']} distinct sizes; most common: {common}",
+            "## Image sizes",
+            "",
+            "| | min | median | mean | max |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {name} | {s['min']:.4g} | {s['median']:.4g} | {s['mean']:.4g} | {s['max']:.4g} |"
+                for name, s in (("width", width), ("height", height), ("aspect (w/h)", aspect))
+            ),
+            "",
+            f"{summary['distinct_sizes']} distinct sizes; most common: {common}",
             f"formats: {summary['formats']}; image modes: {summary['image_modes']}; "
-            f"mask modes: {summary['mask_modes']}", "",
+            f"mask modes: {summary['mask_modes']}",
+            "",
         ]
     if summary["foreground_fraction"]:
         fg = summary["foreground_fraction"]
         ignored = summary.get("ignored_fraction")
-        lines += ["## Masks", "",
-                  f"foreground fraction: min {fg['min']:.3f}, median {fg['median']:.3f}, "
-                  f"mean {fg['mean']:.3f}, max {fg['max']:.3f}", "",
-                  *([f"ignored fraction (value {summary['ignore_index']}): min {ignored['min']:.3f}, "
-                     f"mean {ignored['mean']:.3f}, max {ignored['max']:.3f}", ""] if ignored else []),
-                  "| class | pixel fraction | images |", "|---|---|---|",
-                  *(f"| {c} | {h['pixel_fraction']:.4f} | {h['images']} |"
-                    for c, h in summary["class_histogram"].items()), ""]
+        lines += [
+            "## Masks",
+            "",
+            f"foreground fraction: min {fg['min']:.3f}, median {fg['median']:.3f}, "
+            f"mean {fg['mean']:.3f}, max {fg['max']:.3f}",
+            "",
+            *(
+                [
+                    f"ignored fraction (value {summary['ignore_index']}): min {ignored['min']:.3f}, "
+                    f"mean {ignored['mean']:.3f}, max {ignored['max']:.3f}",
+                    "",
+                ]
+                if ignored
+                else []
+            ),
+            "| class | pixel fraction | images |",
+            "|---|---|---|",
+            *(f"| {c} | {h['pixel_fraction']:.4f} | {h['images']} |" for c, h in summary["class_histogram"].items()),
+            "",
+        ]
     lines += ["## Issues", ""]
     lines += [f"- {kind}: {n} ({ISSUE_KINDS.get(kind, '')})" for kind, n in summary["issue_counts"].items()]
     lines += ["- none"] if not summary["issue_counts"] else []

@@ -23,7 +23,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.dataset_analysis import (
-    PairReport, analyze_dataset, class_id_masks, drop_binary_mask_issues, format_summary, inspect_pair,
+    PairReport,
+    analyze_dataset,
+    class_id_masks,
+    drop_binary_mask_issues,
+    format_summary,
+    inspect_pair,
 )
 from utils.errors import ISSUE_KINDS, DatasetError, Issue, display_path
 from utils.image_io import as_size, class_id_hint, load_labels, resize_labels, void_label
@@ -57,10 +62,14 @@ def find_duplicate_images(paths: list[Path]) -> list[Issue]:
         except OSError:  # a broken link or unreadable file: already reported as unreadable
             continue
     return [
-        Issue("duplicate_image",
-              f"{', '.join(display_path(p) for p in group)}: identical files (may leak between train and val)",
-              tuple(group), fatal=False)
-        for group in groups.values() if len(group) > 1
+        Issue(
+            "duplicate_image",
+            f"{', '.join(display_path(p) for p in group)}: identical files (may leak between train and val)",
+            tuple(group),
+            fatal=False,
+        )
+        for group in groups.values()
+        if len(group) > 1
     ]
 
 
@@ -77,7 +86,11 @@ def backup_file(path: Path, backup_dir: Path) -> Path:
 
 
 def fix_mask(
-    report: PairReport, backup_dir: Path, num_classes: int = 1, mask_threshold: float = 0.5, ignore_index: int | None = None
+    report: PairReport,
+    backup_dir: Path,
+    num_classes: int = 1,
+    mask_threshold: float = 0.5,
+    ignore_index: int | None = None,
 ) -> tuple[Path, Path]:
     """Rewrite a mask as a lossless 8-bit PNG at its image's size, after backing it up.
 
@@ -147,8 +160,10 @@ def validate_dataset(
     """
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     pairing = find_pairs(image_dir, mask_dir)
-    reports = [inspect_pair(image, mask, num_classes, mask_threshold, ignore_index=ignore_index)
-               for image, mask in tqdm(pairing.pairs, desc="Validating", disable=None)]
+    reports = [
+        inspect_pair(image, mask, num_classes, mask_threshold, ignore_index=ignore_index)
+        for image, mask in tqdm(pairing.pairs, desc="Validating", disable=None)
+    ]
     result = ValidationResult(len(pairing.pairs), [])
     class_ids = class_id_masks(reports, ignore_index) if num_classes == 1 else None
     if class_ids:
@@ -168,33 +183,49 @@ def validate_dataset(
                 report.issues += error.issues
                 continue
             except OSError as error:  # backup or write failed (disk full, read-only): the mask is unchanged
-                report.issues.append(Issue(
-                    "fix_failed", f"{display_path(report.mask_path)}: not fixed, left unchanged: "
-                                  f"{error.strerror or error}{f' ({error.filename})' if error.filename else ''}",
-                    (report.mask_path,)))
+                report.issues.append(
+                    Issue(
+                        "fix_failed",
+                        f"{display_path(report.mask_path)}: not fixed, left unchanged: "
+                        f"{error.strerror or error}{f' ({error.filename})' if error.filename else ''}",
+                        (report.mask_path,),
+                    )
+                )
                 continue
             report.issues = [issue for issue in report.issues if issue.kind not in FIXABLE_KINDS]
 
-    result.issues = (pairing.issues + [issue for report in reports for issue in report.issues]
-                     + find_duplicate_images([image for image, _ in pairing.pairs]))
+    result.issues = (
+        pairing.issues
+        + [issue for report in reports for issue in report.issues]
+        + find_duplicate_images([image for image, _ in pairing.pairs])
+    )
     print(format_validation(result, image_dir, mask_dir))
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "validation.json").write_text(json.dumps({
-            "pairs": result.num_pairs,
-            "ok": result.ok,
-            "issues": [{"kind": i.kind, "fatal": i.fatal, "message": i.message, "paths": [str(p) for p in i.paths]}
-                       for i in result.issues],
-            "fixed": [{"file": str(new), "backup": str(backup)} for new, backup in result.fixed],
-        }, indent=2))
+        (Path(output_dir) / "validation.json").write_text(
+            json.dumps(
+                {
+                    "pairs": result.num_pairs,
+                    "ok": result.ok,
+                    "issues": [
+                        {"kind": i.kind, "fatal": i.fatal, "message": i.message, "paths": [str(p) for p in i.paths]}
+                        for i in result.issues
+                    ],
+                    "fixed": [{"file": str(new), "backup": str(backup)} for new, backup in result.fixed],
+                },
+                indent=2,
+            )
+        )
     return result
 
 
 def format_validation(result: ValidationResult, image_dir: Path, mask_dir: Path) -> str:
     """Issues grouped by kind, errors first, at most 10 listed per kind."""
     errors = sum(issue.fatal for issue in result.issues)
-    lines = [f"Validated {result.num_pairs} pairs in {image_dir} and {mask_dir}: "
-             f"{errors} error(s), {len(result.issues) - errors} warning(s)"]
+    lines = [
+        f"Validated {result.num_pairs} pairs in {image_dir} and {mask_dir}: "
+        f"{errors} error(s), {len(result.issues) - errors} warning(s)"
+    ]
     by_kind: dict[str, list[Issue]] = defaultdict(list)
     for issue in sorted(result.issues, key=lambda issue: not issue.fatal):
         by_kind[issue.kind].append(issue)
@@ -207,11 +238,16 @@ def format_validation(result: ValidationResult, image_dir: Path, mask_dir: Path)
             lines.append(f"    ... and {more} more (all in validation.json with --output-dir)")
     if result.fixed:
         lines.append(f"Fixed {len(result.fixed)} mask(s); originals backed up in {result.backup_dir}")
-        lines += [f"    {display_path(new)} (backup {display_path(backup)})"
-                  for new, backup in result.fixed[:MAX_LISTED_PER_KIND]]
+        lines += [
+            f"    {display_path(new)} (backup {display_path(backup)})"
+            for new, backup in result.fixed[:MAX_LISTED_PER_KIND]
+        ]
     elif any(issue.kind in FIXABLE_KINDS for issue in result.issues):
-        lines.append("Run again with --fix-issues to repair the masks listed as "
-                     + ", ".join(k for k in FIXABLE_KINDS if k in by_kind) + " (originals are backed up)")
+        lines.append(
+            "Run again with --fix-issues to repair the masks listed as "
+            + ", ".join(k for k in FIXABLE_KINDS if k in by_kind)
+            + " (originals are backed up)"
+        )
     if not result.issues:
         lines.append("OK: no problems found")
     return "\n".join(lines)
@@ -256,30 +292,51 @@ def organize_dataset(source_dir: str | Path, output_dir: str | Path, train_split
         for image, mask in tqdm(pairs, desc=f"Copying {split}", disable=None):
             shutil.copy2(image, output_dir / split / "images" / image.name)
             shutil.copy2(mask, output_dir / split / "masks" / f"{image.stem}{mask.suffix}")
-    print(f"Organized {len(train)} train and {len(val)} val pairs into {output_dir} "
-          f"(seed {seed}, {len(pairing.issues)} file(s) skipped)")
-    return {"train": [image.stem for image, _ in train], "val": [image.stem for image, _ in val],
-            "skipped": [issue.message for issue in pairing.issues]}
+    print(
+        f"Organized {len(train)} train and {len(val)} val pairs into {output_dir} "
+        f"(seed {seed}, {len(pairing.issues)} file(s) skipped)"
+    )
+    return {
+        "train": [image.stem for image, _ in train],
+        "val": [image.stem for image, _ in val],
+        "skipped": [issue.message for issue in pairing.issues],
+    }
 
 
 # ---- create-sample ------------------------------------------------------------------------
 
 
-def create_sample_dataset(output_dir: str | Path, num_samples: int = 50, image_size: int = 256,
-                          num_classes: int = 1, seed: int = 42) -> list[tuple[Path, Path]]:
+def create_sample_dataset(
+    output_dir: str | Path, num_samples: int = 50, image_size: int = 256, num_classes: int = 1, seed: int = 42
+) -> list[tuple[Path, Path]]:
     """Synthetic shapes dataset: ``output_dir/images`` and ``output_dir/masks`` (PNG)."""
     pairs = write_synthetic_dataset(output_dir, num_samples, as_size(image_size), num_classes, seed)
-    print(f"Wrote {len(pairs)} synthetic pairs to {Path(output_dir) / 'images'} and {Path(output_dir) / 'masks'}\n"
-          f"Try: python train.py --image-dir {Path(output_dir) / 'images'} --mask-dir {Path(output_dir) / 'masks'}")
+    print(
+        f"Wrote {len(pairs)} synthetic pairs to {Path(output_dir) / 'images'} and {Path(output_dir) / 'masks'}\n"
+        f"Try: python train.py --image-dir {Path(output_dir) / 'images'} --mask-dir {Path(output_dir) / 'masks'}"
+    )
     return pairs
 
 
 # ---- dispatch -----------------------------------------------------------------------------
 
 
-def run_action(action: str, *, image_dir=None, mask_dir=None, output_dir=None, source_dir=None, fix_issues=False,
-               train_split=0.8, num_samples=50, image_size=256, num_classes=1, mask_threshold=0.5, seed=42,
-               ignore_index=None) -> int:
+def run_action(
+    action: str,
+    *,
+    image_dir=None,
+    mask_dir=None,
+    output_dir=None,
+    source_dir=None,
+    fix_issues=False,
+    train_split=0.8,
+    num_samples=50,
+    image_size=256,
+    num_classes=1,
+    mask_threshold=0.5,
+    seed=42,
+    ignore_index=None,
+) -> int:
     """Run one prepare_data action; returns the exit status (1 when the data has errors)."""
     try:
         if action == "analyze":
@@ -289,7 +346,9 @@ def run_action(action: str, *, image_dir=None, mask_dir=None, output_dir=None, s
                 print(f"Report written to {Path(output_dir) / 'analysis.md'} (also .json, .png)")
             return 0 if summary["counts"]["pairs"] else 1  # nothing to analyze: an empty or unpaired folder
         if action == "validate":
-            result = validate_dataset(image_dir, mask_dir, fix_issues, output_dir, num_classes, mask_threshold, ignore_index)
+            result = validate_dataset(
+                image_dir, mask_dir, fix_issues, output_dir, num_classes, mask_threshold, ignore_index
+            )
             return 0 if result.ok else 1
         if action == "organize":
             organize_dataset(source_dir, output_dir, train_split, seed)

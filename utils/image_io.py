@@ -24,9 +24,10 @@ import numbers
 import os
 import struct
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
@@ -39,8 +40,18 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 DECODERS = ("PNG", "JPEG", "BMP", "TIFF")
 # What PIL's decoders raise on damaged or hostile data (a corrupt TIFF tag gives a TypeError,
 # a huge one a MemoryError): all mean "this file cannot be used".
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError, IndexError, KeyError,
-                 ArithmeticError, MemoryError)
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    TypeError,
+    IndexError,
+    KeyError,
+    ArithmeticError,
+    MemoryError,
+)
 
 
 # EXIF orientations 5-8 turn the picture by 90 degrees: displayed width and height swap
@@ -88,8 +99,11 @@ def _check_pixels(img: Image.Image, path: Path) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     width, height = img.size
     if limit and width * height > limit:
-        raise _unreadable(path, f"{width}x{height} pixels is over the {limit}-pixel limit (a possible decompression "
-                                "bomb, refused before decoding); raise PIL.Image.MAX_IMAGE_PIXELS if the file is genuine")
+        raise _unreadable(
+            path,
+            f"{width}x{height} pixels is over the {limit}-pixel limit (a possible decompression "
+            "bomb, refused before decoding); raise PIL.Image.MAX_IMAGE_PIXELS if the file is genuine",
+        )
 
 
 @contextmanager
@@ -229,8 +243,10 @@ def read_mask_values(path: Path) -> tuple[np.ndarray, float, bool]:
             return values, _value_max(img, values), False
         # PIL's per-band C loops: numpy's reductions over a trailing axis of 3 are strided and slow.
         red, green, blue = img.convert("RGB").split()
-        is_colour = (ImageChops.difference(red, green).getbbox() is not None
-                     or ImageChops.difference(green, blue).getbbox() is not None)
+        is_colour = (
+            ImageChops.difference(red, green).getbbox() is not None
+            or ImageChops.difference(green, blue).getbbox() is not None
+        )
         brightest = ImageChops.lighter(ImageChops.lighter(red, green), blue)
     return np.asarray(brightest), 255.0, is_colour
 
@@ -272,11 +288,13 @@ def mask_to_labels(
 
     name = display_path(path)
     if is_colour:
-        raise DatasetError(Issue(
-            "bad_mask_values",
-            f"{name}: colour mask; multi-class masks must be single-channel class ids (0..{num_classes - 1})",
-            (Path(path),),
-        ))
+        raise DatasetError(
+            Issue(
+                "bad_mask_values",
+                f"{name}: colour mask; multi-class masks must be single-channel class ids (0..{num_classes - 1})",
+                (Path(path),),
+            )
+        )
     labels = values.astype(np.int64)
     # the file's own values (a float TIFF's 0.5, not the 0 it would truncate to)
     wrong = (labels < 0) | (labels >= num_classes) | (labels != values)
@@ -292,11 +310,13 @@ def mask_to_labels(
             hint = "; JPEG compression changes class ids: save masks as PNG"
         elif ignore_index is None and bad.size == 1:
             hint = f"; if {listed} marks unlabelled pixels, pass --ignore-index {listed}"
-        raise DatasetError(Issue(
-            "bad_mask_values",
-            f"{name}: values {listed} are not class ids 0..{num_classes - 1} (num_classes={num_classes}){hint}",
-            (Path(path),),
-        ))
+        raise DatasetError(
+            Issue(
+                "bad_mask_values",
+                f"{name}: values {listed} are not class ids 0..{num_classes - 1} (num_classes={num_classes}){hint}",
+                (Path(path),),
+            )
+        )
     if ignored is not None:
         labels[ignored] = void_label(dtype)
     return labels.astype(dtype)
@@ -353,9 +373,15 @@ def looks_like_class_ids(levels, value_max: float, ignore_index: int | None = No
 def class_id_hint(class_ids: ClassIds) -> str:
     """The one line analyze, validate and train print when masks look like class ids."""
     k = class_ids.count
-    void = f" and --ignore-index {class_ids.unlabelled} (for the {class_ids.unlabelled} pixels)" if class_ids.unlabelled else ""
-    return (f"the masks look like {k} class ids (values 0..{k - 1}), not binary masks: pass --num-classes {k}{void} "
-            "to train on the classes (read as binary, they are thresholded at half their range)")
+    void = (
+        f" and --ignore-index {class_ids.unlabelled} (for the {class_ids.unlabelled} pixels)"
+        if class_ids.unlabelled
+        else ""
+    )
+    return (
+        f"the masks look like {k} class ids (values 0..{k - 1}), not binary masks: pass --num-classes {k}{void} "
+        "to train on the classes (read as binary, they are thresholded at half their range)"
+    )
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -381,5 +407,5 @@ def letterbox(array: np.ndarray, box: tuple[int, int, int, int], target_hw: tupl
     in a (H, W[, C]) array filled with ``fill``."""
     top, left, height, width = box
     out = np.full((*target_hw, *array.shape[2:]), fill, dtype=array.dtype)
-    out[top:top + height, left:left + width] = array
+    out[top : top + height, left : left + width] = array
     return out

@@ -105,12 +105,14 @@ def find_pairs(image_dir: str | Path, mask_dir: str | Path, stems: list[str] | N
     if stems is None:  # with a stem list, other masks simply belong to other splits
         for mask in masks:
             if mask not in claimed:
-                pairing.issues.append(Issue(
-                    "missing_image",
-                    f"{display_path(mask)}: no image in {image_dir} for this mask "
-                    f"(looked for {strip_mask_suffix(mask.stem)}.*)",
-                    (mask,),
-                ))
+                pairing.issues.append(
+                    Issue(
+                        "missing_image",
+                        f"{display_path(mask)}: no image in {image_dir} for this mask "
+                        f"(looked for {strip_mask_suffix(mask.stem)}.*)",
+                        (mask,),
+                    )
+                )
     return pairing
 
 
@@ -122,18 +124,22 @@ def _pair_stem(pairing: Pairing, stem: str, same_stem: list[Path], candidates: l
         pairing.issues.append(Issue("duplicate_stem", f"{names}: images share the stem '{stem}'", tuple(same_stem)))
     elif not candidates:
         looked = ", ".join(f"{stem}{s}.*" for s in ("", *MASK_SUFFIXES))
-        pairing.issues.append(Issue(
-            "missing_mask",
-            f"{display_path(same_stem[0])}: no mask in {mask_dir} (looked for {looked})",
-            (same_stem[0],),
-        ))
+        pairing.issues.append(
+            Issue(
+                "missing_mask",
+                f"{display_path(same_stem[0])}: no mask in {mask_dir} (looked for {looked})",
+                (same_stem[0],),
+            )
+        )
     elif len(candidates) > 1:
         names = ", ".join(display_path(m) for m in candidates)
-        pairing.issues.append(Issue(
-            "ambiguous_mask",
-            f"{display_path(same_stem[0])}: several masks match ({names}); keep one",
-            (same_stem[0], *candidates),
-        ))
+        pairing.issues.append(
+            Issue(
+                "ambiguous_mask",
+                f"{display_path(same_stem[0])}: several masks match ({names}); keep one",
+                (same_stem[0], *candidates),
+            )
+        )
     else:
         pairing.pairs.append((same_stem[0], candidates[0]))
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,16 @@ from utils.augmentations import ColorJitter, build_augmentations
 from utils.dataset_checks import check_pairs, resolve_issues
 from utils.errors import DatasetError, DatasetWarning, Issue, display_path, format_issues
 from utils.image_io import (
-    RESIZE_MODES, as_size, fit_image, label_dtype, letterbox, letterbox_box, load_image, load_labels, resize_labels, void_label,
+    RESIZE_MODES,
+    as_size,
+    fit_image,
+    label_dtype,
+    letterbox,
+    letterbox_box,
+    load_image,
+    load_labels,
+    resize_labels,
+    void_label,
 )
 from utils.pairing import Pair, find_pairs
 
@@ -58,8 +67,9 @@ def discover_pairs(
     return pairs
 
 
-def _compose(augmentations: Augmentations, color_jitter: bool, image_size: tuple[int, int],
-             mask_fill: int = 0) -> v2.Compose | None:
+def _compose(
+    augmentations: Augmentations, color_jitter: bool, image_size: tuple[int, int], mask_fill: int = 0
+) -> v2.Compose | None:
     """One callable ``(image, mask) -> (image, mask)`` from a mode name, a list or a transform."""
     if isinstance(augmentations, str):
         transforms = build_augmentations(augmentations, image_size, mask_fill)
@@ -179,7 +189,7 @@ class SegmentationDataset(Dataset):
         self._unreported: list[Issue] = []  # warnings found while decoding, not yet shown
 
     @classmethod
-    def from_pairs(cls, pairs: list[Pair], **kwargs) -> "SegmentationDataset":
+    def from_pairs(cls, pairs: list[Pair], **kwargs) -> SegmentationDataset:
         """A dataset over explicit (image_path, mask_path) pairs, e.g. one side of ``split_pairs``."""
         return cls(pairs=pairs, **kwargs)
 
@@ -191,8 +201,10 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def __repr__(self) -> str:
-        return (f"SegmentationDataset({len(self)} pairs, image_size={self.image_size}, "
-                f"num_classes={self.num_classes}, in_channels={self.in_channels}, cache={self.cache})")
+        return (
+            f"SegmentationDataset({len(self)} pairs, image_size={self.image_size}, "
+            f"num_classes={self.num_classes}, in_channels={self.in_channels}, cache={self.cache})"
+        )
 
     # ---- decoding and caching -------------------------------------------------------------
 
@@ -208,7 +220,8 @@ class SegmentationDataset(Dataset):
             warnings.warn(
                 f"sample cache would need {needed / 2**30:.1f} GiB of {available / 2**30:.1f} GiB available memory: "
                 "decoding every epoch instead (reduce image_size to cache)",
-                DatasetWarning, stacklevel=3,
+                DatasetWarning,
+                stacklevel=3,
             )
             return False
         return True
@@ -226,8 +239,9 @@ class SegmentationDataset(Dataset):
         if not (labels[labels != self.void] if self.has_void else labels).any() and mask_path not in self._empty_masks:
             # Legal data, but often a mistake: reported once per file, in one warning per preload.
             self._empty_masks.add(mask_path)
-            self._unreported.append(Issue("empty_mask", f"{display_path(mask_path)}: mask is all background",
-                                          (mask_path,), fatal=False))
+            self._unreported.append(
+                Issue("empty_mask", f"{display_path(mask_path)}: mask is all background", (mask_path,), fatal=False)
+            )
         return image, resize_labels(labels, self.image_size)
 
     def _sample(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +257,7 @@ class SegmentationDataset(Dataset):
             self._is_cached[idx] = True
         return self._images[idx], self._labels[idx]
 
-    def preload(self, progress: bool = True) -> "SegmentationDataset":
+    def preload(self, progress: bool = True) -> SegmentationDataset:
         """Decode every pair now, in this process, and cache it (when ``cache`` is on).
 
         Finds truncated files and bad mask values before training starts: raises one
@@ -304,7 +318,4 @@ class SegmentationDataset(Dataset):
         return load_image(self.pairs[idx][0], self.in_channels)
 
 
-
 # ---- loaders ------------------------------------------------------------------------------
-
-

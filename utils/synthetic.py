@@ -27,10 +27,7 @@ SHAPE_KINDS = ("ellipse", "rectangle", "triangle")
 
 
 def make_synthetic_pair(
-    rng: np.random.Generator,
-    image_size: int | tuple[int, int] = (64, 64),
-    num_classes: int = 1,
-    in_channels: int = 3,
+    rng: np.random.Generator, image_size: int | tuple[int, int] = (64, 64), num_classes: int = 1, in_channels: int = 3
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image with 1-3 random shapes and its mask.
 
@@ -112,10 +109,7 @@ def _shape_mask(rng, kind: str, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         radius = max(rx, ry) * 1.2
         angles = theta + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.3, 0.3, size=3)
         px, py = cx + radius * np.cos(angles), cy + radius * np.sin(angles)
-        signs = [
-            (xx - px[i]) * (py[(i + 1) % 3] - py[i]) - (yy - py[i]) * (px[(i + 1) % 3] - px[i])
-            for i in range(3)
-        ]
+        signs = [(xx - px[i]) * (py[(i + 1) % 3] - py[i]) - (yy - py[i]) * (px[(i + 1) % 3] - px[i]) for i in range(3)]
         inside = (signs[0] <= 0) & (signs[1] <= 0) & (signs[2] <= 0)
         inside |= (signs[0] >= 0) & (signs[1] >= 0) & (signs[2] >= 0)
     inside[cy, cx] = True

@@ -14,16 +14,16 @@ Array conventions (torch tensors or numpy arrays are both accepted):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 # Uncertainty maps are drawn from 0 to their own maximum: a confident model's map is small
@@ -89,7 +89,9 @@ def overlay_mask(image, mask, num_classes: int = 1, alpha: float = OVERLAY_ALPHA
     if labels.shape != rgb.shape[:2]:
         raise ValueError(f"mask {labels.shape} and image {rgb.shape[:2]} must have the same size")
     palette = class_palette(num_classes).astype(np.float32)
-    colours = palette[np.clip(labels, 0, len(palette) - 1)] if num_classes > 1 else palette[(labels > 0).astype(np.int64)]
+    colours = (
+        palette[np.clip(labels, 0, len(palette) - 1)] if num_classes > 1 else palette[(labels > 0).astype(np.int64)]
+    )
     foreground = (labels > 0)[..., None]
     # tint the mask and dim the rest: the mask stands out whatever the objects' own colours
     blended = np.where(foreground, (1 - alpha) * rgb + alpha * colours, rgb * BACKGROUND_DIM)
@@ -121,7 +123,9 @@ def uncertainty_to_rgb(uncertainty, vmax: float | None = None) -> np.ndarray:
     (default: `uncertainty_vmax` of this map)."""
     values = _numpy(uncertainty).astype(np.float32)
     vmax = uncertainty_vmax(values) if vmax is None else vmax
-    return np.round(matplotlib.colormaps[UNCERTAINTY_CMAP](np.clip(values / vmax, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
+    return np.round(matplotlib.colormaps[UNCERTAINTY_CMAP](np.clip(values / vmax, 0.0, 1.0))[..., :3] * 255).astype(
+        np.uint8
+    )
 
 
 def probability_to_uint8(probability) -> np.ndarray:
@@ -204,13 +208,7 @@ def _finite(value) -> bool:
 
 
 def save_prediction_grid(
-    images,
-    true_masks,
-    pred_masks,
-    path,
-    uncertainty=None,
-    num_classes: int = 1,
-    max_rows: int = 8,
+    images, true_masks, pred_masks, path, uncertainty=None, num_classes: int = 1, max_rows: int = 8
 ) -> Path:
     """One row per sample: image | ground truth | prediction over the image | uncertainty.
 
@@ -253,7 +251,7 @@ def save_forward_diffusion(mask_frames, timesteps: Sequence[int], path, image=No
     mask_frames: (F, K, H, W) noised masks x_t in diffusion space, one per entry of `timesteps`
     (t = 0 is the clean mask). image: optional (C, H, W) in [0, 1], drawn first for context.
     """
-    panels = ([("image", to_rgb_uint8(image))] if image is not None else [])
+    panels = [("image", to_rgb_uint8(image))] if image is not None else []
     panels += [(f"t = {t}", diffusion_to_rgb(frame, num_classes)) for t, frame in zip(timesteps, mask_frames)]
     fig = Figure(figsize=(1.9 * len(panels), 2.3))
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -265,8 +263,17 @@ def save_forward_diffusion(mask_frames, timesteps: Sequence[int], path, image=No
     return _save(fig, path)
 
 
-def save_reverse_process(image, timesteps: Sequence[int], xt_frames, x0_frames, path, num_classes: int = 1,
-                         final_mask=None, next_timesteps: Sequence[int] | None = None, mean_frames=None) -> Path:
+def save_reverse_process(
+    image,
+    timesteps: Sequence[int],
+    xt_frames,
+    x0_frames,
+    path,
+    num_classes: int = 1,
+    final_mask=None,
+    next_timesteps: Sequence[int] | None = None,
+    mean_frames=None,
+) -> Path:
     """The reverse process step by step, one column per recorded step.
 
     Top row: the network's x0 estimate at timestep t. With `mean_frames` (time-ensembled
@@ -307,7 +314,9 @@ def save_reverse_process(image, timesteps: Sequence[int], xt_frames, x0_frames, 
     return _save(fig, path)
 
 
-def save_process_gif(image, xt_frames, x0_frames, path, num_classes: int = 1, min_height: int = 128, frame_ms: int = 120) -> Path:
+def save_process_gif(
+    image, xt_frames, x0_frames, path, num_classes: int = 1, min_height: int = 128, frame_ms: int = 120
+) -> Path:
     """An animated GIF of the reverse process: each frame is [image | sample x_t | predicted x0].
 
     Small images are upscaled (nearest) to at least `min_height` pixels so the GIF is viewable;

@@ -14,7 +14,6 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -36,18 +35,18 @@ class BatchSummary:
     count: int = 0  # images segmented
     failures: list = field(default_factory=list)  # [{"file": ..., "reason": ...}]
     total_seconds: float = 0.0
-    seconds_per_image: Optional[float] = None
-    mean_dice: Optional[float] = None
-    mean_iou: Optional[float] = None
+    seconds_per_image: float | None = None
+    mean_dice: float | None = None
+    mean_iou: float | None = None
     scored: int = 0  # images with a ground-truth mask that were scored
-    ignore_index: Optional[int] = None
-    miou: Optional[float] = None  # multi-class: over all scored pixels (see src.metrics.ClassOverlap)
-    mdice: Optional[float] = None
-    per_class_iou: Optional[list] = None
-    per_class_dice: Optional[list] = None
+    ignore_index: int | None = None
+    miou: float | None = None  # multi-class: over all scored pixels (see src.metrics.ClassOverlap)
+    mdice: float | None = None
+    per_class_iou: list | None = None
+    per_class_dice: list | None = None
     options: dict = field(default_factory=dict)
-    summary_path: Optional[str] = None
-    metrics_path: Optional[str] = None
+    summary_path: str | None = None
+    metrics_path: str | None = None
 
 
 def run_batch(
@@ -58,7 +57,7 @@ def run_batch(
     batch_size: int = 8,
     mask_dir=None,
     progress: bool = True,
-    ignore_index: Optional[int] = None,
+    ignore_index: int | None = None,
 ) -> BatchSummary:
     """Segment every image in `input_dir` (not recursive), `batch_size` images per forward pass.
 
@@ -73,18 +72,24 @@ def run_batch(
     images, masks = _list_inputs(input_dir, mask_dir)
     for folder, flag in ((input_dir, "--input"), (mask_dir, "--mask-dir")):
         if folder is not None and output_dir.resolve() == Path(folder).resolve():
-            raise InferenceError(f"--output {output_dir} is the {flag} folder: masks named <stem>.png would overwrite its files")
+            raise InferenceError(
+                f"--output {output_dir} is the {flag} folder: masks named <stem>.png would overwrite its files"
+            )
     stems = unique_stems(images)
     prepare_output_dir(output_dir)
-    summary = BatchSummary(str(input_dir), str(output_dir), options={**asdict(predictor.options), "batch_size": batch_size},
-                           ignore_index=ignore_index)
+    summary = BatchSummary(
+        str(input_dir),
+        str(output_dir),
+        options={**asdict(predictor.options), "batch_size": batch_size},
+        ignore_index=ignore_index,
+    )
     scores = []
     overlap = ClassOverlap(predictor.num_classes) if predictor.num_classes > 1 else None
 
     start = time.perf_counter()
     bar = tqdm(total=len(images), desc="Segmenting", unit="img", disable=not progress, dynamic_ncols=True)
     for first in range(0, len(images), batch_size):
-        chunk = images[first:first + batch_size]
+        chunk = images[first : first + batch_size]
         loaded = []
         for path in chunk:
             try:
@@ -120,7 +125,10 @@ def _write_summary(summary: BatchSummary, scores: list, overlap, output_dir: Pat
             if overlap is not None and scores:
                 class_scores = overlap.scores()
                 summary.miou, summary.mdice = class_scores["miou"], class_scores["mdice"]
-                summary.per_class_iou, summary.per_class_dice = class_scores["per_class_iou"], class_scores["per_class_dice"]
+                summary.per_class_iou, summary.per_class_dice = (
+                    class_scores["per_class_iou"],
+                    class_scores["per_class_dice"],
+                )
         summary.summary_path = str(output_dir / "summary.json")
         Path(summary.summary_path).write_text(json.dumps(asdict(summary), indent=2))
     except OSError as error:
@@ -154,8 +162,14 @@ def unique_stems(paths: list[Path]) -> dict[Path, str]:
     return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in paths}
 
 
-def _score(mask: np.ndarray, mask_path: Path, num_classes: int, summary: BatchSummary, ignore_index=None,
-           overlap: Optional[ClassOverlap] = None) -> Optional[dict]:
+def _score(
+    mask: np.ndarray,
+    mask_path: Path,
+    num_classes: int,
+    summary: BatchSummary,
+    ignore_index=None,
+    overlap: ClassOverlap | None = None,
+) -> dict | None:
     """Dice/IoU of one prediction against its ground truth (ignored pixels left out); a bad mask is
     a failure, not a stop. Adds the pixels to `overlap` for per-class scores."""
     try:
@@ -164,8 +178,13 @@ def _score(mask: np.ndarray, mask_path: Path, num_classes: int, summary: BatchSu
         summary.failures.append({"file": str(mask_path), "reason": f"mask not scored: {error}"})
         return None
     if truth.shape != mask.shape:
-        summary.failures.append({"file": str(mask_path), "reason": f"mask not scored: its size {truth.shape[1]}x{truth.shape[0]} "
-                                 f"differs from the image's {mask.shape[1]}x{mask.shape[0]}"})
+        summary.failures.append(
+            {
+                "file": str(mask_path),
+                "reason": f"mask not scored: its size {truth.shape[1]}x{truth.shape[0]} "
+                f"differs from the image's {mask.shape[1]}x{mask.shape[0]}",
+            }
+        )
         return None
     void = void_label(label_dtype(num_classes)) if ignore_index is not None else None
     if overlap is not None:
@@ -181,7 +200,14 @@ def write_metrics_csv(scores: list[dict], path: Path) -> Path:
         for s in scores:
             writer.writerow([s["image"], s["mask"], f"{s['dice']:.6f}", f"{s['iou']:.6f}"])
         if scores:
-            writer.writerow(["mean", "", f"{np.mean([s['dice'] for s in scores]):.6f}", f"{np.mean([s['iou'] for s in scores]):.6f}"])
+            writer.writerow(
+                [
+                    "mean",
+                    "",
+                    f"{np.mean([s['dice'] for s in scores]):.6f}",
+                    f"{np.mean([s['iou'] for s in scores]):.6f}",
+                ]
+            )
         else:
             writer.writerow(["mean", "", "", ""])
     return path

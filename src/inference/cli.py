@@ -28,51 +28,110 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inference.py",
         description="Segment images with a trained diffusion segmentation checkpoint.",
         epilog="Outputs per image, at its original size: <stem>.png (mask: 0/255, or class ids plus <stem>_color.png), "
-               "<stem>_overlay.png; with the options above <stem>_prob.png/.npy, <stem>_uncertainty.png, "
-               "<stem>_process.png/.gif. Batch mode adds summary.json (and metrics.csv with --mask-dir).",
+        "<stem>_overlay.png; with the options above <stem>_prob.png/.npy, <stem>_uncertainty.png, "
+        "<stem>_process.png/.gif. Batch mode adds summary.json (and metrics.csv with --mask-dir).",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) written by train.py; the model is rebuilt from it")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint (.pth) written by train.py; the model is rebuilt from it"
+    )
     p.add_argument("--input", help="an image file, or a folder of images (batch mode)")
     p.add_argument("--output", default="./inference_results", help="output folder (default: %(default)s)")
     mode = p.add_argument_group("modes")
     mode.add_argument("--batch", action="store_true", help="segment every image of the --input folder")
     mode.add_argument("--interactive", action="store_true", help="prompt for image paths, one at a time")
-    mode.add_argument("--mask-dir", help="batch mode: ground-truth masks (a.png, a_mask.png or a_gt.png for a.jpg) to score against: "
-                           "metrics.csv with Dice and IoU")
-    mode.add_argument("--ignore-index", type=int, default=None,
-                      help="with --mask-dir: mask value left out of the scores (default: the checkpoint's --ignore-index)")
-    mode.add_argument("--batch-size", type=positive_int, default=8, help="images (or tiles) per forward pass (default: %(default)s)")
+    mode.add_argument(
+        "--mask-dir",
+        help="batch mode: ground-truth masks (a.png, a_mask.png or a_gt.png for a.jpg) to score against: "
+        "metrics.csv with Dice and IoU",
+    )
+    mode.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="with --mask-dir: mask value left out of the scores (default: the checkpoint's --ignore-index)",
+    )
+    mode.add_argument(
+        "--batch-size", type=positive_int, default=8, help="images (or tiles) per forward pass (default: %(default)s)"
+    )
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--steps", type=positive_int, default=d.steps, help="DDIM steps (default: %(default)s)")
-    sampling.add_argument("--ensemble", type=positive_int, default=d.ensemble,
-                          help="samples per image; > 1 averages them and saves an uncertainty map (default: %(default)s)")
-    sampling.add_argument("--eta", type=number_in(0, 1), default=d.eta,
-                          help="DDIM noise: 0 deterministic, 1 fresh noise at every step as in DDPM (default: %(default)s)")
-    sampling.add_argument("--time-ensemble", action=argparse.BooleanOptionalAction, default=d.time_ensemble,
-                          help="a sample is the mean of its steps' mask estimates, so more steps help (default: on)")
-    sampling.add_argument("--threshold", type=number_in(0, 1, low_inclusive=False, high_inclusive=False), default=d.threshold,
-                          help="foreground probability threshold for binary models (default: %(default)s)")
-    sampling.add_argument("--seed", type=int, default=d.seed, help="sampling seed: same seed, same masks (default: %(default)s)")
-    sampling.add_argument("--image-size", type=size_part, nargs="+", default=None, metavar="SIZE",
-                          help="model input size: N, H W or HxW, multiples of the UNet's downsampling (default: the checkpoint's own)")
-    sampling.add_argument("--resize", choices=RESIZE_MODES, default=None,
-                          help="stretch to the model size, or pad: keep the aspect ratio, letterbox (default: as the checkpoint was trained)")
-    sampling.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
-                          help=f"segment window by window at the model's size, blended with Gaussian weights (default: only images "
-                               f"over {TILE_FACTOR}x the model size; --no-tile: never)")
-    sampling.add_argument("--tile-overlap", type=number_in(0, 1, high_inclusive=False), default=d.tile_overlap,
-                          help="overlap of neighbouring windows, a fraction of the window (default: %(default)s)")
+    sampling.add_argument(
+        "--ensemble",
+        type=positive_int,
+        default=d.ensemble,
+        help="samples per image; > 1 averages them and saves an uncertainty map (default: %(default)s)",
+    )
+    sampling.add_argument(
+        "--eta",
+        type=number_in(0, 1),
+        default=d.eta,
+        help="DDIM noise: 0 deterministic, 1 fresh noise at every step as in DDPM (default: %(default)s)",
+    )
+    sampling.add_argument(
+        "--time-ensemble",
+        action=argparse.BooleanOptionalAction,
+        default=d.time_ensemble,
+        help="a sample is the mean of its steps' mask estimates, so more steps help (default: on)",
+    )
+    sampling.add_argument(
+        "--threshold",
+        type=number_in(0, 1, low_inclusive=False, high_inclusive=False),
+        default=d.threshold,
+        help="foreground probability threshold for binary models (default: %(default)s)",
+    )
+    sampling.add_argument(
+        "--seed", type=int, default=d.seed, help="sampling seed: same seed, same masks (default: %(default)s)"
+    )
+    sampling.add_argument(
+        "--image-size",
+        type=size_part,
+        nargs="+",
+        default=None,
+        metavar="SIZE",
+        help="model input size: N, H W or HxW, multiples of the UNet's downsampling (default: the checkpoint's own)",
+    )
+    sampling.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default=None,
+        help="stretch to the model size, or pad: keep the aspect ratio, letterbox "
+        "(default: as the checkpoint was trained)",
+    )
+    sampling.add_argument(
+        "--tile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"segment window by window at the model's size, blended with Gaussian weights (default: only images "
+        f"over {TILE_FACTOR}x the model size; --no-tile: never)",
+    )
+    sampling.add_argument(
+        "--tile-overlap",
+        type=number_in(0, 1, high_inclusive=False),
+        default=d.tile_overlap,
+        help="overlap of neighbouring windows, a fraction of the window (default: %(default)s)",
+    )
     runtime = p.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    runtime.add_argument("--precision", choices=PRECISIONS, default="auto",
-                         help="autocast precision; auto = bf16 where the hardware runs it natively (default: %(default)s)")
+    runtime.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="autocast precision; auto = bf16 where the hardware runs it natively (default: %(default)s)",
+    )
     runtime.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar in batch mode")
     outputs = p.add_argument_group("outputs")
-    outputs.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
-                         help="save <stem>_overlay.png, the mask over the image (default: on)")
+    outputs.add_argument(
+        "--overlay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="save <stem>_overlay.png, the mask over the image (default: on)",
+    )
     outputs.add_argument("--save-probs", action="store_true", help="save <stem>_prob.png and <stem>_prob.npy")
-    outputs.add_argument("--visualize-process", action="store_true",
-                         help="save <stem>_process.png and .gif: x_t and predicted x0 through the reverse diffusion")
+    outputs.add_argument(
+        "--visualize-process",
+        action="store_true",
+        help="save <stem>_process.png and .gif: x_t and predicted x0 through the reverse diffusion",
+    )
     return p
 
 
@@ -118,18 +177,33 @@ def run(args) -> int:
         image_size = image_size_from_parts(args.image_size) if args.image_size else None
     except argparse.ArgumentTypeError as error:
         raise InferenceError(f"--image-size: {error}") from None
-    options = PredictorOptions(steps=args.steps, ensemble=args.ensemble, threshold=args.threshold, seed=args.seed,
-                               resize=args.resize, tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.batch_size,
-                               progress=args.progress, eta=args.eta, time_ensemble=args.time_ensemble)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                          options=options, image_size=image_size)
+    options = PredictorOptions(
+        steps=args.steps,
+        ensemble=args.ensemble,
+        threshold=args.threshold,
+        seed=args.seed,
+        resize=args.resize,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        tile_batch=args.batch_size,
+        progress=args.progress,
+        eta=args.eta,
+        time_ensemble=args.time_ensemble,
+    )
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=args.device, precision=args.precision, options=options, image_size=image_size
+    )
     check_output_dir(args.output)  # a bad --output stops here, before any image is segmented
-    outputs = OutputOptions(overlay=args.overlay, save_probs=args.save_probs, uncertainty=args.ensemble > 1,
-                            process=args.visualize_process)
+    outputs = OutputOptions(
+        overlay=args.overlay, save_probs=args.save_probs, uncertainty=args.ensemble > 1, process=args.visualize_process
+    )
     config = predictor.config
-    print(f"model: {config.num_classes} class(es), {config.in_channels} channel(s), runs at "
-          f"{predictor.image_size[0]}x{predictor.image_size[1]} ({predictor.options.resize}) on {predictor.runtime.describe()}; "
-          f"{args.steps} DDIM steps, ensemble {args.ensemble}, seed {args.seed}")
+    print(
+        f"model: {config.num_classes} class(es), {config.in_channels} channel(s), runs at "
+        f"{predictor.image_size[0]}x{predictor.image_size[1]} ({predictor.options.resize}) "
+        f"on {predictor.runtime.describe()}; "
+        f"{args.steps} DDIM steps, ensemble {args.ensemble}, seed {args.seed}"
+    )
 
     if mode == "interactive":
         run_interactive(predictor, args.output, outputs)
@@ -138,9 +212,21 @@ def run(args) -> int:
         result = segment_file(predictor, args.input, args.output, outputs)
         print(f"segmented {result.source} in {result.seconds:.2f} s; saved {format_written(result.written)}")
         return 0
-    ignore_index = args.ignore_index if args.ignore_index is not None else predictor.training_options.get("ignore_index")
-    return _report_batch(run_batch(predictor, args.input, args.output, outputs, batch_size=args.batch_size,
-                                   mask_dir=args.mask_dir, progress=args.progress, ignore_index=ignore_index))
+    ignore_index = (
+        args.ignore_index if args.ignore_index is not None else predictor.training_options.get("ignore_index")
+    )
+    return _report_batch(
+        run_batch(
+            predictor,
+            args.input,
+            args.output,
+            outputs,
+            batch_size=args.batch_size,
+            mask_dir=args.mask_dir,
+            progress=args.progress,
+            ignore_index=ignore_index,
+        )
+    )
 
 
 def _report_batch(summary) -> int:
@@ -153,8 +239,10 @@ def _report_batch(summary) -> int:
             print(f"  {failure['reason']}")
     if summary.metrics_path:
         if summary.mean_dice is not None:
-            print(f"mean Dice {summary.mean_dice:.4f}, mean IoU {summary.mean_iou:.4f} over {summary.scored} image(s) "
-                  f"-> {summary.metrics_path}")
+            print(
+                f"mean Dice {summary.mean_dice:.4f}, mean IoU {summary.mean_iou:.4f} over {summary.scored} image(s) "
+                f"-> {summary.metrics_path}"
+            )
             if summary.miou is not None:
                 per_class = ", ".join("-" if v is None else f"{v:.3f}" for v in summary.per_class_iou)
                 print(f"mIoU {summary.miou:.4f} (per class: {per_class})")

@@ -7,8 +7,8 @@ unreadable image prints one line and the loop goes on.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from src.inference.outputs import OutputOptions, format_written
 from src.inference.predictor import InferenceError, Predictor
@@ -36,8 +36,10 @@ def run_interactive(
             import readline  # noqa: F401  (importing it gives input() line editing and history)
         except ImportError:
             pass
-    write(f"Interactive segmentation ({predictor.runtime.describe()}, {predictor.options.steps} steps). "
-          f"Type 'help' for help, 'q' to quit.")
+    write(
+        f"Interactive segmentation ({predictor.runtime.describe()}, {predictor.options.steps} steps). "
+        f"Type 'help' for help, 'q' to quit."
+    )
     segmented = 0
     while True:
         try:
@@ -61,8 +63,10 @@ def run_interactive(
             write("\ninterrupted")
             break
         height, width = result.size
-        write(f"{result.source.name} ({width}x{height}) segmented in {result.seconds:.2f} s, "
-              f"{result.foreground:.1%} foreground; saved {format_written(result.written)}")
+        write(
+            f"{result.source.name} ({width}x{height}) segmented in {result.seconds:.2f} s, "
+            f"{result.foreground:.1%} foreground; saved {format_written(result.written)}"
+        )
         segmented += 1
     write(f"bye ({segmented} image{'s' if segmented != 1 else ''} segmented)")
     return segmented

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -73,7 +72,7 @@ def save_prediction(
     stem: str,
     num_classes: int,
     options: OutputOptions,
-    source: Optional[Path] = None,
+    source: Path | None = None,
 ) -> dict[str, Path]:
     """Write the files of one prediction; returns {kind: path} in the order written.
 
@@ -91,8 +90,9 @@ def save_prediction(
         raise InferenceError(f"{where}: cannot write output: {error.strerror or error}") from None
 
 
-def _write_files(prediction: Prediction, image: np.ndarray, output_dir: Path, stem: str, num_classes: int,
-                 options: OutputOptions) -> dict[str, Path]:
+def _write_files(
+    prediction: Prediction, image: np.ndarray, output_dir: Path, stem: str, num_classes: int, options: OutputOptions
+) -> dict[str, Path]:
     written = {}
 
     def write(kind: str, name: str, pixels: np.ndarray) -> None:
@@ -129,10 +129,20 @@ def save_process(prediction: Prediction, output_dir, stem: str, num_classes: int
     # the sampler's result: the mean of the estimates with time-ensembling, else the last estimate
     result = (trace.mean if trace.mean is not None else trace.x0)[-1]  # (K, h, w) in [-1, 1]: 0 is probability 0.5
     final_mask = (result[0] > 0).long() if num_classes == 1 else result.argmax(0)
-    figure = save_reverse_process(trace.image, trace.timesteps, trace.x_t, trace.x0, Path(output_dir) / f"{stem}_process.png",
-                                  num_classes=num_classes, final_mask=final_mask, next_timesteps=trace.next_timesteps,
-                                  mean_frames=trace.mean)
-    gif = save_process_gif(trace.image, trace.x_t, trace.x0, Path(output_dir) / f"{stem}_process.gif", num_classes=num_classes)
+    figure = save_reverse_process(
+        trace.image,
+        trace.timesteps,
+        trace.x_t,
+        trace.x0,
+        Path(output_dir) / f"{stem}_process.png",
+        num_classes=num_classes,
+        final_mask=final_mask,
+        next_timesteps=trace.next_timesteps,
+        mean_frames=trace.mean,
+    )
+    gif = save_process_gif(
+        trace.image, trace.x_t, trace.x0, Path(output_dir) / f"{stem}_process.gif", num_classes=num_classes
+    )
     return {"process": figure, "process_gif": gif}
 
 

@@ -3,7 +3,7 @@ kept while sampling: `Predictor.predict(record_process=True)`)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ def evenly_spaced_timesteps(num_timesteps: int, count: int = 8) -> list[int]:
 
 @torch.no_grad()
 def forward_diffusion_frames(
-    model: DiffusionSegmentation, mask, timesteps: Optional[Sequence[int]] = None, seed: int = 0
+    model: DiffusionSegmentation, mask, timesteps: Sequence[int] | None = None, seed: int = 0
 ) -> tuple[list[int], torch.Tensor]:
     """Noise one mask to each timestep with DDPM eq. 4, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
 

@@ -34,4 +34,6 @@ def segment_file(predictor: Predictor, path, output_dir, options: OutputOptions)
     image = predictor.load(path)
     prediction = predictor.predict([image], record_process=options.process)[0]
     written = save_prediction(prediction, image, output_dir, path.stem, predictor.num_classes, options, source=path)
-    return FileResult(path, written, tuple(image.shape[:2]), time.perf_counter() - start, float((prediction.mask > 0).mean()))
+    return FileResult(
+        path, written, tuple(image.shape[:2]), time.perf_counter() - start, float((prediction.mask > 0).mean())
+    )

@@ -11,7 +11,7 @@ once; the image itself stays uint8.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -79,8 +79,8 @@ def sliding_window(
 
     bar = tqdm(total=len(places), desc="tiles", unit="tile", disable=not progress, dynamic_ncols=True, leave=False)
     for first in range(0, len(places), batch_size):
-        batch = places[first:first + batch_size]
-        tiles = np.stack([image[top:top + win_h, left:left + win_w] for top, left in batch])
+        batch = places[first : first + batch_size]
+        tiles = np.stack([image[top : top + win_h, left : left + win_w] for top, left in batch])
         tiles = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div_(255)
         probs, unc = run(tiles, first)
         probs, unc = probs.float().cpu().numpy(), unc.float().cpu().numpy()

@@ -16,8 +16,13 @@ from .unet import check_image_size, size_multiple
 PREDICTION_TYPES = ("eps", "x0", "v")
 
 # What a checkpoint without these fields was trained with (see the module docstring).
-LEGACY_DEFAULTS = {"input_scale": 1.0, "patch_size": 1, "bounded_x0": False, "self_condition": False,
-                   "refine_from_estimate": False}
+LEGACY_DEFAULTS = {
+    "input_scale": 1.0,
+    "patch_size": 1,
+    "bounded_x0": False,
+    "self_condition": False,
+    "refine_from_estimate": False,
+}
 
 
 @dataclass
@@ -61,7 +66,9 @@ class DiffusionConfig:
     # the true mask, into x_t. Sampling puts the last estimate into x_t (DDIM eq. 12); a network
     # trained only on true masks there trusts the faint mask it finds in x_t and keeps its own
     # errors (exposure bias, Ning et al. 2023). Trained on its estimates, it learns to correct them.
-    refine_from_estimate: bool = option(False, "self-conditioned training also noises the estimate, not the true mask, into x_t")
+    refine_from_estimate: bool = option(
+        False, "self-conditioned training also noises the estimate, not the true mask, into x_t"
+    )
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:

@@ -10,7 +10,8 @@ Shapes: images (B, C, H, W) float in [0, 1]; binary masks (B, 1, H, W) float in 
 multi-class masks (B, H, W) int64 class ids.
 """
 
-from typing import Iterator, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ class DiffusionSegmentation(nn.Module):
     model.segment(images, steps=50, ensemble=N) -> SegmentationOutput
     """
 
-    def __init__(self, config: Optional[DiffusionConfig] = None, **overrides):
+    def __init__(self, config: DiffusionConfig | None = None, **overrides):
         super().__init__()
         if config is None:
             config = DiffusionConfig(**overrides)
@@ -88,8 +89,9 @@ class DiffusionSegmentation(nn.Module):
 
     # -- network --------------------------------------------------------------------------------
 
-    def network_output(self, x_t: torch.Tensor, t: torch.Tensor, images: torch.Tensor,
-                       x0_estimate: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def network_output(
+        self, x_t: torch.Tensor, t: torch.Tensor, images: torch.Tensor, x0_estimate: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Raw UNet output for noisy masks x_t given images in [0, 1], in float32.
 
         With self-conditioning, `x0_estimate` is the previous estimate of the mask in [-1, 1]
@@ -123,12 +125,17 @@ class DiffusionSegmentation(nn.Module):
 
     # -- training -------------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss for a batch: images (B, C, H, W) in [0, 1], masks as in the module doc."""
         return self.training_losses(images, masks, valid=valid)["loss"]
 
-    def training_losses(self, images: torch.Tensor, masks: torch.Tensor, t: Optional[torch.Tensor] = None,
-                        valid: Optional[torch.Tensor] = None) -> dict:
+    def training_losses(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        t: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> dict:
         """MSE on the prediction target, plus `dice_weight` x (soft Dice + BCE) on the predicted x0.
 
         valid: (B, 1, H, W) or (B, H, W) bool, False where a pixel belongs to no class (an ignore
@@ -159,7 +166,9 @@ class DiffusionSegmentation(nn.Module):
         if target is None:
             target = self.process.predict_v(z0, t, noise)
         logits = 2 * output if kind == "x0" and self.config.bounded_x0 else None
-        mse = masked_mean(F.mse_loss(torch.tanh(output) if logits is not None else output, target, reduction="none"), valid)
+        mse = masked_mean(
+            F.mse_loss(torch.tanh(output) if logits is not None else output, target, reduction="none"), valid
+        )
         losses = {"mse": mse, "loss": mse}
         if self.config.dice_weight > 0:
             truth = (x0 + 1) / 2
@@ -174,7 +183,7 @@ class DiffusionSegmentation(nn.Module):
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 
-    def _self_condition_estimate(self, x_t, t, images) -> Optional[torch.Tensor]:
+    def _self_condition_estimate(self, x_t, t, images) -> torch.Tensor | None:
         """Analog Bits' training rule: on half of the batches, first estimate x0 with no estimate
         given, and feed that (without gradient) back in; on the other half, give none. The network
         so learns both to segment from scratch (the first sampling step) and to refine an estimate
@@ -192,8 +201,15 @@ class DiffusionSegmentation(nn.Module):
         return self.process.timesteps_for(sampler, steps)
 
     @torch.no_grad()
-    def reverse_process(self, images: torch.Tensor, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
-                        seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Iterator[ReverseStep]:
+    def reverse_process(
+        self,
+        images: torch.Tensor,
+        steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[ReverseStep]:
         """The reverse process from x_T ~ N(0, I), one ReverseStep per timestep visited.
 
         sampler "ddim" visits `steps` evenly spaced timesteps (eta = 0: deterministic given the
@@ -218,33 +234,64 @@ class DiffusionSegmentation(nn.Module):
             if sampler == "ddpm":
                 x_t = self.process.ddpm_step(z0, x_t, step, step_noise() if step > 0 else None)
             else:
-                x_t = self.process.ddim_step(z0, eps, step, prev_step, eta, step_noise() if eta > 0 and prev_step >= 0 else None)
+                x_t = self.process.ddim_step(
+                    z0, eps, step, prev_step, eta, step_noise() if eta > 0 and prev_step >= 0 else None
+                )
             yield ReverseStep(step, x_t, x0)
 
-    def sample(self, images: torch.Tensor, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
-               seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(
+        self,
+        images: torch.Tensor,
+        steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Run the reverse process to its end: the mask estimate x0, (B, K, H, W) float32 in [-1, 1]."""
         x_t = None
         for _, x_t, _ in self.reverse_process(images, steps, sampler, eta, seed, generator):
             pass
         return x_t / self.config.input_scale  # the last step lands on z0 = input_scale * x0
 
-    def segmentation(self, images: torch.Tensor, steps: int = 50, ensemble: int = 1, threshold: float = 0.5,
-                     seed: Optional[int] = None, sampler: str = "ddim", eta: float = 1.0,
-                     time_ensemble: bool = True) -> SegmentationRun:
+    def segmentation(
+        self,
+        images: torch.Tensor,
+        steps: int = 50,
+        ensemble: int = 1,
+        threshold: float = 0.5,
+        seed: int | None = None,
+        sampler: str = "ddim",
+        eta: float = 1.0,
+        time_ensemble: bool = True,
+    ) -> SegmentationRun:
         """The ensemble's reverse process for `images`, to iterate step by step (figures of the
         process), or to run to its end with `.run()`; see SegmentationRun and segment()."""
         if ensemble < 1:
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         repeated = images.repeat_interleave(ensemble, dim=0)  # all members in one forward pass per step
-        return SegmentationRun(self.reverse_process(repeated, steps, sampler, eta, seed), batch=images.shape[0],
-                               ensemble=ensemble, to_probabilities=self.x0_to_probabilities,
-                               input_scale=self.config.input_scale, time_ensemble=time_ensemble, threshold=threshold)
+        return SegmentationRun(
+            self.reverse_process(repeated, steps, sampler, eta, seed),
+            batch=images.shape[0],
+            ensemble=ensemble,
+            to_probabilities=self.x0_to_probabilities,
+            input_scale=self.config.input_scale,
+            time_ensemble=time_ensemble,
+            threshold=threshold,
+        )
 
     @torch.no_grad()
-    def segment(self, images: torch.Tensor, steps: int = 50, ensemble: int = 1, threshold: float = 0.5,
-                seed: Optional[int] = None, sampler: str = "ddim", eta: float = 1.0,
-                time_ensemble: bool = True) -> SegmentationOutput:
+    def segment(
+        self,
+        images: torch.Tensor,
+        steps: int = 50,
+        ensemble: int = 1,
+        threshold: float = 0.5,
+        seed: int | None = None,
+        sampler: str = "ddim",
+        eta: float = 1.0,
+        time_ensemble: bool = True,
+    ) -> SegmentationOutput:
         """Segment images with an ensemble of `ensemble` samples each (Wolleb et al. 2021).
 
         A sample's probability map is its final x0, or with `time_ensemble` the mean of the x0

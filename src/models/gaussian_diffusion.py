@@ -7,8 +7,6 @@ eq. 12), each a small function of the x0 and eps estimates. Conversions between 
 t: (B,) int64 timesteps in [0, T).
 """
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,30 +50,46 @@ class GaussianDiffusion(nn.Module):
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """DDPM eq. 4: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
-        return extract(self.sqrt_alphas_cumprod, t, x0.ndim) * x0 + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
+        )
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """DDPM eq. 7: mean, variance and clipped log variance of q(x_{t-1} | x_t, x0)."""
-        mean = extract(self.posterior_mean_coef1, t, x_t.ndim) * x0 + extract(self.posterior_mean_coef2, t, x_t.ndim) * x_t
+        mean = (
+            extract(self.posterior_mean_coef1, t, x_t.ndim) * x0 + extract(self.posterior_mean_coef2, t, x_t.ndim) * x_t
+        )
         variance = extract(self.posterior_variance, t, x_t.ndim)
         log_variance = extract(self.posterior_log_variance_clipped, t, x_t.ndim)
         return mean, variance, log_variance
 
     def predict_x0_from_eps(self, x_t, t, eps):
         """Invert eq. 4: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
-        return extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
+        )
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """Invert eq. 4 for eps: eps = (x_t / sqrt(abar) - x0) / sqrt(1 / abar - 1)."""
-        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0) / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim)
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim
+        )
 
     def predict_v(self, x0, t, eps):
         """Salimans & Ho 2022: v = sqrt(abar) eps - sqrt(1 - abar) x0."""
-        return extract(self.sqrt_alphas_cumprod, t, x0.ndim) * eps - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0.ndim) * eps
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
+        )
 
     def predict_x0_from_v(self, x_t, t, v):
         """x0 = sqrt(abar) x_t - sqrt(1 - abar) v."""
-        return extract(self.sqrt_alphas_cumprod, t, x_t.ndim) * x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v
+        )
 
     def timesteps_for(self, sampler: str, steps: int) -> list:
         """The timesteps a sampler visits, from T-1 down to 0: all T for "ddpm", `steps` evenly
@@ -89,7 +103,7 @@ class GaussianDiffusion(nn.Module):
         spaced = torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
         return list(dict.fromkeys(spaced))  # unique, order kept
 
-    def ddpm_step(self, x0: torch.Tensor, x_t: torch.Tensor, step: int, noise: Optional[torch.Tensor]) -> torch.Tensor:
+    def ddpm_step(self, x0: torch.Tensor, x_t: torch.Tensor, step: int, noise: torch.Tensor | None) -> torch.Tensor:
         """DDPM eq. 6-7: x_{t-1} ~ N(posterior mean, posterior variance); the mean alone at t = 0."""
         t = torch.full((x_t.shape[0],), step, device=x_t.device, dtype=torch.long)
         mean, _, log_variance = self.q_posterior(x0, x_t, t)
@@ -97,16 +111,18 @@ class GaussianDiffusion(nn.Module):
             return mean
         return mean + (0.5 * log_variance).exp() * noise
 
-    def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, step: int, prev_step: int, eta: float,
-                  noise: Optional[torch.Tensor]) -> torch.Tensor:
+    def ddim_step(
+        self, x0: torch.Tensor, eps: torch.Tensor, step: int, prev_step: int, eta: float, noise: torch.Tensor | None
+    ) -> torch.Tensor:
         """DDIM eq. 12 from timestep `step` to `prev_step` (-1: the end, abar = 1)."""
         alpha_bar = self.alphas_cumprod[step]
         alpha_bar_prev = self.alphas_cumprod[prev_step] if prev_step >= 0 else torch.ones_like(alpha_bar)
         return ddim_step(x0, eps, alpha_bar_prev, ddim_sigma(alpha_bar, alpha_bar_prev, eta), noise)
 
 
-def ddim_step(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_prev: torch.Tensor, sigma: torch.Tensor,
-              noise: Optional[torch.Tensor]) -> torch.Tensor:
+def ddim_step(
+    x0: torch.Tensor, eps: torch.Tensor, alpha_bar_prev: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None
+) -> torch.Tensor:
     """DDIM eq. 12: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z."""
     direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps
     x_prev = alpha_bar_prev.sqrt() * x0 + direction
@@ -128,7 +144,7 @@ class StepNoise:
     The row generators are seeded from a fork of `generator` made before anything is drawn from
     it, so the starting noise x_T stays the first draw of `generator` itself."""
 
-    def __init__(self, shape: tuple, generator: Optional[torch.Generator], device):
+    def __init__(self, shape: tuple, generator: torch.Generator | None, device):
         self.shape, self.device, self.rows = shape, device, None
         if generator is not None:
             fork = torch.Generator(device=generator.device)

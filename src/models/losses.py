@@ -4,13 +4,11 @@ Shapes: per-pixel tensors (B, K, H, W); valid: (B, 1, H, W) bool, False where a 
 no class (an ignore label, letterbox padding), or None when every pixel counts.
 """
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
 
-def masked_mean(per_pixel: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+def masked_mean(per_pixel: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Mean of (B, K, H, W) per-pixel losses over the pixels where valid is True (all when None)."""
     if valid is None:
         return per_pixel.mean()
@@ -18,7 +16,9 @@ def masked_mean(per_pixel: torch.Tensor, valid: Optional[torch.Tensor]) -> torch
     return (per_pixel * weight).sum() / weight.sum().clamp(min=1)
 
 
-def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, valid: Optional[torch.Tensor] = None, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(
+    probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None = None, eps: float = 1.0
+) -> torch.Tensor:
     """1 - soft Dice, averaged over images and channels. probs, truth: (B, K, H, W) in [0, 1]."""
     if valid is not None:
         probs, truth = probs * valid, truth * valid
@@ -28,12 +28,12 @@ def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, valid: Optional[tor
     return 1 - ((2 * intersection + eps) / (total + eps)).mean()
 
 
-def bce_on_logits(logits: torch.Tensor, truth: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+def bce_on_logits(logits: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Binary cross-entropy of sigmoid(logits) against truth in [0, 1]."""
     return masked_mean(F.binary_cross_entropy_with_logits(logits, truth, reduction="none"), valid)
 
 
-def bce_on_probabilities(probs: torch.Tensor, truth: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+def bce_on_probabilities(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Binary cross-entropy of probabilities (kept inside [1e-4, 1 - 1e-4]) against truth.
 
     In fp32 with autocast off: CUDA autocast refuses binary_cross_entropy (its log is unsafe in

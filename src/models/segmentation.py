@@ -1,8 +1,8 @@
 """From reverse-process steps to a segmentation: ensemble and time-ensemble means, hard mask, uncertainty."""
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -17,7 +17,7 @@ class SegmentationOutput:
     probabilities: torch.Tensor
     mask: torch.Tensor
     uncertainty: torch.Tensor
-    ensemble_std: Optional[torch.Tensor] = None
+    ensemble_std: torch.Tensor | None = None
 
 
 def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,16 @@ class SegmentationRun:
     `time_ensemble`, that mean) into a SegmentationOutput, and `run()` does both at once.
     """
 
-    def __init__(self, steps: Iterator, batch: int, ensemble: int, to_probabilities: Callable, input_scale: float,
-                 time_ensemble: bool, threshold: float):
+    def __init__(
+        self,
+        steps: Iterator,
+        batch: int,
+        ensemble: int,
+        to_probabilities: Callable,
+        input_scale: float,
+        time_ensemble: bool,
+        threshold: float,
+    ):
         self.steps, self.batch, self.ensemble = steps, batch, ensemble
         self.to_probabilities, self.input_scale = to_probabilities, input_scale
         self.time_ensemble, self.threshold = time_ensemble, threshold
@@ -79,5 +87,9 @@ class SegmentationRun:
             mask = (mean_probs[:, 0] > self.threshold).long()
         else:
             mask = mean_probs.argmax(dim=1)
-        return SegmentationOutput(probabilities=mean_probs, mask=mask, uncertainty=predictive_entropy(mean_probs),
-                                  ensemble_std=probs.std(dim=1, unbiased=False).mean(dim=1))
+        return SegmentationOutput(
+            probabilities=mean_probs,
+            mask=mask,
+            uncertainty=predictive_entropy(mean_probs),
+            ensemble_std=probs.std(dim=1, unbiased=False).mean(dim=1),
+        )

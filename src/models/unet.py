@@ -4,7 +4,7 @@ The network knows nothing about noise: it maps (noisy mask, conditioning image, 
 `out_channels` feature maps, and the diffusion wrapper decides what those mean (eps, x0 or v).
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,19 +80,28 @@ class UNet(nn.Module):
         self.input_conv = nn.Conv2d(in_channels * patch_size**2, base_channels, 3, padding=1)
 
         widths = [base_channels * m for m in channel_mults]
-        blocks = dict(time_dim=time_dim, num_res_blocks=num_res_blocks, dropout=dropout,
-                      attention_resolutions=attention_resolutions, num_heads=num_heads)
+        blocks = dict(
+            time_dim=time_dim,
+            num_res_blocks=num_res_blocks,
+            dropout=dropout,
+            attention_resolutions=attention_resolutions,
+            num_heads=num_heads,
+        )
         self.down_levels, skip_widths = self._down_levels(base_channels, widths, **blocks)
         width = widths[-1]
         self.mid_block1 = ResnetBlock(width, width, time_dim, dropout)
         self.mid_attention = SelfAttention(width, num_heads)
         self.mid_block2 = ResnetBlock(width, width, time_dim, dropout)
         self.up_levels = self._up_levels(widths, skip_widths, **blocks)
-        self.output = nn.Sequential(group_norm(base_channels * channel_mults[0]), nn.SiLU(),
-                                    nn.Conv2d(base_channels * channel_mults[0], out_channels * patch_size**2, 3, padding=1))
+        self.output = nn.Sequential(
+            group_norm(base_channels * channel_mults[0]),
+            nn.SiLU(),
+            nn.Conv2d(base_channels * channel_mults[0], out_channels * patch_size**2, 3, padding=1),
+        )
 
-    def _down_levels(self, width: int, widths: list, time_dim, num_res_blocks, dropout, attention_resolutions,
-                     num_heads) -> tuple:
+    def _down_levels(
+        self, width: int, widths: list, time_dim, num_res_blocks, dropout, attention_resolutions, num_heads
+    ) -> tuple:
         """The encoder: per level, ResNet blocks, attention where asked, a downsampling (not after
         the last). Also the widths of the skip connections each block leaves for the decoder."""
         levels, skip_widths = nn.ModuleList(), []
@@ -102,15 +111,20 @@ class UNet(nn.Module):
                 blocks.append(ResnetBlock(width, level_width, time_dim, dropout))
                 width = level_width
                 skip_widths.append(width)
-            levels.append(nn.ModuleDict({
-                "blocks": blocks,
-                "attention": self._attention_or_identity(width, 2**level, attention_resolutions, num_heads),
-                "downsample": Downsample(width) if level < len(widths) - 1 else nn.Identity(),
-            }))
+            levels.append(
+                nn.ModuleDict(
+                    {
+                        "blocks": blocks,
+                        "attention": self._attention_or_identity(width, 2**level, attention_resolutions, num_heads),
+                        "downsample": Downsample(width) if level < len(widths) - 1 else nn.Identity(),
+                    }
+                )
+            )
         return levels, skip_widths
 
-    def _up_levels(self, widths: list, skip_widths: list, time_dim, num_res_blocks, dropout, attention_resolutions,
-                   num_heads) -> nn.ModuleList:
+    def _up_levels(
+        self, widths: list, skip_widths: list, time_dim, num_res_blocks, dropout, attention_resolutions, num_heads
+    ) -> nn.ModuleList:
         """The decoder: per level from the deepest, ResNet blocks over [features, skip], attention
         where asked, an upsampling (not after the last)."""
         levels, width = nn.ModuleList(), widths[-1]
@@ -119,11 +133,15 @@ class UNet(nn.Module):
             for _ in range(num_res_blocks):
                 blocks.append(ResnetBlock(width + skip_widths.pop(), widths[level], time_dim, dropout))
                 width = widths[level]
-            levels.append(nn.ModuleDict({
-                "blocks": blocks,
-                "attention": self._attention_or_identity(width, 2**level, attention_resolutions, num_heads),
-                "upsample": Upsample(width) if level > 0 else nn.Identity(),
-            }))
+            levels.append(
+                nn.ModuleDict(
+                    {
+                        "blocks": blocks,
+                        "attention": self._attention_or_identity(width, 2**level, attention_resolutions, num_heads),
+                        "upsample": Upsample(width) if level > 0 else nn.Identity(),
+                    }
+                )
+            )
         return levels
 
     @staticmethod

@@ -13,8 +13,8 @@ from src.models.config import PREDICTION_TYPES, SCHEDULES
 from src.training.config import TrainConfig
 from src.training.distributed import DistributedError
 from src.training.interrupt import Interrupted
-from src.training.trainer import TrainingError, train
 from src.training.tracking import TrackingError
+from src.training.trainer import TrainingError, train
 from utils.augmentations import AUGMENTATION_MODES
 from utils.errors import DatasetError
 from utils.image_io import RESIZE_MODES
@@ -52,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_flag(run, TrainConfig, "progress", "--no-progress", action="store_false", help="no progress bars")
     model = p.add_argument_group("model")
     config_flag(model, DiffusionConfig, "image_size", type=size_part, nargs="+", metavar="SIZE")
-    for name in ("in_channels", "num_classes", "timesteps", "base_channels", "num_res_blocks", "num_heads", "patch_size"):
+    for name in (
+        "in_channels",
+        "num_classes",
+        "timesteps",
+        "base_channels",
+        "num_res_blocks",
+        "num_heads",
+        "patch_size",
+    ):
         config_flag(model, DiffusionConfig, name, type=positive_int)
     config_flag(model, DiffusionConfig, "schedule", choices=SCHEDULES)
     config_flag(model, DiffusionConfig, "prediction_type", choices=PREDICTION_TYPES)
@@ -90,7 +98,9 @@ def configs_from_args(parser, args) -> tuple:
         return _resumed_config(parser, given["resume"], train_values, model_values), None
     _check_data_flags(parser, given)
     if "in_channels" not in model_values:
-        image_dir = given.get("image_dir") or (Path(given["data_dir"]) / "train" / "images" if given.get("data_dir") else None)
+        image_dir = given.get("image_dir") or (
+            Path(given["data_dir"]) / "train" / "images" if given.get("data_dir") else None
+        )
         model_values["in_channels"] = detect_in_channels(image_dir) if image_dir and Path(image_dir).is_dir() else 3
     try:
         if "image_size" in model_values:

@@ -7,7 +7,6 @@ one-line messages the trainer prints about it (and about masks that look like cl
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -20,7 +19,7 @@ from utils.image_io import class_id_hint
 @dataclass
 class TrainingData:
     train_loader: DataLoader
-    val_dataset: Optional[Dataset]
+    val_dataset: Dataset | None
     split: dict  # {"train": [names], "val": [names]}, saved in checkpoints
     notes: list = field(default_factory=list)  # one-line messages for the user
 
@@ -32,7 +31,7 @@ def base_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _names(dataset: Optional[Dataset]) -> list:
+def _names(dataset: Dataset | None) -> list:
     if dataset is None:
         return []
     pairs = getattr(base_dataset(dataset), "pairs", None)
@@ -75,13 +74,19 @@ def build_training_data(config, model_config: DiffusionConfig, world_size: int =
     if val_split == "auto" and not is_presplit(config.data_dir):
         total = len(data.split["train"]) + len(data.split["val"])
         if val_dataset is not None:
-            data.notes.append(f"validation: held out {len(val_dataset)} of {total} pairs (seeded 10 %); "
-                              "--val-split 0 turns it off, --val-split F sets the share")
+            data.notes.append(
+                f"validation: held out {len(val_dataset)} of {total} pairs (seeded 10 %); "
+                "--val-split 0 turns it off, --val-split F sets the share"
+            )
         else:
-            data.notes.append(f"validation: none: {total} pairs are too few to hold out 10 % (fewer than 10); "
-                              "--val-split F holds out a share anyway")
+            data.notes.append(
+                f"validation: none: {total} pairs are too few to hold out 10 % (fewer than 10); "
+                "--val-split F holds out a share anyway"
+            )
     if model_config.num_classes == 1:
-        class_ids = detect_class_id_masks([mask for _, mask in base_dataset(train_loader.dataset).pairs], config.ignore_index)
+        class_ids = detect_class_id_masks(
+            [mask for _, mask in base_dataset(train_loader.dataset).pairs], config.ignore_index
+        )
         if class_ids:
             data.notes.append(f"warning: {class_id_hint(class_ids)}")
     return data
@@ -112,8 +117,14 @@ def _synthetic_data(config, model_config: DiffusionConfig, distributed: bool) ->
 
     # 0: no validation; else a share of the training set's size on top of it, from its own seed stream
     val_size = 0 if config.val_split == 0 else max(8, int(round(config.synthetic_samples * (config.val_split or 0.2))))
-    train, val = synthetic_split(config.synthetic_samples, val_size, config.seed, image_size=model_config.image_size,
-                                 num_classes=model_config.num_classes, in_channels=model_config.in_channels)
+    train, val = synthetic_split(
+        config.synthetic_samples,
+        val_size,
+        config.seed,
+        image_size=model_config.image_size,
+        num_classes=model_config.num_classes,
+        in_channels=model_config.in_channels,
+    )
     sampler = DistributedSampler(train, shuffle=True, seed=config.seed) if distributed else None
     loader = DataLoader(
         train,

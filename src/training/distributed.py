@@ -56,7 +56,8 @@ def setup_distributed(device: str) -> DistributedContext:
         if local_rank >= gpus:  # else CUDA's bare "invalid device ordinal" traceback, one per rank
             raise DistributedError(
                 f"torchrun started process {local_rank} of this node but the machine has {gpus} GPU(s): "
-                f"use --nproc_per_node={gpus} (one process per GPU), or --device cpu for gloo on the CPU")
+                f"use --nproc_per_node={gpus} (one process per GPU), or --device cpu for gloo on the CPU"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

@@ -12,7 +12,6 @@ blocks (the output folder's lock) still run. Exit codes follow the shell's 128 +
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -21,7 +20,7 @@ class Interrupted(Exception):
     """Training stopped by a signal. `exit_code` is 128 + the signal; the message names the saved
     checkpoint, or says that nothing was saved."""
 
-    def __init__(self, signum: int, saved: Optional[Path] = None, step: Optional[int] = None):
+    def __init__(self, signum: int, saved: Path | None = None, step: int | None = None):
         self.signum = signum
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
@@ -39,7 +38,7 @@ class StopSignals:
     """
 
     def __init__(self):
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self.deferring = False  # True while the training loop can stop cleanly at the next step
         self._previous = {}
 

@@ -7,11 +7,11 @@ annealed whatever the machine's speed or load, instead of stopping mid-schedule 
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 
-def learning_rate(step: int, base_lr: float, total_steps: int, warmup_steps: int, min_ratio: float = 0.05,
-                  time_fraction: float = 0.0) -> float:
+def learning_rate(
+    step: int, base_lr: float, total_steps: int, warmup_steps: int, min_ratio: float = 0.05, time_fraction: float = 0.0
+) -> float:
     """lr for optimizer step `step` (0-based) of `total_steps`; `time_fraction` is the share of a
     wall-clock budget spent so far (0 without one): the decay follows the further of the two."""
     warmup_steps = min(warmup_steps, max(total_steps // 10, 1))
@@ -30,7 +30,7 @@ class LearningRateSchedule:
     base_lr: float
     total_steps: int
     warmup_steps: int
-    budget_seconds: Optional[float] = None
+    budget_seconds: float | None = None
     min_ratio: float = 0.05
 
     def __call__(self, step: int, elapsed_seconds: float = 0.0) -> float:

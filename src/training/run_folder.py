@@ -62,7 +62,8 @@ def _check_previous_run(output_dir: Path, resume: bool, overwrite: bool) -> None
         raise RunFolderError(
             f"{output_dir} already holds a training run ({names}); to keep it safe, nothing was started: "
             f"continue it with --resume {last if last.exists() else found[-1]}, choose another --output-dir, "
-            "or pass --overwrite to replace it")
+            "or pass --overwrite to replace it"
+        )
     removed = found + [output_dir / name for name in OTHER_RUN_FILES if (output_dir / name).is_file()]
     for path in removed:
         path.unlink()
@@ -96,16 +97,22 @@ def _acquire(lock: Path) -> Path:
         except FileExistsError:
             owner = _owner(lock)
             if owner.get("host", me["host"]) != me["host"]:
-                raise RunFolderError(f"{lock.parent}: locked by a training run on host {owner['host']} (PID {owner.get('pid')}); "
-                                     f"choose another --output-dir, or delete {lock} if that run is gone") from None
+                raise RunFolderError(
+                    f"{lock.parent}: locked by a training run on host {owner['host']} (PID {owner.get('pid')}); "
+                    f"choose another --output-dir, or delete {lock} if that run is gone"
+                ) from None
             if _alive(owner.get("pid")):
-                raise RunFolderError(f"{lock.parent}: another training run (PID {owner['pid']}) is writing here; "
-                                     "wait for it to end or choose another --output-dir") from None
+                raise RunFolderError(
+                    f"{lock.parent}: another training run (PID {owner['pid']}) is writing here; "
+                    "wait for it to end or choose another --output-dir"
+                ) from None
             print(f"taking over the stale lock {lock}: PID {owner.get('pid', '?')} that held it is no longer running")
             lock.unlink(missing_ok=True)
             continue
         except OSError as error:
-            raise RunFolderError(f"{lock.parent}: output directory is not writable: {error.strerror or error}") from None
+            raise RunFolderError(
+                f"{lock.parent}: output directory is not writable: {error.strerror or error}"
+            ) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return lock

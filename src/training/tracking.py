@@ -24,7 +24,9 @@ class WandbTracker:
         self.run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
 
     def log_images(self, images: dict, step: int) -> None:
-        self.run.log({name: self._wandb.Image(str(path)) for name, path in images.items() if Path(path).exists()}, step=step)
+        self.run.log(
+            {name: self._wandb.Image(str(path)) for name, path in images.items() if Path(path).exists()}, step=step
+        )
 
     def finish(self) -> None:
         self.run.finish()

@@ -5,8 +5,8 @@ so a Dice in a training log and one in BENCHMARKS.md are computed the same way.
 """
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -39,9 +39,15 @@ def original_mask(dataset, index: int) -> np.ndarray:
     return np.asarray(dataset.load_original_mask(index))
 
 
-def scored_batches(segment: Callable[[torch.Tensor, int], SegmentationOutput], dataset, runtime: Runtime,
-                   num_classes: int = 1, batch_size: int = 8, max_images: Optional[int] = None,
-                   threshold: float = 0.5) -> Iterator[ScoredBatch]:
+def scored_batches(
+    segment: Callable[[torch.Tensor, int], SegmentationOutput],
+    dataset,
+    runtime: Runtime,
+    num_classes: int = 1,
+    batch_size: int = 8,
+    max_images: int | None = None,
+    threshold: float = 0.5,
+) -> Iterator[ScoredBatch]:
     """Run `segment(images, first_index)` over the first `max_images` samples of `dataset` (never
     augmented) and score each prediction against the mask file: letterboxed probabilities are
     cropped to the content, resized to the mask, thresholded (binary) or argmaxed; pixels the
@@ -70,7 +76,7 @@ def scored_batches(segment: Callable[[torch.Tensor, int], SegmentationOutput], d
         yield ScoredBatch(indices, images, output, truths, preds, scores, seconds)
 
 
-def _on_cpu(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _on_cpu(value: torch.Tensor | None) -> torch.Tensor | None:
     """A tensor on the CPU, floating point as float32 (None stays None)."""
     if value is None:
         return None
@@ -85,7 +91,7 @@ def evaluate(
     steps: int = 10,
     batch_size: int = 8,
     seed: int = 0,
-    max_images: Optional[int] = None,
+    max_images: int | None = None,
     keep_examples: int = 8,
 ) -> dict:
     """Mean Dice and IoU of DDIM samples over `dataset` (see scored_batches).
@@ -99,8 +105,14 @@ def evaluate(
     void = dataset.void if getattr(dataset, "has_void", False) else None
     overlap = ClassOverlap(num_classes) if num_classes > 1 else None
     per_image, examples = [], {"images": [], "truths": [], "preds": [], "uncertainty": []}
-    batches = scored_batches(lambda images, first: model.segment(images, steps=steps, seed=seed + first),
-                             dataset, runtime, num_classes, batch_size, max_images)
+    batches = scored_batches(
+        lambda images, first: model.segment(images, steps=steps, seed=seed + first),
+        dataset,
+        runtime,
+        num_classes,
+        batch_size,
+        max_images,
+    )
     for batch in batches:
         per_image.extend(batch.scores)
         for offset, index in enumerate(batch.indices):
