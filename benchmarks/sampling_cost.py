@@ -13,9 +13,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks import common
-from benchmarks import kvasir
-
+from benchmarks import common, kvasir
 from src.device import select_runtime
 from src.models import DiffusionSegmentation
 
@@ -60,9 +58,17 @@ def main(argv=None) -> int:
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, value in medians.items():
         print(f"{name}: {value * 1000:.1f} ms / image")
-    common.write_json(args.out, {"seconds_per_image": medians, "rounds": times, "batch_size": args.batch_size,
-                                 "image_size": args.image_size, "precision": runtime.describe(),
-                                 "machine": common.machine_info()})
+    common.write_json(
+        args.out,
+        {
+            "seconds_per_image": medians,
+            "rounds": times,
+            "batch_size": args.batch_size,
+            "image_size": args.image_size,
+            "precision": runtime.describe(),
+            "machine": common.machine_info(),
+        },
+    )
     return 0
 
 

@@ -22,12 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common
-
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import common
 from src.device import select_runtime
 
 PRECISIONS = {  # name -> (precision, channels_last)
@@ -47,8 +46,11 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd bf16 training")
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--no-sampling", action="store_true")
-    p.add_argument("--profile", action="store_true",
-                   help="only profile two bf16 training steps per size (torch.profiler) and write the top operators")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile two bf16 training steps per size (torch.profiler) and write the top operators",
+    )
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true")
     # internal modes
@@ -66,7 +68,9 @@ def model_config(size: int, smoke: bool):
     from src.models import DiffusionConfig
 
     if smoke:
-        return DiffusionConfig(image_size=(size, size), base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=1)
+        return DiffusionConfig(
+            image_size=(size, size), base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=1
+        )
     return DiffusionConfig(image_size=(size, size))
 
 
@@ -134,8 +138,18 @@ def rss_probe(size: int, precision_name: str, args) -> None:
 
 
 def measure_rss(size: int, precision_name: str, args) -> float:
-    command = common.module_command(sys.executable, "speed", "--rss-probe", size, precision_name, "--batch-size",
-                                    args.batch_size, "--threads", args.threads, *(["--smoke"] if args.smoke else []))
+    command = common.module_command(
+        sys.executable,
+        "speed",
+        "--rss-probe",
+        size,
+        precision_name,
+        "--batch-size",
+        args.batch_size,
+        "--threads",
+        args.threads,
+        *(["--smoke"] if args.smoke else []),
+    )
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=common.module_env())
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
@@ -157,16 +171,32 @@ def peer_worker(args) -> None:
             size, dim = request["size"], request["dim"]
             torch.manual_seed(0)
             if args.smoke:
-                unet = Unet(dim=dim, image_size=size, mask_channels=1, input_img_channels=3, dim_mults=(1, 2), full_self_attn=(False, True))
+                unet = Unet(
+                    dim=dim,
+                    image_size=size,
+                    mask_channels=1,
+                    input_img_channels=3,
+                    dim_mults=(1, 2),
+                    full_self_attn=(False, True),
+                )
             else:
                 unet = Unet(dim=dim, image_size=size, mask_channels=1, input_img_channels=3)
             model = MedSegDiff(unet, timesteps=1000)
             runtime = select_runtime("cpu", request["precision"], False)
-            state = {"model": model, "runtime": runtime, "batch": batch(size, request["batch_size"]),
-                     "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.fused_optimizer)}
+            state = {
+                "model": model,
+                "runtime": runtime,
+                "batch": batch(size, request["batch_size"]),
+                "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.fused_optimizer),
+            }
             reply = {"parameters": parameter_count(model)}
         elif request["cmd"] == "train":
-            model, runtime, optimizer, (images, masks) = state["model"], state["runtime"], state["optimizer"], state["batch"]
+            model, runtime, optimizer, (images, masks) = (
+                state["model"],
+                state["runtime"],
+                state["optimizer"],
+                state["batch"],
+            )
             times = []
             for _ in range(request["steps"]):
                 start = time.perf_counter()
@@ -188,7 +218,10 @@ def peer_worker(args) -> None:
             with torch.no_grad(), runtime.autocast():
                 for t in reversed(range(request["steps"])):
                     x, _ = model.p_sample(x, t, images)
-            reply = {"seconds_per_step": (time.perf_counter() - start) / request["steps"], "sampler_steps": model.num_timesteps}
+            reply = {
+                "seconds_per_step": (time.perf_counter() - start) / request["steps"],
+                "sampler_steps": model.num_timesteps,
+            }
         else:
             reply = {"error": f"unknown command {request['cmd']}"}
         print(json.dumps(reply), flush=True)
@@ -196,9 +229,17 @@ def peer_worker(args) -> None:
 
 class PeerClient:
     def __init__(self, args):
-        command = common.module_command(common.PEER_PYTHON, "speed", "--peer-worker", "--threads", args.threads,
-                                        *(["--smoke"] if args.smoke else []))
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=common.module_env())
+        command = common.module_command(
+            common.PEER_PYTHON,
+            "speed",
+            "--peer-worker",
+            "--threads",
+            args.threads,
+            *(["--smoke"] if args.smoke else []),
+        )
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=common.module_env()
+        )
 
     def ask(self, **request) -> dict:
         self.process.stdin.write(json.dumps(request) + "\n")
@@ -218,9 +259,17 @@ def peer_dim(target: int, size: int, smoke: bool) -> int:
     if smoke:
         return 8
 
-    done = subprocess.run([str(common.PEER_PYTHON), "-c",
-                           f"from benchmarks.kvasir import peer_dim_for; print(peer_dim_for({target}, {size}))"],
-                          capture_output=True, text=True, check=True, env=common.module_env())
+    done = subprocess.run(
+        [
+            str(common.PEER_PYTHON),
+            "-c",
+            f"from benchmarks.kvasir import peer_dim_for; print(peer_dim_for({target}, {size}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=common.module_env(),
+    )
     return int(done.stdout.strip().splitlines()[-1])
 
 
@@ -241,8 +290,14 @@ def time_training(args, result: dict) -> None:
         dim = peer_dim(ours_params, size, args.smoke)
         peer = PeerClient(args)
         reply = peer.ask(cmd="setup", size=size, dim=dim, precision="bf16", batch_size=args.batch_size)
-        result["peer"] = {"package": "med-seg-diff-pytorch 0.3.3", "unet_dim": dim, "parameters": reply["parameters"],
-                          "ours_parameters": ours_params, "size": size, "precision": "bf16"}
+        result["peer"] = {
+            "package": "med-seg-diff-pytorch 0.3.3",
+            "unet_dim": dim,
+            "parameters": reply["parameters"],
+            "ours_parameters": ours_params,
+            "size": size,
+            "precision": "bf16",
+        }
     times = {key: [] for key in trainers}
     peer_times = []
     for round_index in range(args.rounds + 1):  # round 0 warms up (oneDNN kernels, allocator)
@@ -254,10 +309,15 @@ def time_training(args, result: dict) -> None:
             elapsed = peer.ask(cmd="train", steps=args.steps_per_round)["times"]
             if round_index:
                 peer_times += elapsed
-        print(f"round {round_index}: " + ", ".join(f"{k[0]}px {k[1]} {np.median(v):.2f}s" for k, v in times.items() if v), flush=True)
+        print(
+            f"round {round_index}: " + ", ".join(f"{k[0]}px {k[1]} {np.median(v):.2f}s" for k, v in times.items() if v),
+            flush=True,
+        )
 
-    peaks = {"bf16": matmul_peak(256 if args.smoke else 4096, torch.bfloat16),
-             "fp32": matmul_peak(256 if args.smoke else 2048, torch.float32)}
+    peaks = {
+        "bf16": matmul_peak(256 if args.smoke else 4096, torch.bfloat16),
+        "fp32": matmul_peak(256 if args.smoke else 2048, torch.float32),
+    }
     result["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
     rows = []
     flops = {}
@@ -267,17 +327,30 @@ def time_training(args, result: dict) -> None:
         seconds = float(np.median(times[(size, name)]))
         achieved = flops[size] / seconds
         peak = peaks["fp32" if name == "fp32" else "bf16"]
-        rows.append({"size": size, "precision": name, "batch": args.batch_size, "step_seconds": seconds,
-                     "step_seconds_all": times[(size, name)], "images_per_second": args.batch_size / seconds,
-                     "parameters": parameter_count(trainer.model), "gflops_per_step": flops[size] / 1e9,
-                     "achieved_tflops": achieved / 1e12, "share_of_peak": achieved / peak,
-                     # (the smoke run probes one configuration only, to stay within seconds)
-                     "peak_rss_mib": None if name.endswith("compile") or (args.smoke and name != "bf16")
-                     else measure_rss(size, name, args)})
+        rows.append(
+            {
+                "size": size,
+                "precision": name,
+                "batch": args.batch_size,
+                "step_seconds": seconds,
+                "step_seconds_all": times[(size, name)],
+                "images_per_second": args.batch_size / seconds,
+                "parameters": parameter_count(trainer.model),
+                "gflops_per_step": flops[size] / 1e9,
+                "achieved_tflops": achieved / 1e12,
+                "share_of_peak": achieved / peak,
+                # (the smoke run probes one configuration only, to stay within seconds)
+                "peak_rss_mib": None
+                if name.endswith("compile") or (args.smoke and name != "bf16")
+                else measure_rss(size, name, args),
+            }
+        )
     result["training"] = rows
     if peer is not None:
         seconds = float(np.median(peer_times))
-        result["peer"].update(step_seconds=seconds, step_seconds_all=peer_times, images_per_second=args.batch_size / seconds)
+        result["peer"].update(
+            step_seconds=seconds, step_seconds_all=peer_times, images_per_second=args.batch_size / seconds
+        )
         ours = next(r for r in rows if r["size"] == result["peer"]["size"] and r["precision"] == "bf16")
         result["peer"]["ours_over_peer_training"] = ours["images_per_second"] / result["peer"]["images_per_second"]
     del trainers
@@ -306,9 +379,19 @@ def time_sampling(args, result: dict, peer) -> None:
                 with runtime.autocast():
                     model.sample(images, steps=steps, seed=0)
                 seconds = time.perf_counter() - start
-                rows.append({"size": size, "batch": batch_size, "steps": steps, "seconds_per_image": seconds / batch_size,
-                             "seconds_per_step_per_batch": seconds / steps})
-                print(f"sampling {size}px batch {batch_size}, {steps} steps: {seconds / batch_size:.2f} s/image", flush=True)
+                rows.append(
+                    {
+                        "size": size,
+                        "batch": batch_size,
+                        "steps": steps,
+                        "seconds_per_image": seconds / batch_size,
+                        "seconds_per_step_per_batch": seconds / steps,
+                    }
+                )
+                print(
+                    f"sampling {size}px batch {batch_size}, {steps} steps: {seconds / batch_size:.2f} s/image",
+                    flush=True,
+                )
         if peer is not None and size == result["peer"]["size"]:
             probe = 2 if args.smoke else 20
             for batch_size in (1, 8):
@@ -316,8 +399,13 @@ def time_sampling(args, result: dict, peer) -> None:
                 per_image = reply["seconds_per_step"] * reply["sampler_steps"] / batch_size
                 result["peer"][f"default_sampler_seconds_per_image_batch{batch_size}"] = per_image
                 result["peer"]["default_sampler_steps"] = reply["sampler_steps"]
-                print(f"peer {size}px batch {batch_size}: {per_image:.1f} s/image (from {probe} of {reply['sampler_steps']} steps)", flush=True)
-                ours_step = next(r["seconds_per_step_per_batch"] for r in rows if r["size"] == size and r["batch"] == batch_size)
+                print(
+                    f"peer {size}px batch {batch_size}: {per_image:.1f} s/image (from {probe} of {reply['sampler_steps']} steps)",
+                    flush=True,
+                )
+                ours_step = next(
+                    r["seconds_per_step_per_batch"] for r in rows if r["size"] == size and r["batch"] == batch_size
+                )
                 result["peer"][f"ours_seconds_per_step_batch{batch_size}"] = ours_step / batch_size
     result["sampling"] = rows
 
@@ -334,7 +422,9 @@ def profile_training(args) -> None:
             trainer.step(), trainer.step()
         table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
         path = args.out.with_name(f"profile_{size}{'_smoke' if args.smoke else ''}.txt")
-        path.write_text(f"{size} px, batch {args.batch_size}, bf16, {args.threads} threads, 2 training steps\n{table}\n")
+        path.write_text(
+            f"{size} px, batch {args.batch_size}, bf16, {args.threads} threads, 2 training steps\n{table}\n"
+        )
         print(f"{size} px:\n{table}\nwrote {path}", flush=True)
 
 
@@ -350,8 +440,13 @@ def main(argv=None) -> int:
     if args.peer_worker:
         peer_worker(args)
         return 0
-    result = {"machine": common.machine_info(), "batch_size": args.batch_size, "rounds": args.rounds,
-              "steps_per_round": args.steps_per_round, "smoke": args.smoke}
+    result = {
+        "machine": common.machine_info(),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round,
+        "smoke": args.smoke,
+    }
     clock = common.Stopwatch()
     peer = time_training(args, result)
     if not args.no_sampling:

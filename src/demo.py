@@ -140,8 +140,21 @@ def run_demo(
     held_out_dice = float(np.mean([segmentation_scores(m, t)["dice"] for m, t in zip(masks, truths)]))
     _print_scores(result.best_val_dice, held_out_dice, chance_dice(truths), quick)
 
-    figures = {"training_curves": save_training_curves(result.history, output_dir / "training_curves.png")}
-    timesteps, frames = forward_diffusion_frames(predictor.model, truths[0], seed=seed)
+    figures = _draw_figures(result.history, predictor.model, predictions, images, truths, output_dir, seed)
+    figures["checkpoint"] = Path(checkpoint)
+
+    print(f"\nDone in {time.monotonic() - start:.0f} s. Files:")
+    for name, path in figures.items():
+        print(f"  {name:20s} {path}")
+    print(f"Segment your own images with: python inference.py --checkpoint {checkpoint} --input IMAGE --ensemble 4")
+    return figures
+
+
+def _draw_figures(history, model, predictions, images, truths, output_dir: Path, seed: int) -> dict[str, Path]:
+    """Training curves, the forward and reverse process of the first held-out image, the predictions."""
+    masks = np.stack([p.mask for p in predictions])
+    figures = {"training_curves": save_training_curves(history, output_dir / "training_curves.png")}
+    timesteps, frames = forward_diffusion_frames(model, truths[0], seed=seed)
     figures["forward_diffusion"] = save_forward_diffusion(
         frames, timesteps, output_dir / "forward_diffusion.png", image=images[0]
     )
@@ -166,12 +179,6 @@ def run_demo(
         output_dir / "predictions.png",
         uncertainty=np.stack([p.uncertainty for p in predictions]),
     )
-    figures["checkpoint"] = Path(checkpoint)
-
-    print(f"\nDone in {time.monotonic() - start:.0f} s. Files:")
-    for name, path in figures.items():
-        print(f"  {name:20s} {path}")
-    print(f"Segment your own images with: python inference.py --checkpoint {checkpoint} --input IMAGE --ensemble 4")
     return figures
 
 

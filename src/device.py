@@ -7,7 +7,6 @@ Everything else asks for a `Runtime` and uses `runtime.autocast()`, `runtime.pre
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -15,7 +14,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16).
 
@@ -64,7 +63,7 @@ class Runtime:
     channels_last: bool = True
 
     @property
-    def amp_dtype(self) -> Optional[torch.dtype]:
+    def amp_dtype(self) -> torch.dtype | None:
         return _DTYPES[self.precision]
 
     @property
@@ -97,7 +96,7 @@ class Runtime:
         return f"{self.device} {self.precision} {layout}"
 
 
-def select_runtime(device: str = "auto", precision: str = "auto", channels_last: Optional[bool] = None) -> Runtime:
+def select_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Runtime:
     """channels_last None = auto: on for CUDA; off on CPU, where GroupNorm's backward in bf16 is ~25x
     slower on channels_last tensors than on contiguous ones (torch 2.14, measured in BENCHMARKS.md),
     which costs more than the faster channels_last convolutions win."""

@@ -287,51 +287,60 @@ def format_summary(summary: dict) -> str:
     if summary.get("class_id_masks"):
         lines[2:2] = [f"**Note:** {class_id_hint(ClassIds(**summary['class_id_masks']))}", ""]
     if summary["width"]:
-        width, height, aspect = summary["width"], summary["height"], summary["aspect_ratio"]
-        common = ", ".join(f"{size} ({n})" for size, n in summary["common_sizes"])
-        lines += [
-            "## Image sizes",
-            "",
-            "| | min | median | mean | max |",
-            "|---|---|---|---|---|",
-            *(
-                f"| {name} | {s['min']:.4g} | {s['median']:.4g} | {s['mean']:.4g} | {s['max']:.4g} |"
-                for name, s in (("width", width), ("height", height), ("aspect (w/h)", aspect))
-            ),
-            "",
-            f"{summary['distinct_sizes']} distinct sizes; most common: {common}",
-            f"formats: {summary['formats']}; image modes: {summary['image_modes']}; "
-            f"mask modes: {summary['mask_modes']}",
-            "",
-        ]
+        lines += _size_section(summary)
     if summary["foreground_fraction"]:
-        fg = summary["foreground_fraction"]
-        ignored = summary.get("ignored_fraction")
-        lines += [
-            "## Masks",
-            "",
-            f"foreground fraction: min {fg['min']:.3f}, median {fg['median']:.3f}, "
-            f"mean {fg['mean']:.3f}, max {fg['max']:.3f}",
-            "",
-            *(
-                [
-                    f"ignored fraction (value {summary['ignore_index']}): min {ignored['min']:.3f}, "
-                    f"mean {ignored['mean']:.3f}, max {ignored['max']:.3f}",
-                    "",
-                ]
-                if ignored
-                else []
-            ),
-            "| class | pixel fraction | images |",
-            "|---|---|---|",
-            *(f"| {c} | {h['pixel_fraction']:.4f} | {h['images']} |" for c, h in summary["class_histogram"].items()),
-            "",
-        ]
+        lines += _mask_section(summary)
     lines += ["## Issues", ""]
     lines += [f"- {kind}: {n} ({ISSUE_KINDS.get(kind, '')})" for kind, n in summary["issue_counts"].items()]
     lines += ["- none"] if not summary["issue_counts"] else []
     lines += ["", "## Recommendations", "", *(f"- {advice}" for advice in summary["recommendations"]), ""]
     return "\n".join(lines)
+
+
+def _size_section(summary: dict) -> list:
+    """Markdown lines: image width, height and aspect ratio, sizes, formats and modes."""
+    width, height, aspect = summary["width"], summary["height"], summary["aspect_ratio"]
+    common = ", ".join(f"{size} ({n})" for size, n in summary["common_sizes"])
+    return [
+        "## Image sizes",
+        "",
+        "| | min | median | mean | max |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {s['min']:.4g} | {s['median']:.4g} | {s['mean']:.4g} | {s['max']:.4g} |"
+            for name, s in (("width", width), ("height", height), ("aspect (w/h)", aspect))
+        ),
+        "",
+        f"{summary['distinct_sizes']} distinct sizes; most common: {common}",
+        f"formats: {summary['formats']}; image modes: {summary['image_modes']}; mask modes: {summary['mask_modes']}",
+        "",
+    ]
+
+
+def _mask_section(summary: dict) -> list:
+    """Markdown lines: foreground and ignored fractions, class histogram."""
+    fg = summary["foreground_fraction"]
+    ignored = summary.get("ignored_fraction")
+    return [
+        "## Masks",
+        "",
+        f"foreground fraction: min {fg['min']:.3f}, median {fg['median']:.3f}, "
+        f"mean {fg['mean']:.3f}, max {fg['max']:.3f}",
+        "",
+        *(
+            [
+                f"ignored fraction (value {summary['ignore_index']}): min {ignored['min']:.3f}, "
+                f"mean {ignored['mean']:.3f}, max {ignored['max']:.3f}",
+                "",
+            ]
+            if ignored
+            else []
+        ),
+        "| class | pixel fraction | images |",
+        "|---|---|---|",
+        *(f"| {c} | {h['pixel_fraction']:.4f} | {h['images']} |" for c, h in summary["class_histogram"].items()),
+        "",
+    ]
 
 
 def write_analysis(summary: dict, reports: list[PairReport], output_dir: Path) -> None:

@@ -31,8 +31,9 @@ from utils.dataset_analysis import (
     inspect_pair,
 )
 from utils.errors import ISSUE_KINDS, DatasetError, Issue, display_path
-from utils.image_io import as_size, class_id_hint, load_labels, resize_labels, void_label
+from utils.image_io import as_size, class_id_hint, load_labels, void_label
 from utils.pairing import find_pairs, split_pairs
+from utils.resize import resize_labels
 from utils.synthetic import write_synthetic_dataset
 
 FIXABLE_KINDS = ("size_mismatch", "grey_mask", "lossy_mask")
@@ -174,25 +175,7 @@ def validate_dataset(
 
     if fix_issues:
         result.backup_dir = Path(output_dir) / "backup" if output_dir else mask_dir.parent / f"{mask_dir.name}_backup"
-        for report in reports:
-            if not _fixable(report, num_classes):
-                continue
-            try:
-                result.fixed.append(fix_mask(report, result.backup_dir, num_classes, mask_threshold, ignore_index))
-            except DatasetError as error:  # e.g. the PNG name is taken: report it, fix the rest
-                report.issues += error.issues
-                continue
-            except OSError as error:  # backup or write failed (disk full, read-only): the mask is unchanged
-                report.issues.append(
-                    Issue(
-                        "fix_failed",
-                        f"{display_path(report.mask_path)}: not fixed, left unchanged: "
-                        f"{error.strerror or error}{f' ({error.filename})' if error.filename else ''}",
-                        (report.mask_path,),
-                    )
-                )
-                continue
-            report.issues = [issue for issue in report.issues if issue.kind not in FIXABLE_KINDS]
+        _fix_masks(reports, result, num_classes, mask_threshold, ignore_index)
 
     result.issues = (
         pairing.issues
@@ -201,22 +184,43 @@ def validate_dataset(
     )
     print(format_validation(result, image_dir, mask_dir))
     if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "validation.json").write_text(
-            json.dumps(
-                {
-                    "pairs": result.num_pairs,
-                    "ok": result.ok,
-                    "issues": [
-                        {"kind": i.kind, "fatal": i.fatal, "message": i.message, "paths": [str(p) for p in i.paths]}
-                        for i in result.issues
-                    ],
-                    "fixed": [{"file": str(new), "backup": str(backup)} for new, backup in result.fixed],
-                },
-                indent=2,
-            )
-        )
+        _write_validation_json(result, Path(output_dir))
     return result
+
+
+def _fix_masks(reports, result: ValidationResult, num_classes: int, mask_threshold: float, ignore_index) -> None:
+    """Repair every fixable mask (original backed up to result.backup_dir first); a mask that
+    cannot be fixed keeps its issues, plus one saying why."""
+    for report in reports:
+        if not _fixable(report, num_classes):
+            continue
+        try:
+            result.fixed.append(fix_mask(report, result.backup_dir, num_classes, mask_threshold, ignore_index))
+        except DatasetError as error:  # e.g. the PNG name is taken: report it, fix the rest
+            report.issues += error.issues
+            continue
+        except OSError as error:  # backup or write failed (disk full, read-only): the mask is unchanged
+            report.issues.append(
+                Issue(
+                    "fix_failed",
+                    f"{display_path(report.mask_path)}: not fixed, left unchanged: "
+                    f"{error.strerror or error}{f' ({error.filename})' if error.filename else ''}",
+                    (report.mask_path,),
+                )
+            )
+            continue
+        report.issues = [issue for issue in report.issues if issue.kind not in FIXABLE_KINDS]
+
+
+def _write_validation_json(result: ValidationResult, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    issues = [
+        {"kind": i.kind, "fatal": i.fatal, "message": i.message, "paths": [str(p) for p in i.paths]}
+        for i in result.issues
+    ]
+    fixed = [{"file": str(new), "backup": str(backup)} for new, backup in result.fixed]
+    summary = {"pairs": result.num_pairs, "ok": result.ok, "issues": issues, "fixed": fixed}
+    (output_dir / "validation.json").write_text(json.dumps(summary, indent=2))
 
 
 def format_validation(result: ValidationResult, image_dir: Path, mask_dir: Path) -> str:

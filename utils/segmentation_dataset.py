@@ -30,19 +30,9 @@ from tqdm import tqdm
 from utils.augmentations import ColorJitter, build_augmentations
 from utils.dataset_checks import check_pairs, resolve_issues
 from utils.errors import DatasetError, DatasetWarning, Issue, display_path, format_issues
-from utils.image_io import (
-    RESIZE_MODES,
-    as_size,
-    fit_image,
-    label_dtype,
-    letterbox,
-    letterbox_box,
-    load_image,
-    load_labels,
-    resize_labels,
-    void_label,
-)
+from utils.image_io import as_size, label_dtype, load_image, load_labels, void_label
 from utils.pairing import Pair, find_pairs
+from utils.resize import RESIZE_MODES, fit_image, letterbox, letterbox_box, resize_labels
 
 VOID = -1  # the mask value of pixels that belong to no class, in the tensors a dataset returns
 # Use at most this share of the currently available memory for the in-memory cache.

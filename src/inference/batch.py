@@ -70,11 +70,7 @@ def run_batch(
     if batch_size < 1:
         raise InferenceError(f"--batch-size must be >= 1, got {batch_size}")
     images, masks = _list_inputs(input_dir, mask_dir)
-    for folder, flag in ((input_dir, "--input"), (mask_dir, "--mask-dir")):
-        if folder is not None and output_dir.resolve() == Path(folder).resolve():
-            raise InferenceError(
-                f"--output {output_dir} is the {flag} folder: masks named <stem>.png would overwrite its files"
-            )
+    _refuse_overwriting_inputs(output_dir, input_dir, mask_dir)
     stems = unique_stems(images)
     prepare_output_dir(output_dir)
     summary = BatchSummary(
@@ -133,6 +129,14 @@ def _write_summary(summary: BatchSummary, scores: list, overlap, output_dir: Pat
         Path(summary.summary_path).write_text(json.dumps(asdict(summary), indent=2))
     except OSError as error:
         raise InferenceError(f"{error.filename or output_dir}: cannot write: {error.strerror or error}") from None
+
+
+def _refuse_overwriting_inputs(output_dir: Path, input_dir: Path, mask_dir) -> None:
+    for folder, flag in ((input_dir, "--input"), (mask_dir, "--mask-dir")):
+        if folder is not None and output_dir.resolve() == Path(folder).resolve():
+            raise InferenceError(
+                f"--output {output_dir} is the {flag} folder: masks named <stem>.png would overwrite its files"
+            )
 
 
 def _list_inputs(input_dir: Path, mask_dir) -> tuple[list[Path], dict[Path, Path]]:

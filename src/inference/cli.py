@@ -23,7 +23,6 @@ from utils.errors import DatasetError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = PredictorOptions()
     p = ArgumentParser(
         prog="inference.py",
         description="Segment images with a trained diffusion segmentation checkpoint.",
@@ -36,7 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", help="an image file, or a folder of images (batch mode)")
     p.add_argument("--output", default="./inference_results", help="output folder (default: %(default)s)")
-    mode = p.add_argument_group("modes")
+    _add_mode_flags(p.add_argument_group("modes"))
+    _add_sampling_flags(p.add_argument_group("sampling"), PredictorOptions())
+    _add_runtime_flags(p.add_argument_group("runtime"))
+    _add_output_flags(p.add_argument_group("outputs"))
+    return p
+
+
+def _add_mode_flags(mode) -> None:
     mode.add_argument("--batch", action="store_true", help="segment every image of the --input folder")
     mode.add_argument("--interactive", action="store_true", help="prompt for image paths, one at a time")
     mode.add_argument(
@@ -53,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--batch-size", type=positive_int, default=8, help="images (or tiles) per forward pass (default: %(default)s)"
     )
-    sampling = p.add_argument_group("sampling")
+
+
+def _add_sampling_flags(sampling, d: PredictorOptions) -> None:
     sampling.add_argument("--steps", type=positive_int, default=d.steps, help="DDIM steps (default: %(default)s)")
     sampling.add_argument(
         "--ensemble",
@@ -110,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.tile_overlap,
         help="overlap of neighbouring windows, a fraction of the window (default: %(default)s)",
     )
-    runtime = p.add_argument_group("runtime")
+
+
+def _add_runtime_flags(runtime) -> None:
     runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     runtime.add_argument(
         "--precision",
@@ -119,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast precision; auto = bf16 where the hardware runs it natively (default: %(default)s)",
     )
     runtime.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar in batch mode")
-    outputs = p.add_argument_group("outputs")
+
+
+def _add_output_flags(outputs) -> None:
     outputs.add_argument(
         "--overlay",
         action=argparse.BooleanOptionalAction,
@@ -132,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="save <stem>_process.png and .gif: x_t and predicted x0 through the reverse diffusion",
     )
-    return p
 
 
 def resolve_mode(args) -> str:

@@ -11,9 +11,9 @@ resolution instead (src/inference/tiling.py), so their detail is not shrunk away
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from src.device import Runtime, select_runtime
 from src.inference.tiling import sliding_window
 from src.masks import crop_box, probabilities_to_mask, resize_maps
 from src.models import DiffusionSegmentation, SegmentationOutput, SegmentationRun
-from utils.image_io import RESIZE_MODES, as_size, fit_image, letterbox_box, load_image
+from utils.image_io import as_size, load_image
+from utils.resize import RESIZE_MODES, fit_image, letterbox_box
 
 # An image more than this many times the model's input size (in height or width) is tiled
 TILE_FACTOR = 2
@@ -51,7 +52,7 @@ class ProcessTrace:
     x_t: torch.Tensor
     x0: torch.Tensor
     image: torch.Tensor
-    mean: Optional[torch.Tensor] = None
+    mean: torch.Tensor | None = None
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Prediction:
     mask: np.ndarray
     probabilities: np.ndarray
     uncertainty: np.ndarray
-    process: Optional[ProcessTrace] = None
+    process: ProcessTrace | None = None
 
 
 @dataclass
@@ -81,10 +82,10 @@ class PredictorOptions:
     eta: float = 1.0
     time_ensemble: bool = True
     threshold: float = 0.5
-    seed: Optional[int] = 0
+    seed: int | None = 0
     process_frames: int = 8  # frames kept per image when the process is recorded
-    resize: Optional[str] = None  # "stretch" or "pad" (letterbox); None: as the checkpoint was trained
-    tile: Optional[bool] = None  # None: tile images over TILE_FACTOR x the model size; True: always; False: never
+    resize: str | None = None  # "stretch" or "pad" (letterbox); None: as the checkpoint was trained
+    tile: bool | None = None  # None: tile images over TILE_FACTOR x the model size; True: always; False: never
     tile_overlap: float = 0.25
     tile_batch: int = 8  # windows per forward pass
     progress: bool = False  # a bar over the windows of a tiled image
@@ -93,8 +94,14 @@ class PredictorOptions:
 class Predictor:
     """A model in eval mode on its runtime, plus the pre/post-processing around it."""
 
-    def __init__(self, model: DiffusionSegmentation, runtime: Runtime, options: PredictorOptions = None, image_size=None,
-                 training_options: Optional[dict] = None):
+    def __init__(
+        self,
+        model: DiffusionSegmentation,
+        runtime: Runtime,
+        options: PredictorOptions = None,
+        image_size=None,
+        training_options: dict | None = None,
+    ):
         self.options = replace(options or PredictorOptions())
         # the run's train_config, when the checkpoint has one: how images were resized, the ignore label
         self.training_options = dict(training_options or {})
@@ -111,8 +118,14 @@ class Predictor:
         _check_options(self.options, self.model.num_timesteps)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, device: str = "auto", precision: str = "auto", options: PredictorOptions = None,
-                        image_size=None) -> "Predictor":
+    def from_checkpoint(
+        cls,
+        checkpoint,
+        device: str = "auto",
+        precision: str = "auto",
+        options: PredictorOptions = None,
+        image_size=None,
+    ) -> Predictor:
         """Rebuild the model from the checkpoint's own config (EMA weights when saved).
 
         The checkpoint's train_config (resize, ignore_index) becomes `training_options`. Raises CheckpointError for a missing or unusable checkpoint,
@@ -152,9 +165,16 @@ class Predictor:
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(H_i, W_i, C) uint8 images of any sizes -> (B, C, h, w) float in [0, 1] at model size,
         through the same ``fit_image`` as training (the model sees the pixels it was trained on)."""
-        fitted = [fit_image(_check_channels(image, self.config.in_channels), self.image_size, self.options.resize)
-                  for image in images]
-        return torch.stack([torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) for pixels in fitted]).float() / 255
+        fitted = [
+            fit_image(_check_channels(image, self.config.in_channels), self.image_size, self.options.resize)
+            for image in images
+        ]
+        return (
+            torch.stack(
+                [torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) for pixels in fitted]
+            ).float()
+            / 255
+        )
 
     def tiles(self, image: np.ndarray, record_process: bool = False) -> bool:
         """Whether `image` is segmented window by window (see TILE_FACTOR and options.tile). A
@@ -166,7 +186,9 @@ class Predictor:
         return any(size > TILE_FACTOR * model_size for size, model_size in zip(image.shape[:2], self.image_size))
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray], record_process: bool = False, seed: Optional[int] = None) -> list[Prediction]:
+    def predict(
+        self, images: Sequence[np.ndarray], record_process: bool = False, seed: int | None = None
+    ) -> list[Prediction]:
         """Segment a batch of (H_i, W_i, C) uint8 images; one Prediction per image, at its size.
 
         The batch (times the ensemble) is sampled together. With DDIM (eta = 0) an image's result
@@ -182,34 +204,61 @@ class Predictor:
         results = iter(self._predict_resized(whole, record_process, seed) if whole else [])
         return [self._predict_tiled(image, seed) if tile else next(results) for image, tile in zip(images, tiled)]
 
-    def _predict_tiled(self, image: np.ndarray, seed: Optional[int]) -> Prediction:
+    def _predict_tiled(self, image: np.ndarray, seed: int | None) -> Prediction:
         """One image, window by window at the model's resolution, blended (src/inference/tiling.py)."""
         options = self.options
         image = _check_channels(image, self.config.in_channels)
 
         def run(tiles: torch.Tensor, first: int):
             with self.runtime.autocast():
-                output = self.model.segment(self.runtime.to_device(tiles), steps=options.steps, ensemble=options.ensemble,
-                                            threshold=options.threshold, seed=None if seed is None else seed + first,
-                                            eta=options.eta, time_ensemble=options.time_ensemble)
+                output = self.model.segment(
+                    self.runtime.to_device(tiles),
+                    steps=options.steps,
+                    ensemble=options.ensemble,
+                    threshold=options.threshold,
+                    seed=None if seed is None else seed + first,
+                    eta=options.eta,
+                    time_ensemble=options.time_ensemble,
+                )
             return output.probabilities, output.uncertainty
 
-        probabilities, uncertainty = sliding_window(image, self.image_size, run, self.config.mask_channels,
-                                                    options.tile_overlap, options.tile_batch, options.progress)
+        probabilities, uncertainty = sliding_window(
+            image,
+            self.image_size,
+            run,
+            self.config.mask_channels,
+            options.tile_overlap,
+            options.tile_batch,
+            options.progress,
+        )
         mask = probabilities_to_mask(torch.from_numpy(probabilities), self.num_classes, options.threshold)
-        return Prediction(mask=mask.numpy().astype(self.mask_dtype), probabilities=probabilities,
-                          uncertainty=np.maximum(uncertainty, 0))
+        return Prediction(
+            mask=mask.numpy().astype(self.mask_dtype),
+            probabilities=probabilities,
+            uncertainty=np.maximum(uncertainty, 0),
+        )
 
-    def _predict_resized(self, images: Sequence[np.ndarray], record_process: bool, seed: Optional[int]) -> list[Prediction]:
+    def _predict_resized(
+        self, images: Sequence[np.ndarray], record_process: bool, seed: int | None
+    ) -> list[Prediction]:
         """A batch of images resized (or letterboxed) to the model's size, sampled together."""
         options = self.options
         batch = self.runtime.to_device(self.preprocess(images))
-        sampling = dict(steps=options.steps, ensemble=options.ensemble, threshold=options.threshold, seed=seed,
-                        eta=options.eta, time_ensemble=options.time_ensemble)
+        sampling = dict(
+            steps=options.steps,
+            ensemble=options.ensemble,
+            threshold=options.threshold,
+            seed=seed,
+            eta=options.eta,
+            time_ensemble=options.time_ensemble,
+        )
         with self.runtime.autocast():
             if record_process:
-                output, frames = run_keeping_frames(self.model.segmentation(batch, **sampling),
-                                                    self.model.sample_timesteps(options.steps), options.process_frames)
+                output, frames = run_keeping_frames(
+                    self.model.segmentation(batch, **sampling),
+                    self.model.sample_timesteps(options.steps),
+                    options.process_frames,
+                )
             else:
                 output = self.model.segment(batch, **sampling)
         probabilities = output.probabilities.float().cpu()
@@ -219,13 +268,18 @@ class Predictor:
             size = image.shape[:2]
             box = self.content_box(size)
             probs = resize_maps(crop_box(probabilities[i], box), size)
-            predictions.append(Prediction(
-                mask=probabilities_to_mask(probs, self.num_classes, options.threshold).numpy().astype(self.mask_dtype),
-                probabilities=probs.numpy(),
-                uncertainty=resize_maps(crop_box(uncertainty[i][None], box), size)[0].clamp(min=0).numpy(),
-                process=process_trace(frames, i * options.ensemble, batch[i].float().cpu(), options.time_ensemble)
-                if record_process else None,
-            ))
+            predictions.append(
+                Prediction(
+                    mask=probabilities_to_mask(probs, self.num_classes, options.threshold)
+                    .numpy()
+                    .astype(self.mask_dtype),
+                    probabilities=probs.numpy(),
+                    uncertainty=resize_maps(crop_box(uncertainty[i][None], box), size)[0].clamp(min=0).numpy(),
+                    process=process_trace(frames, i * options.ensemble, batch[i].float().cpu(), options.time_ensemble)
+                    if record_process
+                    else None,
+                )
+            )
         return predictions
 
 

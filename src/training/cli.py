@@ -17,7 +17,7 @@ from src.training.tracking import TrackingError
 from src.training.trainer import TrainingError, train
 from utils.augmentations import AUGMENTATION_MODES
 from utils.errors import DatasetError
-from utils.image_io import RESIZE_MODES
+from utils.resize import RESIZE_MODES
 
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 MODEL_FLAGS = {f.name for f in fields(DiffusionConfig)}  # every other flag is a TrainConfig field

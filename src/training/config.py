@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from src.device import PRECISIONS
 from src.fields import option
 from utils.augmentations import AUGMENTATION_MODES
-from utils.image_io import RESIZE_MODES
+from utils.resize import RESIZE_MODES
 
 
 @dataclass

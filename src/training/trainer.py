@@ -16,7 +16,6 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -45,13 +44,13 @@ class TrainingError(RuntimeError):
 @dataclass
 class TrainResult:
     output_dir: Path
-    last_checkpoint: Optional[Path]
-    best_checkpoint: Optional[Path]
-    best_val_dice: Optional[float]
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    best_val_dice: float | None
     history: list = field(default_factory=list)
     steps: int = 0
     stopped_early: bool = False
-    model: Optional[DiffusionSegmentation] = None  # the EMA model, in eval mode
+    model: DiffusionSegmentation | None = None  # the EMA model, in eval mode
 
 
 @dataclass
@@ -61,27 +60,33 @@ class _Progress:
     epoch: int = 0  # the epoch being trained (0-based)
     batch_in_epoch: int = 0  # batches of `epoch` already trained
     step: int = 0  # optimizer steps over the whole run
-    best_val_dice: Optional[float] = None
+    best_val_dice: float | None = None
     history: list = field(default_factory=list)
     epoch_loss_sum: float = 0.0  # over the batches of `epoch` trained so far, so a resumed epoch's mean is exact
     elapsed_seconds: float = 0.0  # wall-clock time of the run so far, over all its resumes (--max-minutes counts it)
 
 
-def train(config: TrainConfig, model_config: Optional[DiffusionConfig] = None) -> TrainResult:
+def train(config: TrainConfig, model_config: DiffusionConfig | None = None) -> TrainResult:
     """Train (or resume, with config.resume) and return where the results went."""
     resume_state = load_checkpoint(config.resume) if config.resume else None
     if resume_state is not None:
         if resume_state.get("resumable") is False:
-            raise CheckpointError(f"{config.resume}: holds the weights for inference only (a periodic checkpoint); "
-                                  f"resume from last.pth of the same run")
+            raise CheckpointError(
+                f"{config.resume}: holds the weights for inference only (a periodic checkpoint); "
+                f"resume from last.pth of the same run"
+            )
         model_config = DiffusionConfig.from_dict(dict(resume_state["model_config"]))
     model_config = model_config or DiffusionConfig()
 
     context = setup_distributed(config.device)
     trainer = None
     try:
-        with StopSignals() as signals, claim_output_dir(config.output_dir, resume=bool(config.resume),
-                                                        overwrite=config.overwrite, enabled=context.is_main):
+        with (
+            StopSignals() as signals,
+            claim_output_dir(
+                config.output_dir, resume=bool(config.resume), overwrite=config.overwrite, enabled=context.is_main
+            ),
+        ):
             try:
                 trainer = _Trainer(config, model_config, context, resume_state, signals)
                 return trainer.run()
@@ -118,7 +123,9 @@ class _Trainer:
         self.data = build_training_data(config, model_config, context.world_size)
         self.steps_per_epoch = len(self.data.train_loader)
         if self.steps_per_epoch == 0:
-            raise TrainingError(f"no training batches: {len(self.data.train_loader.dataset)} samples, batch size {config.batch_size}")
+            raise TrainingError(
+                f"no training batches: {len(self.data.train_loader.dataset)} samples, batch size {config.batch_size}"
+            )
         self.total_steps = config.epochs * self.steps_per_epoch
         budget_seconds = config.max_minutes * 60 if config.max_minutes else None
         self.lr_schedule = LearningRateSchedule(config.lr, self.total_steps, config.warmup_steps, budget_seconds)
@@ -128,7 +135,9 @@ class _Trainer:
             self._restore(resume_state)
         self.tracker = NullTracker()
         if config.wandb and context.is_main:
-            self.tracker = WandbTracker(config.wandb_project, {**config.to_dict(), **model_config.to_dict()}, self.output_dir)
+            self.tracker = WandbTracker(
+                config.wandb_project, {**config.to_dict(), **model_config.to_dict()}, self.output_dir
+            )
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -137,9 +146,11 @@ class _Trainer:
         if self.context.is_main:
             _check_writable(self.output_dir)
             params = sum(p.numel() for p in self.model.parameters())
-            print(f"training on {self.runtime.describe()} x{self.context.world_size}: {params / 1e6:.2f}M parameters, "
-                  f"{len(self.data.train_loader.dataset)} train / {len(self.data.val_dataset or [])} val samples, "
-                  f"{self.steps_per_epoch} steps per epoch")
+            print(
+                f"training on {self.runtime.describe()} x{self.context.world_size}: {params / 1e6:.2f}M parameters, "
+                f"{len(self.data.train_loader.dataset)} train / {len(self.data.val_dataset or [])} val samples, "
+                f"{self.steps_per_epoch} steps per epoch"
+            )
             for note in self.data.notes:
                 print(note)
         self.start_time = time.monotonic() - progress.elapsed_seconds  # a resumed run's clock goes on
@@ -162,7 +173,9 @@ class _Trainer:
             self.signals.deferring = False
             self.tracker.finish()
         if self.context.is_main and stopped_early:
-            print(f"stopped by budget at step {progress.step} (epoch {progress.epoch + 1}); resume with --resume {last_path}")
+            print(
+                f"stopped by budget at step {progress.step} (epoch {progress.epoch + 1}); resume with --resume {last_path}"
+            )
         best = self.output_dir / "best.pth"
         return TrainResult(
             output_dir=self.output_dir,
@@ -192,8 +205,14 @@ class _Trainer:
             return None, True
 
         self.model.train()
-        bar = tqdm(total=self.steps_per_epoch, initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}/{config.epochs}",
-                   disable=not (config.progress and self.context.is_main), dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=progress.batch_in_epoch,
+            desc=f"epoch {progress.epoch + 1}/{config.epochs}",
+            disable=not (config.progress and self.context.is_main),
+            dynamic_ncols=True,
+            leave=False,
+        )
         seen, epoch_start = 0, time.monotonic()
         if progress.batch_in_epoch == 0:
             progress.epoch_loss_sum = 0.0
@@ -260,18 +279,37 @@ class _Trainer:
 
     def _end_of_epoch(self, epoch_loss: float) -> None:
         config, progress = self.config, self.progress
-        entry = {"epoch": progress.epoch, "step": progress.step, "loss": epoch_loss,
-                 "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": getattr(self, "last_images_per_second", None),
-                 "val_dice": None, "val_iou": None}
-        validate = self.data.val_dataset is not None and (progress.epoch % config.val_every == 0 or progress.epoch == config.epochs)
+        entry = {
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "loss": epoch_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_second": getattr(self, "last_images_per_second", None),
+            "val_dice": None,
+            "val_iou": None,
+        }
+        validate = self.data.val_dataset is not None and (
+            progress.epoch % config.val_every == 0 or progress.epoch == config.epochs
+        )
         improved = False
         if validate and self.context.is_main:
-            scores = evaluate(self.ema.model, self.data.val_dataset, self.runtime, steps=config.val_steps,
-                              batch_size=config.batch_size, seed=config.seed, max_images=config.val_max_images)
+            scores = evaluate(
+                self.ema.model,
+                self.data.val_dataset,
+                self.runtime,
+                steps=config.val_steps,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                max_images=config.val_max_images,
+            )
             entry.update(val_dice=scores["dice"], val_iou=scores["iou"])
             if "miou" in scores:  # multi-class: per-class scores over the whole validation set
-                entry.update(val_miou=scores["miou"], val_mdice=scores["mdice"],
-                             val_per_class_iou=scores["per_class_iou"], val_per_class_dice=scores["per_class_dice"])
+                entry.update(
+                    val_miou=scores["miou"],
+                    val_mdice=scores["mdice"],
+                    val_per_class_iou=scores["per_class_iou"],
+                    val_per_class_dice=scores["per_class_dice"],
+                )
             improved = progress.best_val_dice is None or scores["dice"] > progress.best_val_dice
             if improved:
                 progress.best_val_dice = scores["dice"]
@@ -292,10 +330,17 @@ class _Trainer:
             self._save("best.pth")
         if progress.epoch % config.save_every == 0 or progress.epoch == config.epochs:
             self._save_weights(f"checkpoint_epoch_{progress.epoch}.pth")
-        self.tracker.log({k: v for k, v in entry.items() if k != "epoch"} | {"epoch": progress.epoch}, step=progress.step)
+        self.tracker.log(
+            {k: v for k, v in entry.items() if k != "epoch"} | {"epoch": progress.epoch}, step=progress.step
+        )
         if validate:
-            self.tracker.log_images({"curves": self.output_dir / "training_curves.png",
-                                     "predictions": self.output_dir / "val_predictions.png"}, step=progress.step)
+            self.tracker.log_images(
+                {
+                    "curves": self.output_dir / "training_curves.png",
+                    "predictions": self.output_dir / "val_predictions.png",
+                },
+                step=progress.step,
+            )
         self.context.barrier()
 
     # -- files ----------------------------------------------------------------------------------
@@ -304,8 +349,14 @@ class _Trainer:
         from utils.visualization import save_prediction_grid
 
         if examples:
-            save_prediction_grid(examples["images"], examples["truths"], examples["preds"], self.output_dir / "val_predictions.png",
-                                 uncertainty=None, num_classes=self.model.config.num_classes)
+            save_prediction_grid(
+                examples["images"],
+                examples["truths"],
+                examples["preds"],
+                self.output_dir / "val_predictions.png",
+                uncertainty=None,
+                num_classes=self.model.config.num_classes,
+            )
 
     def _write_history(self) -> None:
         path = self.output_dir / "history.json"
@@ -328,7 +379,11 @@ class _Trainer:
             "ema": self.ema.model.state_dict(),
             "ema_updates": self.ema.num_updates,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"step": progress.step, "total_steps": self.total_steps, "elapsed_seconds": progress.elapsed_seconds},
+            "scheduler": {
+                "step": progress.step,
+                "total_steps": self.total_steps,
+                "elapsed_seconds": progress.elapsed_seconds,
+            },
             "scaler": self.scaler.state_dict(),
             "epoch": progress.epoch,
             "batch_in_epoch": progress.batch_in_epoch,
@@ -374,7 +429,11 @@ class _Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             progress = self.progress
-            progress.epoch, progress.batch_in_epoch, progress.step = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"])
+            progress.epoch, progress.batch_in_epoch, progress.step = (
+                int(state["epoch"]),
+                int(state["batch_in_epoch"]),
+                int(state["step"]),
+            )
             progress.best_val_dice = state.get("best_val_dice")
             progress.history = list(state.get("history", []))
             progress.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))

@@ -15,7 +15,7 @@ from src.device import Runtime
 from src.masks import crop_box, probabilities_to_mask, resize_maps
 from src.metrics import ClassOverlap, segmentation_scores
 from src.models import DiffusionSegmentation, SegmentationOutput
-from utils.image_io import letterbox_box
+from utils.resize import letterbox_box
 
 
 @dataclass
