@@ -278,24 +278,30 @@ def mask_to_labels(
         wrong &= ~ignored
     bad = np.unique(values[wrong])
     if bad.size:
-        listed = ", ".join(str(v.item()) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        hint = ""
-        if set(np.unique(values).tolist()) <= {0, 255}:
-            hint = "; it looks like a 0/255 binary mask: use num_classes=1"
-        elif Path(path).suffix.lower() in JPEG_EXTENSIONS:
-            hint = "; JPEG compression changes class ids: save masks as PNG"
-        elif ignore_index is None and bad.size == 1:
-            hint = f"; if {listed} marks unlabelled pixels, pass --ignore-index {listed}"
-        raise DatasetError(
-            Issue(
-                "bad_mask_values",
-                f"{name}: values {listed} are not class ids 0..{num_classes - 1} (num_classes={num_classes}){hint}",
-                (Path(path),),
-            )
-        )
+        raise _not_class_ids(bad, values, path, num_classes, ignore_index)
     if ignored is not None:
         labels[ignored] = void_label(dtype)
     return labels.astype(dtype)
+
+
+def _not_class_ids(bad: np.ndarray, values: np.ndarray, path: Path, num_classes: int, ignore_index) -> DatasetError:
+    """The error for mask values that are not class ids, with a hint at the likely cause."""
+    name = display_path(path)
+    listed = ", ".join(str(v.item()) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+    hint = ""
+    if set(np.unique(values).tolist()) <= {0, 255}:
+        hint = "; it looks like a 0/255 binary mask: use num_classes=1"
+    elif Path(path).suffix.lower() in JPEG_EXTENSIONS:
+        hint = "; JPEG compression changes class ids: save masks as PNG"
+    elif ignore_index is None and bad.size == 1:
+        hint = f"; if {listed} marks unlabelled pixels, pass --ignore-index {listed}"
+    return DatasetError(
+        Issue(
+            "bad_mask_values",
+            f"{name}: values {listed} are not class ids 0..{num_classes - 1} (num_classes={num_classes}){hint}",
+            (Path(path),),
+        )
+    )
 
 
 def load_labels(
