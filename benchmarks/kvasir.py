@@ -134,7 +134,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kvasir_<model>_<size>.json)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run: tiny models, 4 images, 2 steps")
-    args = p.parse_args(argv)
+    return _settle(p.parse_args(argv))
+
+
+def _settle(args):
+    """--smoke's tiny settings, and the default results path."""
     if args.smoke:
         args.image_size, args.minutes, args.batch_size, args.warmup_steps = 32, 0.05, 2, 1
         args.steps, args.ensemble, args.eval_images, args.peer_eval_images, args.ablation_holdout = [1, 2], 2, 2, 2, 2
@@ -305,8 +309,7 @@ def evaluate_ours(
     ens_key = f"ddim{ENSEMBLE_STEPS}_ens{ensemble}"
     runs = {f"ddim{s}_ens1": (s, 1) for s in steps_list}
     runs.setdefault(ens_key, (ENSEMBLE_STEPS, ensemble))  # ensemble 1 at ENSEMBLE_STEPS may already be a row
-    # segment()'s uncertainty map is the predictive entropy, in [0, 1]
-    results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats(upper=1.0)
+    results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats(upper=1.0)  # entropy: [0, 1]
     examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}
     for key, (steps, size) in runs.items():
 
@@ -326,10 +329,7 @@ def evaluate_ours(
                 if key == ens_key:
                     stats.add(batch.output.uncertainty[offset], probabilities, truth)
                     if len(examples["images"]) < keep_examples:
-                        examples["images"].append(batch.images[offset])
-                        examples["truths"].append(dataset[index][1][0])
-                        examples["preds"].append(batch.output.mask[offset])
-                        examples["uncertainty"].append(batch.output.uncertainty[offset])
+                        _keep_example(examples, batch, offset, dataset[index][1][0])
         results[key] = {
             **common.summarize(per_image),
             "seconds_per_image": seconds / count,
@@ -347,6 +347,14 @@ def evaluate_ours(
         "scored_stems": dataset.stems[:count],  # the order of every row's per_image_dice
         "examples": {k: torch.stack(v) for k, v in examples.items() if v},
     }
+
+
+def _keep_example(examples: dict, batch, offset: int, truth) -> None:
+    """Image, truth, predicted mask and uncertainty of one scored image, for the figure."""
+    examples["images"].append(batch.images[offset])
+    examples["truths"].append(truth)
+    examples["preds"].append(batch.output.mask[offset])
+    examples["uncertainty"].append(batch.output.uncertainty[offset])
 
 
 def run_ours(args) -> dict:
@@ -436,6 +444,20 @@ def run_ablation(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _plan(args, step_seconds: float, steps_per_epoch: int) -> tuple:
+    """(epochs, LearningRateSchedule) of a budget in steps (the same for every model, immune to
+    load), or in minutes (the schedule then follows the clock)."""
+    if args.max_steps:
+        return math.ceil(args.max_steps / steps_per_epoch), LearningRateSchedule(
+            args.lr, args.max_steps, args.warmup_steps
+        )
+    epochs = epochs_for_budget(step_seconds, args.minutes, steps_per_epoch)
+    schedule = LearningRateSchedule(
+        args.lr, epochs * steps_per_epoch, args.warmup_steps, budget_seconds=args.minutes * 60
+    )
+    return epochs, schedule
+
+
 def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
     """The recipe src.training.train gives ours: build_optimizer's AdamW with TrainConfig's weight
     decay, warm-up + cosine lr that follows the wall-clock budget (LearningRateSchedule), bf16
@@ -453,14 +475,7 @@ def train_loop(args, loss_fn, module, train_set, name: str) -> tuple:
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed)
     )
-    if args.max_steps:  # a budget in steps, as train_ours takes it: the same for every model, immune to load
-        epochs = math.ceil(args.max_steps / len(loader))
-        schedule = LearningRateSchedule(args.lr, args.max_steps, args.warmup_steps)
-    else:
-        epochs = epochs_for_budget(step_seconds, args.minutes, len(loader))
-        schedule = LearningRateSchedule(
-            args.lr, epochs * len(loader), args.warmup_steps, budget_seconds=args.minutes * 60
-        )
+    epochs, schedule = _plan(args, step_seconds, len(loader))
     print(
         f"[{name}] {parameter_count(module) / 1e6:.2f}M parameters, {step_seconds:.2f} s/step -> "
         f"{epochs} epochs x {len(loader)} steps"
