@@ -30,6 +30,7 @@ from src.training.data import build_training_data
 from src.training.distributed import cleanup_distributed, distributed_device, setup_distributed
 from src.training.ema import EMA
 from src.training.interrupt import Interrupted, StopSignals
+from src.training.low_precision import LowPrecisionWeights
 from src.training.lr_schedule import LearningRateSchedule
 from src.training.optim import build_optimizer
 from src.training.rng import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
@@ -112,6 +113,8 @@ class _Trainer:
         if context.enabled:
             device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        elif self.runtime.low_precision_weights:  # fp32 masters stay in self.model (optimizer, EMA, checkpoints)
+            self.train_model = LowPrecisionWeights(self.model, self.runtime.amp_dtype)
         self.optimizer = build_optimizer(self.model.parameters(), config.lr, config.weight_decay, self.runtime)
         self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.needs_grad_scaler)
 
