@@ -20,6 +20,7 @@ import common  # noqa: E402
 import data_loading  # noqa: E402
 import kvasir  # noqa: E402
 import report  # noqa: E402
+import sampling_cost  # noqa: E402
 import speed  # noqa: E402
 
 needs_kvasir = pytest.mark.skipif(not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
@@ -204,6 +205,18 @@ def test_speed_profile_writes_the_top_operators(tmp_path):
     assert speed.main(["--smoke", "--profile", "--threads", "1", "--out", str(tmp_path / "speed.json")]) == 0
     text = (tmp_path / "profile_32_smoke.txt").read_text()
     assert text.startswith("32 px, batch 2, bf16") and "aten::" in text and "Self CPU" in text
+
+
+def test_sampling_latency_times_the_earlier_and_todays_inference_path(tmp_path):
+    out = tmp_path / "latency.json"
+    # 32 px is the smallest size the default model takes (patch 4 x 2^3)
+    assert sampling_cost.main(["--latency", "--image-size", "32", "--steps", "2", "--rounds", "1", "--threads", "1",
+                               "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [name.split(":")[0] for name in result["seconds_per_image"]] == ["before", "after"]
+    assert result["gflop_per_image"] > 0
+    # no path can beat the matmul peak measured in the same run
+    assert all(seconds > result["seconds_at_peak"] for seconds in result["seconds_per_image"].values())
 
 
 @needs_kvasir
