@@ -1,9 +1,11 @@
 """Speed on this machine: training throughput, FLOP utilisation, sampling time, and the peer.
 
 Training: images/s of forward + backward + AdamW step at batch 8, 128 and 256 px, for fp32,
-bf16 (contiguous) and bf16 + channels_last, with parameter count, peak RSS (each configuration in
-its own short subprocess, since ru_maxrss only grows), and FLOPs per step (torch.utils.flop_counter)
-divided by the step time, against the bf16 and fp32 matmul peak measured in the same run.
+bf16 as train.py runs it, bf16 with autocast casting the fp32 weights and with the bf16 weight copy
+(src/training/low_precision.py) named explicitly, and bf16 + channels_last, with parameter count,
+peak RSS (each configuration in its own short subprocess, since ru_maxrss only grows), and FLOPs
+per step (torch.utils.flop_counter) divided by the step time, against the bf16 and fp32 matmul
+peak measured in the same run.
 Sampling: seconds per image at 256 px, 10 and 50 DDIM steps, batch 1 and 8.
 Peer: med-seg-diff-pytorch 0.3.3 at a parameter count within 25% of ours, in a worker process
 running under benchmarks/.peer-venv, timed alternately with ours (round robin) in the same run.
@@ -29,10 +31,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import common
 from src.device import select_runtime
 
-PRECISIONS = {  # name -> (precision, channels_last)
-    "fp32": ("fp32", False),
-    "bf16": ("bf16", False),
-    "bf16+channels_last": ("bf16", True),
+PRECISIONS = {  # name -> (precision, channels_last, bf16 weight copy: None = as train.py does it)
+    "fp32": ("fp32", False, None),
+    "bf16": ("bf16", False, None),
+    "bf16, autocast casts the weights": ("bf16", False, False),
+    "bf16, bf16 weight copy": ("bf16", False, True),
+    "bf16+channels_last": ("bf16", True, None),
 }
 
 
@@ -86,20 +90,24 @@ def batch(size: int, batch_size: int):
 class Trainer:
     """One model + optimizer + data in one precision/layout; `step()` returns its seconds."""
 
-    def __init__(self, size, precision, channels_last, args, compile_model=False):
+    def __init__(self, size, precision, channels_last, low_precision_weights, args, compile_model=False):
         from src.models import DiffusionSegmentation
+        from src.training.low_precision import LowPrecisionWeights
 
         self.runtime = select_runtime("cpu", precision, channels_last)
         torch.manual_seed(0)
         self.model = self.runtime.prepare_model(DiffusionSegmentation(model_config(size, args.smoke)))
         if compile_model:
             self.model.unet.compile()
+        if low_precision_weights is None:  # what train.py does on this runtime
+            low_precision_weights = self.runtime.low_precision_weights
+        self.forward = LowPrecisionWeights(self.model, self.runtime.amp_dtype) if low_precision_weights else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=self.runtime.fused_optimizer)
         self.images, self.masks = batch(size, args.batch_size)
 
     def loss(self):
         with self.runtime.autocast():
-            return self.model(self.images, self.masks)
+            return self.forward(self.images, self.masks)
 
     def step(self) -> float:
         start = time.perf_counter()
@@ -108,12 +116,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    def flops_per_step(self) -> int:
-        """Forward + backward FLOPs (the optimizer's elementwise work is not counted)."""
-        with FlopCounterMode(display=False) as counter:
-            self.loss().backward()
-        self.optimizer.zero_grad(set_to_none=True)
-        return counter.get_total_flops()
+    def flops_per_step(self) -> float:
+        """Expected forward + backward FLOPs of a step (the optimizer's elementwise work is not
+        counted). Self-conditioning adds a no-grad forward pass to a random half of the steps, so
+        this is the mean of a step with and a step without it (seeds are tried until both occur)."""
+        counts = set()
+        for seed in range(16):
+            torch.manual_seed(seed)
+            with FlopCounterMode(display=False) as counter:
+                self.loss().backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            counts.add(counter.get_total_flops())
+            if len(counts) == 2:
+                break
+        return sum(counts) / len(counts)
 
 
 def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
@@ -130,8 +146,7 @@ def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
 
 def rss_probe(size: int, precision_name: str, args) -> None:
     """Subprocess mode: two training steps of one configuration, then print its peak RSS."""
-    precision, channels_last = PRECISIONS[precision_name]
-    trainer = Trainer(size, precision, channels_last, args)
+    trainer = Trainer(size, *PRECISIONS[precision_name], args)
     trainer.step()
     trainer.step()
     print(json.dumps({"peak_rss_mib": common.peak_rss_mib()}))
@@ -281,8 +296,8 @@ def time_training(args, result: dict) -> None:
     trainers = {key: Trainer(key[0], *value, args) for key, value in configs.items()}
     if args.compile:
         for size in args.sizes:
-            configs[(size, "bf16+compile")] = ("bf16", False)
-            trainers[(size, "bf16+compile")] = Trainer(size, "bf16", False, args, compile_model=True)
+            configs[(size, "bf16+compile")] = PRECISIONS["bf16"]
+            trainers[(size, "bf16+compile")] = Trainer(size, *PRECISIONS["bf16"], args, compile_model=True)
     peer = None
     if not args.no_peer and common.PEER_PYTHON.exists():
         size = args.sizes[0]
@@ -299,12 +314,16 @@ def time_training(args, result: dict) -> None:
             "precision": "bf16",
         }
     times = {key: [] for key in trainers}
+    warmup_seconds = {}  # round 0: oneDNN's kernel choice, and torch.compile's compilation where asked
     peer_times = []
     for round_index in range(args.rounds + 1):  # round 0 warms up (oneDNN kernels, allocator)
         for key, trainer in trainers.items():
+            torch.manual_seed(round_index)  # every configuration draws the same self-conditioning coins
             elapsed = [trainer.step() for _ in range(args.steps_per_round)]
             if round_index:
                 times[key] += elapsed
+            else:
+                warmup_seconds[key] = sum(elapsed)
         if peer is not None:
             elapsed = peer.ask(cmd="train", steps=args.steps_per_round)["times"]
             if round_index:
@@ -335,6 +354,7 @@ def time_training(args, result: dict) -> None:
                 "step_seconds": seconds,
                 "step_seconds_all": times[(size, name)],
                 "images_per_second": args.batch_size / seconds,
+                "warmup_round_seconds": warmup_seconds[(size, name)],
                 "parameters": parameter_count(trainer.model),
                 "gflops_per_step": flops[size] / 1e9,
                 "achieved_tflops": achieved / 1e12,
@@ -358,7 +378,8 @@ def time_training(args, result: dict) -> None:
 
 
 def time_sampling(args, result: dict, peer) -> None:
-    """Seconds per image of DDIM sampling (bf16), sizes x steps x batch, alternating with the peer."""
+    """Seconds per image of DDIM sampling (bf16, the model as the predictor prepares it), sizes x
+    steps x batch, alternating with the peer."""
     from src.models import DiffusionSegmentation
 
     runtime = select_runtime("cpu", "bf16", False)
@@ -367,7 +388,7 @@ def time_sampling(args, result: dict, peer) -> None:
     rows = []
     for size in sizes:
         torch.manual_seed(0)
-        model = runtime.prepare_model(DiffusionSegmentation(model_config(size, args.smoke))).eval()
+        model = runtime.prepare_inference_model(DiffusionSegmentation(model_config(size, args.smoke)))
         for batch_size in (1, 8):
             images = torch.rand(batch_size, 3, size, size)
             with runtime.autocast():
@@ -400,7 +421,8 @@ def time_sampling(args, result: dict, peer) -> None:
                 result["peer"][f"default_sampler_seconds_per_image_batch{batch_size}"] = per_image
                 result["peer"]["default_sampler_steps"] = reply["sampler_steps"]
                 print(
-                    f"peer {size}px batch {batch_size}: {per_image:.1f} s/image (from {probe} of {reply['sampler_steps']} steps)",
+                    f"peer {size}px batch {batch_size}: {per_image:.1f} s/image "
+                    f"(from {probe} of {reply['sampler_steps']} steps)",
                     flush=True,
                 )
                 ours_step = next(
@@ -411,19 +433,22 @@ def time_sampling(args, result: dict, peer) -> None:
 
 
 def profile_training(args) -> None:
-    """torch.profiler over two bf16 training steps (after two warm-up steps), per size: the
+    """torch.profiler over four bf16 training steps (after two warm-up steps), per size: the
     operators that take the most CPU time, as a table in results/profile_<size>.txt."""
     from torch.profiler import ProfilerActivity, profile
 
     for size in args.sizes:
-        trainer = Trainer(size, "bf16", False, args)
+        trainer = Trainer(size, *PRECISIONS["bf16"], args)
         trainer.step(), trainer.step()
+        torch.manual_seed(0)  # the same self-conditioning coins (one extra forward pass in four steps) every time
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            trainer.step(), trainer.step()
+            for _ in range(4):
+                trainer.step()
         table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
         path = args.out.with_name(f"profile_{size}{'_smoke' if args.smoke else ''}.txt")
         path.write_text(
-            f"{size} px, batch {args.batch_size}, bf16, {args.threads} threads, 2 training steps\n{table}\n"
+            f"{size} px, batch {args.batch_size}, bf16 as train.py runs it, {args.threads} threads, "
+            f"4 training steps, {common.cpu_model()}\n{table}\n"
         )
         print(f"{size} px:\n{table}\nwrote {path}", flush=True)
 

@@ -77,6 +77,15 @@ class Runtime:
         faster at 128 px than the default multi-tensor loop (BENCHMARKS.md, profile)."""
         return self.device.type in ("cpu", "cuda")
 
+    @property
+    def low_precision_weights(self) -> bool:
+        """Whether training runs on a bf16 copy of the weights made once per step
+        (src/training/low_precision.py) instead of letting autocast cast each layer's weight. The
+        same bytes are cast either way (autocast caches a cast for the step); the copy does it in
+        one fused kernel and spares autocast's per-call dispatch, a small gain on CPUs (BENCHMARKS.md,
+        issue 14). CUDA keeps autocast: not measured there."""
+        return self.device.type == "cpu" and self.precision == "bf16"
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -86,6 +95,21 @@ class Runtime:
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def prepare_inference_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """prepare_model for a model that only runs forward (in place, as prepare_model): eval mode,
+        no gradients, channels_last, and the parameters stored in the autocast dtype.
+
+        channels_last on every device: what keeps CPU training contiguous is GroupNorm's backward,
+        and inference has none, while oneDNN's bf16 convolutions run natively on NHWC. The weights
+        in bf16: autocast casts an fp32 weight at every call unless the weight requires grad (only
+        then is the cast cached), so a sampler would recast every weight at every step. Buffers (the
+        noise schedule) keep their precision."""
+        model = self.prepare_model(model).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        if self.amp_dtype is not None:
+            for parameter in model.parameters():
+                parameter.data = parameter.data.to(self.amp_dtype)
         return model
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:

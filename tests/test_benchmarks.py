@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import common, data_loading, kvasir, report, speed, uncertainty_ablation
+from benchmarks import common, data_loading, kvasir, report, sampling_cost, speed, uncertainty_ablation
 
 needs_kvasir = pytest.mark.skipif(
     not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
@@ -353,6 +353,22 @@ def test_speed_profile_writes_the_top_operators(tmp_path):
     assert speed.main(["--smoke", "--profile", "--threads", "1", "--out", str(tmp_path / "speed.json")]) == 0
     text = (tmp_path / "profile_32_smoke.txt").read_text()
     assert text.startswith("32 px, batch 2, bf16") and "aten::" in text and "Self CPU" in text
+
+
+def test_sampling_latency_times_the_earlier_and_todays_inference_path(tmp_path):
+    out = tmp_path / "latency.json"
+    # 32 px is the smallest size the default model takes (patch 4 x 2^3)
+    assert (
+        sampling_cost.main(
+            ["--latency", "--image-size", "32", "--steps", "2", "--rounds", "1", "--threads", "1", "--out", str(out)]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert [name.split(":")[0] for name in result["seconds_per_image"]] == ["before", "after"]
+    assert result["gflop_per_image"] > 0
+    # no path can beat the matmul peak measured in the same run
+    assert all(seconds > result["seconds_at_peak"] for seconds in result["seconds_per_image"].values())
 
 
 @needs_kvasir

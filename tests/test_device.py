@@ -47,3 +47,21 @@ def test_prepare_model_applies_memory_format():
 def test_fused_optimizer_only_where_the_kernel_exists():
     assert select_runtime("cpu", "fp32").fused_optimizer
     assert not Runtime(torch.device("meta"), "fp32").fused_optimizer
+
+
+def test_inference_model_stores_weights_in_the_autocast_dtype_and_agrees_with_fp32_weights():
+    from tests.helpers import tiny_model
+
+    reference = tiny_model().eval()
+    runtime = Runtime(torch.device("cpu"), "bf16")
+    model = runtime.prepare_inference_model(tiny_model())
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in model.parameters())
+    assert model.process.alphas_cumprod.dtype == reference.process.alphas_cumprod.dtype  # the schedule keeps its precision
+    images = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode(), runtime.autocast():
+        fast = model.segment(images, steps=4, seed=0)
+        cast_per_call = reference.segment(images, steps=4, seed=0)
+    assert (fast.probabilities - cast_per_call.probabilities).abs().max() < 0.05
+    assert (fast.mask == cast_per_call.mask).float().mean() > 0.95
+    fp32_model = Runtime(torch.device("cpu"), "fp32").prepare_inference_model(tiny_model())
+    assert all(p.dtype == torch.float32 for p in fp32_model.parameters())

@@ -64,3 +64,11 @@ def test_inference_flags_reach_the_sampler():
     assert args.eta == 0.0 and args.time_ensemble is False
     defaults = build_parser().parse_args(["--checkpoint", "c.pth", "--input", "x.png"])
     assert defaults.eta == 1.0 and defaults.time_ensemble is True
+
+
+def test_an_ensemble_is_one_batched_network_call_per_step():
+    model = tiny_model().eval()
+    calls = []
+    model.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    model.segment(torch.rand(2, 3, 16, 16), steps=3, ensemble=4, seed=0)
+    assert calls == [2 * 4] * 3

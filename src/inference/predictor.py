@@ -108,7 +108,7 @@ class Predictor:
         if self.options.resize is None:
             self.options.resize = self.training_options.get("resize") or "stretch"
         self.runtime = runtime
-        self.model = runtime.prepare_model(model).eval()
+        self.model = runtime.prepare_inference_model(model)
         self.config = model.config
         self.image_size = as_size(image_size) if image_size is not None else tuple(self.config.image_size)
         try:
@@ -128,8 +128,8 @@ class Predictor:
     ) -> Predictor:
         """Rebuild the model from the checkpoint's own config (EMA weights when saved).
 
-        The checkpoint's train_config (resize, ignore_index) becomes `training_options`. Raises CheckpointError for a missing or unusable checkpoint,
-        InferenceError for bad options or an unavailable device.
+        The checkpoint's train_config (resize, ignore_index) becomes `training_options`. Raises
+        CheckpointError for a missing or unusable checkpoint, InferenceError for bad options or an unavailable device.
         """
         try:
             runtime = select_runtime(device, precision)
@@ -185,7 +185,7 @@ class Predictor:
             return False
         return any(size > TILE_FACTOR * model_size for size, model_size in zip(image.shape[:2], self.image_size))
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks tensor versions)
     def predict(
         self, images: Sequence[np.ndarray], record_process: bool = False, seed: int | None = None
     ) -> list[Prediction]:

@@ -29,6 +29,7 @@ from src.training.data import build_training_data
 from src.training.distributed import cleanup_distributed, distributed_device, setup_distributed
 from src.training.ema import EMA
 from src.training.interrupt import Interrupted, StopSignals
+from src.training.low_precision import LowPrecisionWeights
 from src.training.lr_schedule import LearningRateSchedule
 from src.training.optim import build_optimizer
 from src.training.rng import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
@@ -117,6 +118,8 @@ class _Trainer:
         if context.enabled:
             device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        elif self.runtime.low_precision_weights:  # fp32 masters stay in self.model (optimizer, EMA, checkpoints)
+            self.train_model = LowPrecisionWeights(self.model, self.runtime.amp_dtype)
         self.optimizer = build_optimizer(self.model.parameters(), config.lr, config.weight_decay, self.runtime)
         self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.needs_grad_scaler)
 
@@ -174,7 +177,8 @@ class _Trainer:
             self.tracker.finish()
         if self.context.is_main and stopped_early:
             print(
-                f"stopped by budget at step {progress.step} (epoch {progress.epoch + 1}); resume with --resume {last_path}"
+                f"stopped by budget at step {progress.step} (epoch {progress.epoch + 1}); "
+                f"resume with --resume {last_path}"
             )
         best = self.output_dir / "best.pth"
         return TrainResult(
@@ -248,7 +252,8 @@ class _Trainer:
         if not math.isfinite(self.context.mean(loss_value)):
             raise TrainingError(
                 f"loss became {loss_value} at step {progress.step} (epoch {progress.epoch + 1}); "
-                f"stopping with the last good checkpoint kept in {self.output_dir} — try a lower --lr or --precision fp32"
+                f"stopping with the last good checkpoint kept in {self.output_dir} — "
+                "try a lower --lr or --precision fp32"
             )
         self.scaler.scale(loss).backward()
         if config.grad_clip:
