@@ -122,3 +122,14 @@ def _acquire(lock: Path) -> Path:
 def _release(lock: Path) -> None:
     if _owner(lock).get("pid") == os.getpid():
         lock.unlink(missing_ok=True)
+
+
+def check_writable(output_dir: Path) -> None:
+    """Fail before training, not after the first epoch, when results could not be saved."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunFolderError(f"{output_dir}: output directory is not writable: {error.strerror or error}") from None

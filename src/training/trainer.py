@@ -32,8 +32,9 @@ from src.training.interrupt import Interrupted, StopSignals
 from src.training.low_precision import LowPrecisionWeights
 from src.training.lr_schedule import LearningRateSchedule
 from src.training.optim import build_optimizer
-from src.training.rng import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
-from src.training.run_folder import RunFolderError, claim_output_dir
+from src.training.rng import epoch_seed, restore_rng_state, seed_everything
+from src.training.run_folder import RunFolderError, check_writable, claim_output_dir
+from src.training.run_state import Progress, restore_state, resumable_state, weights_state
 from src.training.tracking import NullTracker, WandbTracker
 from src.training.validation import evaluate
 
@@ -52,19 +53,6 @@ class TrainResult:
     steps: int = 0
     stopped_early: bool = False
     model: DiffusionSegmentation | None = None  # the EMA model, in eval mode
-
-
-@dataclass
-class _Progress:
-    """Where the run is: saved in every checkpoint."""
-
-    epoch: int = 0  # the epoch being trained (0-based)
-    batch_in_epoch: int = 0  # batches of `epoch` already trained
-    step: int = 0  # optimizer steps over the whole run
-    best_val_dice: float | None = None
-    history: list = field(default_factory=list)
-    epoch_loss_sum: float = 0.0  # over the batches of `epoch` trained so far, so a resumed epoch's mean is exact
-    elapsed_seconds: float = 0.0  # wall-clock time of the run so far, over all its resumes (--max-minutes counts it)
 
 
 def train(config: TrainConfig, model_config: DiffusionConfig | None = None) -> TrainResult:
@@ -132,7 +120,7 @@ class _Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         budget_seconds = config.max_minutes * 60 if config.max_minutes else None
         self.lr_schedule = LearningRateSchedule(config.lr, self.total_steps, config.warmup_steps, budget_seconds)
-        self.progress = _Progress()
+        self.progress = Progress()
         self.resume_rng = None
         if resume_state is not None:
             self._restore(resume_state)
@@ -147,7 +135,7 @@ class _Trainer:
     def run(self) -> TrainResult:
         config, progress = self.config, self.progress
         if self.context.is_main:
-            _check_writable(self.output_dir)
+            check_writable(self.output_dir)
             params = sum(p.numel() for p in self.model.parameters())
             print(
                 f"training on {self.runtime.describe()} x{self.context.world_size}: {params / 1e6:.2f}M parameters, "
@@ -296,39 +284,12 @@ class _Trainer:
         validate = self.data.val_dataset is not None and (
             progress.epoch % config.val_every == 0 or progress.epoch == config.epochs
         )
-        improved = False
-        if validate and self.context.is_main:
-            scores = evaluate(
-                self.ema.model,
-                self.data.val_dataset,
-                self.runtime,
-                steps=config.val_steps,
-                batch_size=config.batch_size,
-                seed=config.seed,
-                max_images=config.val_max_images,
-            )
-            entry.update(val_dice=scores["dice"], val_iou=scores["iou"])
-            if "miou" in scores:  # multi-class: per-class scores over the whole validation set
-                entry.update(
-                    val_miou=scores["miou"],
-                    val_mdice=scores["mdice"],
-                    val_per_class_iou=scores["per_class_iou"],
-                    val_per_class_dice=scores["per_class_dice"],
-                )
-            improved = progress.best_val_dice is None or scores["dice"] > progress.best_val_dice
-            if improved:
-                progress.best_val_dice = scores["dice"]
-            self._save_figures(scores["examples"])
+        improved = self._validate(entry) if validate and self.context.is_main else False
         progress.history.append(entry)
         if not self.context.is_main:
             self.context.barrier()
             return
-        message = f"epoch {progress.epoch}/{config.epochs}: loss {epoch_loss:.4f}, lr {entry['lr']:.2e}"
-        if entry["val_dice"] is not None:
-            message += f", val Dice {entry['val_dice']:.4f}, IoU {entry['val_iou']:.4f}"
-            if entry.get("val_miou") is not None:
-                message += f", mIoU {entry['val_miou']:.4f}"
-        tqdm.write(message) if config.progress else print(message)
+        self._log_epoch(entry, epoch_loss)
         self._write_history()
         self._save("last.pth")
         if improved:
@@ -339,14 +300,46 @@ class _Trainer:
             {k: v for k, v in entry.items() if k != "epoch"} | {"epoch": progress.epoch}, step=progress.step
         )
         if validate:
-            self.tracker.log_images(
-                {
-                    "curves": self.output_dir / "training_curves.png",
-                    "predictions": self.output_dir / "val_predictions.png",
-                },
-                step=progress.step,
-            )
+            images = {
+                "curves": self.output_dir / "training_curves.png",
+                "predictions": self.output_dir / "val_predictions.png",
+            }
+            self.tracker.log_images(images, step=progress.step)
         self.context.barrier()
+
+    def _validate(self, entry: dict) -> bool:
+        """Score the EMA model on the validation set into `entry`; whether its Dice is the best yet."""
+        config, progress = self.config, self.progress
+        scores = evaluate(
+            self.ema.model,
+            self.data.val_dataset,
+            self.runtime,
+            steps=config.val_steps,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            max_images=config.val_max_images,
+        )
+        entry.update(val_dice=scores["dice"], val_iou=scores["iou"])
+        if "miou" in scores:  # multi-class: per-class scores over the whole validation set
+            entry.update(
+                val_miou=scores["miou"],
+                val_mdice=scores["mdice"],
+                val_per_class_iou=scores["per_class_iou"],
+                val_per_class_dice=scores["per_class_dice"],
+            )
+        improved = progress.best_val_dice is None or scores["dice"] > progress.best_val_dice
+        if improved:
+            progress.best_val_dice = scores["dice"]
+        self._save_figures(scores["examples"])
+        return improved
+
+    def _log_epoch(self, entry: dict, epoch_loss: float) -> None:
+        message = f"epoch {self.progress.epoch}/{self.config.epochs}: loss {epoch_loss:.4f}, lr {entry['lr']:.2e}"
+        if entry["val_dice"] is not None:
+            message += f", val Dice {entry['val_dice']:.4f}, IoU {entry['val_iou']:.4f}"
+            if entry.get("val_miou") is not None:
+                message += f", mIoU {entry['val_miou']:.4f}"
+        tqdm.write(message) if self.config.progress else print(message)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -376,88 +369,26 @@ class _Trainer:
         save_training_curves(self.progress.history, self.output_dir / "training_curves.png")
 
     def _save(self, name: str) -> Path:
-        progress = self.progress
-        progress.elapsed_seconds = time.monotonic() - self.start_time
-        state = {
-            "model_config": self.model.config.to_dict(),
-            "model": self.model.state_dict(),
-            "ema": self.ema.model.state_dict(),
-            "ema_updates": self.ema.num_updates,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {
-                "step": progress.step,
-                "total_steps": self.total_steps,
-                "elapsed_seconds": progress.elapsed_seconds,
-            },
-            "scaler": self.scaler.state_dict(),
-            "epoch": progress.epoch,
-            "batch_in_epoch": progress.batch_in_epoch,
-            "step": progress.step,
-            "best_val_dice": progress.best_val_dice,
-            "epoch_loss_sum": progress.epoch_loss_sum,
-            "history": progress.history,
-            "rng": capture_rng_state(),
-            "train_config": self.config.to_dict(),
-            "data_split": self.data.split,
-        }
+        self.progress.elapsed_seconds = time.monotonic() - self.start_time
         try:
-            path = save_checkpoint(state, self.output_dir / name)
+            path = save_checkpoint(resumable_state(self), self.output_dir / name)
         except CheckpointError as error:
             raise TrainingError(str(error)) from None
         if name == "last.pth":
-            self.last_saved = (path, progress.step)
+            self.last_saved = (path, self.progress.step)
         return path
 
     def _save_weights(self, name: str) -> Path:
-        """An inference-only checkpoint: config and EMA weights (as "model"), about a quarter of
-        last.pth's size (no raw weights, no optimizer moments); `resumable` False."""
-        state = {
-            "model_config": self.model.config.to_dict(),
-            "model": self.ema.model.state_dict(),
-            "weights": "ema",
-            "resumable": False,
-            "epoch": self.progress.epoch,
-            "step": self.progress.step,
-            "train_config": self.config.to_dict(),
-        }
+        """An inference-only checkpoint (run_state.weights_state): about a quarter of last.pth's size."""
         try:
-            return save_checkpoint(state, self.output_dir / name)
+            return save_checkpoint(weights_state(self), self.output_dir / name)
         except CheckpointError as error:
             raise TrainingError(str(error)) from None
 
     def _restore(self, state: dict) -> None:
-        path = self.config.resume
-        try:
-            self.model.load_state_dict(state["model"])
-            self.ema.model.load_state_dict(state["ema"])
-            self.ema.num_updates = int(state.get("ema_updates", 0))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
-            progress = self.progress
-            progress.epoch, progress.batch_in_epoch, progress.step = (
-                int(state["epoch"]),
-                int(state["batch_in_epoch"]),
-                int(state["step"]),
-            )
-            progress.best_val_dice = state.get("best_val_dice")
-            progress.history = list(state.get("history", []))
-            progress.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))
-            progress.elapsed_seconds = float(state.get("scheduler", {}).get("elapsed_seconds", 0.0))
-            self.resume_rng = state["rng"]
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise CheckpointError(f"{path}: cannot resume from it: {str(error).splitlines()[0][:200]}") from None
+        restore_state(self, state)
+        progress, path = self.progress, self.config.resume
         if state.get("data_split") and state["data_split"] != self.data.split and self.context.is_main:
             print(f"warning: the data split differs from the one saved in {path} (files added or removed?)")
         if self.context.is_main:
             print(f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step}")
-
-
-def _check_writable(output_dir: Path) -> None:
-    """Fail before training, not after the first epoch, when results could not be saved."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise TrainingError(f"{output_dir}: output directory is not writable: {error.strerror or error}") from None
