@@ -73,8 +73,8 @@ class Runtime:
 
     @property
     def fused_optimizer(self) -> bool:
-        """AdamW's fused kernel exists for CPU and CUDA; on CPU it makes the whole training step ~25%
-        faster at 128 px than the default multi-tensor loop (BENCHMARKS.md, profile)."""
+        """AdamW's fused kernel exists for CPU and CUDA: one pass over each parameter instead of the
+        default loop's several element-wise kernels (BENCHMARKS.md, "Speed" for the step times)."""
         return self.device.type in ("cpu", "cuda")
 
     @property
@@ -121,9 +121,9 @@ class Runtime:
 
 
 def select_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Runtime:
-    """channels_last None = auto: on for CUDA; off on CPU, where GroupNorm's backward in bf16 is ~25x
-    slower on channels_last tensors than on contiguous ones (torch 2.14, measured in BENCHMARKS.md),
-    which costs more than the faster channels_last convolutions win."""
+    """channels_last None = auto: on for CUDA; off on CPU for training, where GroupNorm's backward
+    on channels_last bf16 tensors has no fast kernel and costs more than the convolutions gain
+    (BENCHMARKS.md, "Speed on the CPU (issue 14)")."""
     resolved = resolve_device(device)
     if channels_last is None:
         channels_last = resolved.type == "cuda"
