@@ -44,8 +44,9 @@ def seconds_per_image(run, batch: int) -> float:
 def latency(args) -> dict:
     """Seconds per image of segment() at batch 1 for the earlier and today's inference path."""
     import torch._inductor.config  # noqa: F401  (torch._inductor is not loaded before the first compile)
-    from benchmarks.speed import matmul_peak
     from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.speed import matmul_peak
 
     torch.set_num_threads(args.threads)
     runtime = select_runtime("cpu", "bf16")
@@ -85,7 +86,7 @@ def latency(args) -> dict:
     for _ in range(args.rounds):
         for name in paths:
             times[name].append(seconds_per_image(lambda: run(name), 1))
-    peak = matmul_peak(4096, torch.bfloat16)
+    peak = matmul_peak(256 if args.smoke else 4096, torch.bfloat16)
     flops = counter.get_total_flops()
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, value in medians.items():
@@ -163,8 +164,10 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=40, help="val images of --agreement")
     p.add_argument("--data", default=str(common.DEFAULT_DATA), help="Kvasir-SEG folder for --agreement")
     p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="--latency in seconds: tiny model, 32 px, 2 steps, 1 round")
     args = p.parse_args(argv)
-    args.smoke = False
+    if args.smoke:
+        args.image_size, args.steps, args.rounds = 32, 2, 1
     args.image_size = args.image_size or (256 if args.latency else 128)
     if args.agreement:
         common.write_json(

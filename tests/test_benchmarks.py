@@ -357,13 +357,7 @@ def test_speed_profile_writes_the_top_operators(tmp_path):
 
 def test_sampling_latency_times_the_earlier_and_todays_inference_path(tmp_path):
     out = tmp_path / "latency.json"
-    # 32 px is the smallest size the default model takes (patch 4 x 2^3)
-    assert (
-        sampling_cost.main(
-            ["--latency", "--image-size", "32", "--steps", "2", "--rounds", "1", "--threads", "1", "--out", str(out)]
-        )
-        == 0
-    )
+    assert sampling_cost.main(["--latency", "--smoke", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [name.split(":")[0] for name in result["seconds_per_image"]] == ["before", "after"]
     assert result["gflop_per_image"] > 0

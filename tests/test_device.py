@@ -56,7 +56,9 @@ def test_inference_model_stores_weights_in_the_autocast_dtype_and_agrees_with_fp
     runtime = Runtime(torch.device("cpu"), "bf16")
     model = runtime.prepare_inference_model(tiny_model())
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in model.parameters())
-    assert model.process.alphas_cumprod.dtype == reference.process.alphas_cumprod.dtype  # the schedule keeps its precision
+    assert (
+        model.process.alphas_cumprod.dtype == reference.process.alphas_cumprod.dtype
+    )  # the schedule keeps its precision
     images = torch.rand(2, 3, 16, 16)
     with torch.inference_mode(), runtime.autocast():
         fast = model.segment(images, steps=4, seed=0)
