@@ -151,16 +151,8 @@ def speed_tables(speed) -> str:
     return "\n".join(lines)
 
 
-def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
-    """Dice against DDIM steps for `ours` with the anchors as lines; `longer` = (ours, unet) of a
-    longer budget, drawn in grey."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    rows = [r for r in step_rows(ours) if r[1] == 1]
-    steps = [r[0] for r in rows]
-    dice = np.array([r[2]["dice"] for r in rows])
-    sem = np.array([r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows])
-    ax.errorbar(steps, dice, yerr=sem, marker="o", capsize=3, label="ours, DDIM, ensemble 1")
+def draw_ensemble_points(ax, ours) -> None:
+    """Draws ours' ensembled settings (ensemble > 1) as single starred points with s.e.m. bars."""
     for s, e, row in step_rows(ours):
         if e > 1:
             ax.errorbar(
@@ -173,6 +165,10 @@ def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
                 capsize=3,
                 label=f"ours, DDIM {s}, ensemble {e}",
             )
+
+
+def draw_anchor_lines(ax, unet, peer) -> None:
+    """Draws the plain UNet's and the MedSegDiff peer's Dice as horizontal lines, one per sampler row."""
     for result, label, colour in (
         (unet, "smp.Unet resnet18 (plain)", "tab:green"),
         (peer, "MedSegDiff peer", "tab:red"),
@@ -185,26 +181,45 @@ def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
                 color=colour,
                 label=f"{label}, {sampler}: {row['dice']:.3f} ({row['images']} img)",
             )
-    if longer and longer[0]:
-        long_ours, long_unet = longer
-        rows = [r for r in step_rows(long_ours) if r[1] == 1]
-        ax.errorbar(
-            [r[0] for r in rows],
-            [r[2]["dice"] for r in rows],
-            yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows],
-            marker="s",
-            capsize=3,
-            color="tab:gray",
-            label=f"ours, {long_ours['budget_minutes']:.0f}-min budget",
+
+
+def draw_longer_budget(ax, longer) -> None:
+    """Draws `longer` = (ours, unet) of a longer budget in grey (ours' curve) and olive (the UNet's line)."""
+    long_ours, long_unet = longer
+    rows = [r for r in step_rows(long_ours) if r[1] == 1]
+    ax.errorbar(
+        [r[0] for r in rows],
+        [r[2]["dice"] for r in rows],
+        yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows],
+        marker="s",
+        capsize=3,
+        color="tab:gray",
+        label=f"ours, {long_ours['budget_minutes']:.0f}-min budget",
+    )
+    if long_unet:
+        row = next(iter(long_unet["rows"].values()))
+        ax.axhline(
+            row["dice"],
+            linestyle="-.",
+            color="tab:olive",
+            label=f"smp.Unet, {long_unet['budget_minutes']:.0f}-min budget: {row['dice']:.3f}",
         )
-        if long_unet:
-            row = next(iter(long_unet["rows"].values()))
-            ax.axhline(
-                row["dice"],
-                linestyle="-.",
-                color="tab:olive",
-                label=f"smp.Unet, {long_unet['budget_minutes']:.0f}-min budget: {row['dice']:.3f}",
-            )
+
+
+def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
+    """Dice against DDIM steps for `ours` with the anchors as lines; `longer` = (ours, unet) of a
+    longer budget, drawn in grey."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    rows = [r for r in step_rows(ours) if r[1] == 1]
+    steps = [r[0] for r in rows]
+    dice = np.array([r[2]["dice"] for r in rows])
+    sem = np.array([r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows])
+    ax.errorbar(steps, dice, yerr=sem, marker="o", capsize=3, label="ours, DDIM, ensemble 1")
+    draw_ensemble_points(ax, ours)
+    draw_anchor_lines(ax, unet, peer)
+    if longer and longer[0]:
+        draw_longer_budget(ax, longer)
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(s) for s in steps])
     ax.set_xlabel("DDIM steps")

@@ -41,6 +41,47 @@ def seconds_per_image(run, batch: int) -> float:
     return (time.perf_counter() - began) / batch
 
 
+def inference_paths(runtime, fresh, compile: bool) -> dict:
+    """Name -> (model, grad mode) of the earlier and today's inference path (and, asked for, the compiled one)."""
+    paths = {  # name -> (model, grad mode)
+        "before: fp32 weights, autocast casts them, contiguous, no_grad": (
+            runtime.prepare_model(copy.deepcopy(fresh)).eval(),
+            torch.no_grad,
+        ),
+        "after: prepare_inference_model (bf16 weights, channels_last), inference_mode": (
+            runtime.prepare_inference_model(copy.deepcopy(fresh)),
+            torch.inference_mode,
+        ),
+    }
+
+    if compile:
+        # inductor's freezing treats the weights as constants: oneDNN gets them pre-packed once, and
+        # GroupNorm + SiLU + FiLM fuse into one loop; inference only (no gradients may flow)
+        compiled = runtime.prepare_inference_model(copy.deepcopy(fresh))
+        compiled.unet.compile()
+        paths["after + torch.compile (inductor freezing)"] = (compiled, torch.inference_mode)
+    return paths
+
+
+def time_paths(args, runtime, paths: dict, images) -> tuple[dict, dict]:
+    """Seconds per image of each path: the first (warm-up) call's, and each alternated round's."""
+
+    def run(name):
+        model, grad_mode = paths[name]
+        # (the config is read when the first call compiles; patched, not set, so nothing else sees it)
+        with grad_mode(), runtime.autocast(), torch._inductor.config.patch(freezing="compile" in name):
+            return model.segment(images, steps=args.steps, ensemble=1, seed=0)
+
+    times = {name: [] for name in paths}
+    first_call_seconds = {}
+    for name in paths:
+        first_call_seconds[name] = seconds_per_image(lambda: run(name), 1)  # warm-up: kernels chosen, compiled
+    for _ in range(args.rounds):
+        for name in paths:
+            times[name].append(seconds_per_image(lambda: run(name), 1))
+    return times, first_call_seconds
+
+
 def latency(args) -> dict:
     """Seconds per image of segment() at batch 1 for the earlier and today's inference path."""
     import torch._inductor.config  # noqa: F401  (torch._inductor is not loaded before the first compile)
@@ -53,39 +94,11 @@ def latency(args) -> dict:
     torch.manual_seed(0)
     fresh = DiffusionSegmentation(kvasir.model_config(args))
     images = torch.rand(1, 3, args.image_size, args.image_size)
-    paths = {  # name -> (model, grad mode)
-        "before: fp32 weights, autocast casts them, contiguous, no_grad": (
-            runtime.prepare_model(copy.deepcopy(fresh)).eval(),
-            torch.no_grad,
-        ),
-        "after: prepare_inference_model (bf16 weights, channels_last), inference_mode": (
-            runtime.prepare_inference_model(copy.deepcopy(fresh)),
-            torch.inference_mode,
-        ),
-    }
-
-    if args.compile:
-        # inductor's freezing treats the weights as constants: oneDNN gets them pre-packed once, and
-        # GroupNorm + SiLU + FiLM fuse into one loop; inference only (no gradients may flow)
-        compiled = runtime.prepare_inference_model(copy.deepcopy(fresh))
-        compiled.unet.compile()
-        paths["after + torch.compile (inductor freezing)"] = (compiled, torch.inference_mode)
-
-    def run(name):
-        model, grad_mode = paths[name]
-        # (the config is read when the first call compiles; patched, not set, so nothing else sees it)
-        with grad_mode(), runtime.autocast(), torch._inductor.config.patch(freezing="compile" in name):
-            return model.segment(images, steps=args.steps, ensemble=1, seed=0)
+    paths = inference_paths(runtime, fresh, args.compile)
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fresh.segment(images, steps=args.steps, ensemble=1, seed=0)
-    times = {name: [] for name in paths}
-    first_call_seconds = {}
-    for name in paths:
-        first_call_seconds[name] = seconds_per_image(lambda: run(name), 1)  # warm-up: kernels chosen, compiled
-    for _ in range(args.rounds):
-        for name in paths:
-            times[name].append(seconds_per_image(lambda: run(name), 1))
+    times, first_call_seconds = time_paths(args, runtime, paths, images)
     peak = matmul_peak(256 if args.smoke else 4096, torch.bfloat16)
     flops = counter.get_total_flops()
     medians = {name: float(np.median(values)) for name, values in times.items()}
@@ -151,7 +164,8 @@ def agreement(args) -> dict:
     return {"summary": summary, "per_image": rows, "checkpoint": str(args.agreement), "steps": args.steps}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with --smoke's and the image size's defaults filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image-size", type=int, default=None, help="default 128; 256 with --latency")
     p.add_argument("--batch-size", type=int, default=8)
@@ -169,19 +183,11 @@ def main(argv=None) -> int:
     if args.smoke:
         args.image_size, args.steps, args.rounds = 32, 2, 1
     args.image_size = args.image_size or (256 if args.latency else 128)
-    if args.agreement:
-        common.write_json(
-            args.out or common.RESULTS / "sampling_agreement.json",
-            {**agreement(args), "machine": common.machine_info()},
-        )
-        return 0
-    if args.latency:
-        result = latency(args)
-        common.write_json(
-            args.out or common.RESULTS / "sampling_latency.json",
-            {**result, "image_size": args.image_size, "machine": common.machine_info()},
-        )
-        return 0
+    return args
+
+
+def sampling_cost(args) -> None:
+    """Times ours' SETTINGS next to the plain UNet's forward pass and writes args.out."""
     args.out = args.out or str(common.RESULTS / "sampling_cost.json")
     torch.set_num_threads(1)
     runtime = select_runtime()
@@ -218,6 +224,24 @@ def main(argv=None) -> int:
             "machine": common.machine_info(),
         },
     )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.agreement:
+        common.write_json(
+            args.out or common.RESULTS / "sampling_agreement.json",
+            {**agreement(args), "machine": common.machine_info()},
+        )
+        return 0
+    if args.latency:
+        result = latency(args)
+        common.write_json(
+            args.out or common.RESULTS / "sampling_latency.json",
+            {**result, "image_size": args.image_size, "machine": common.machine_info()},
+        )
+        return 0
+    sampling_cost(args)
     return 0
 
 

@@ -174,6 +174,36 @@ def measure_rss(size: int, precision_name: str, args) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def peer_train(state: dict, request: dict) -> dict:
+    """The peer's "train" command: `steps` optimizer steps on the set-up batch, and each one's seconds."""
+    model, runtime, optimizer, (images, masks) = (state["model"], state["runtime"], state["optimizer"], state["batch"])
+    times = []
+    for _ in range(request["steps"]):
+        start = time.perf_counter()
+        with runtime.autocast():
+            loss = model(masks, images)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return {"times": times}
+
+
+def peer_sample(state: dict, request: dict) -> dict:
+    """The peer's "sample" command: seconds per p_sample step of its ancestral sampler."""
+    # The default sampler is 1,000 ancestral steps; time `steps` of its p_sample and scale.
+    model, runtime = state["model"], state["runtime"]
+    images = state["batch"][0][: request["batch_size"]]
+    x = torch.randn(images.shape[0], 1, *images.shape[-2:])
+    with torch.no_grad(), runtime.autocast():
+        model.p_sample(x, model.num_timesteps - 1, images)  # warm-up
+    start = time.perf_counter()
+    with torch.no_grad(), runtime.autocast():
+        for t in reversed(range(request["steps"])):
+            x, _ = model.p_sample(x, t, images)
+    return {"seconds_per_step": (time.perf_counter() - start) / request["steps"], "sampler_steps": model.num_timesteps}
+
+
 def peer_worker(args) -> None:
     """Reads {"cmd": "setup"|"train"|"sample", ...} lines on stdin, answers one JSON line each."""
     from med_seg_diff_pytorch import MedSegDiff, Unet
@@ -206,37 +236,9 @@ def peer_worker(args) -> None:
             }
             reply = {"parameters": parameter_count(model)}
         elif request["cmd"] == "train":
-            model, runtime, optimizer, (images, masks) = (
-                state["model"],
-                state["runtime"],
-                state["optimizer"],
-                state["batch"],
-            )
-            times = []
-            for _ in range(request["steps"]):
-                start = time.perf_counter()
-                with runtime.autocast():
-                    loss = model(masks, images)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                times.append(time.perf_counter() - start)
-            reply = {"times": times}
+            reply = peer_train(state, request)
         elif request["cmd"] == "sample":
-            # The default sampler is 1,000 ancestral steps; time `steps` of its p_sample and scale.
-            model, runtime = state["model"], state["runtime"]
-            images = state["batch"][0][: request["batch_size"]]
-            x = torch.randn(images.shape[0], 1, *images.shape[-2:])
-            with torch.no_grad(), runtime.autocast():
-                model.p_sample(x, model.num_timesteps - 1, images)  # warm-up
-            start = time.perf_counter()
-            with torch.no_grad(), runtime.autocast():
-                for t in reversed(range(request["steps"])):
-                    x, _ = model.p_sample(x, t, images)
-            reply = {
-                "seconds_per_step": (time.perf_counter() - start) / request["steps"],
-                "sampler_steps": model.num_timesteps,
-            }
+            reply = peer_sample(state, request)
         else:
             reply = {"error": f"unknown command {request['cmd']}"}
         print(json.dumps(reply), flush=True)
@@ -291,28 +293,39 @@ def peer_dim(target: int, size: int, smoke: bool) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def time_training(args, result: dict) -> None:
+def make_trainers(args) -> dict:
+    """(size, precision name) -> Trainer for every size and precision (and bf16+compile where asked)."""
     configs = {(size, name): PRECISIONS[name] for size in args.sizes for name in PRECISIONS}
     trainers = {key: Trainer(key[0], *value, args) for key, value in configs.items()}
     if args.compile:
         for size in args.sizes:
             configs[(size, "bf16+compile")] = PRECISIONS["bf16"]
             trainers[(size, "bf16+compile")] = Trainer(size, *PRECISIONS["bf16"], args, compile_model=True)
-    peer = None
-    if not args.no_peer and common.PEER_PYTHON.exists():
-        size = args.sizes[0]
-        ours_params = parameter_count(trainers[(size, "bf16")].model)
-        dim = peer_dim(ours_params, size, args.smoke)
-        peer = PeerClient(args)
-        reply = peer.ask(cmd="setup", size=size, dim=dim, precision="bf16", batch_size=args.batch_size)
-        result["peer"] = {
-            "package": "med-seg-diff-pytorch 0.3.3",
-            "unet_dim": dim,
-            "parameters": reply["parameters"],
-            "ours_parameters": ours_params,
-            "size": size,
-            "precision": "bf16",
-        }
+    return trainers
+
+
+def start_peer(args, result: dict, trainers: dict):
+    """The peer's worker set up with about ours' parameters at the first size (result["peer"]), or None."""
+    if args.no_peer or not common.PEER_PYTHON.exists():
+        return None
+    size = args.sizes[0]
+    ours_params = parameter_count(trainers[(size, "bf16")].model)
+    dim = peer_dim(ours_params, size, args.smoke)
+    peer = PeerClient(args)
+    reply = peer.ask(cmd="setup", size=size, dim=dim, precision="bf16", batch_size=args.batch_size)
+    result["peer"] = {
+        "package": "med-seg-diff-pytorch 0.3.3",
+        "unet_dim": dim,
+        "parameters": reply["parameters"],
+        "ours_parameters": ours_params,
+        "size": size,
+        "precision": "bf16",
+    }
+    return peer
+
+
+def training_rounds(args, trainers: dict, peer) -> tuple[dict, dict, list]:
+    """Alternated rounds of steps: each trainer's step seconds, its warm-up round's seconds, the peer's."""
     times = {key: [] for key in trainers}
     warmup_seconds = {}  # round 0: oneDNN's kernel choice, and torch.compile's compilation where asked
     peer_times = []
@@ -332,7 +345,11 @@ def time_training(args, result: dict) -> None:
             f"round {round_index}: " + ", ".join(f"{k[0]}px {k[1]} {np.median(v):.2f}s" for k, v in times.items() if v),
             flush=True,
         )
+    return times, warmup_seconds, peer_times
 
+
+def training_rows(args, result: dict, trainers: dict, times: dict, warmup_seconds: dict) -> list:
+    """One row per trainer: median step time, throughput, FLOPs against the matmul peak, peak memory."""
     peaks = {
         "bf16": matmul_peak(256 if args.smoke else 4096, torch.bfloat16),
         "fp32": matmul_peak(256 if args.smoke else 2048, torch.float32),
@@ -365,6 +382,14 @@ def time_training(args, result: dict) -> None:
                 else measure_rss(size, name, args),
             }
         )
+    return rows
+
+
+def time_training(args, result: dict) -> None:
+    trainers = make_trainers(args)
+    peer = start_peer(args, result, trainers)
+    times, warmup_seconds, peer_times = training_rounds(args, trainers, peer)
+    rows = training_rows(args, result, trainers, times, warmup_seconds)
     result["training"] = rows
     if peer is not None:
         seconds = float(np.median(peer_times))

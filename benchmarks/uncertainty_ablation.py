@@ -297,16 +297,10 @@ def load_models(args):
     return model, unet, runtime, info
 
 
-def score(args, stems: list, scored_on: str) -> dict:
-    """Two passes over the images: sample once and keep every member's component maps at model
-    resolution (which also give the quantile bins and rank CDFs of each score), then score each
-    candidate at the original mask resolution."""
-    model, unet, runtime, info = load_models(args)
-    dataset = common.kvasir_dataset(args.data, stems, args.image_size)
-    count = len(dataset) if args.eval_images is None else min(len(dataset), args.eval_images)
-    ensembles = [k for k in args.ensembles if k <= args.ensemble]
-    names = set(args.candidates) | {UNET} if args.candidates else None
-    per_image_maps, began = [], time.perf_counter()
+def sample_maps(args, model, unet, runtime, dataset, count: int, ensembles: list, began: float) -> tuple[list, float]:
+    """Samples the first `count` images in batches of 8: each image's component maps per ensemble
+    size (and the UNet's probability), and the seconds spent sampling."""
+    per_image_maps = []
     sampling_seconds = 0.0
     with torch.no_grad():
         for start in range(0, count, 8):
@@ -325,8 +319,12 @@ def score(args, stems: list, scored_on: str) -> dict:
                     maps["unet"] = unet_p[offset]
                 per_image_maps.append(maps)
             print(f"  sampled {indices[-1] + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
+    return per_image_maps, sampling_seconds
 
-    # pass 1 at model resolution: each score's quantiles, for its bins and the rank averages
+
+def rank_cdfs_of(per_image_maps: list, ensembles: list) -> dict:
+    """Each base score's empirical CDF (quantile edges, levels) over every pixel at model resolution."""
+
     def sample_of(fn):
         return torch.cat([fn(m).flatten() for m in per_image_maps]).numpy()
 
@@ -337,13 +335,20 @@ def score(args, stems: list, scored_on: str) -> dict:
             edges = np.quantile(sample_of(lambda m, fn=fn, k=k: fn(m[f"K={k}"])), quantiles)
             unique, first = np.unique(edges, return_index=True)  # np.interp needs increasing x
             rank_cdfs[f"K={k}: {name}"] = (unique, quantiles[first])
+    return rank_cdfs
+
+
+def quantile_stats(per_image_maps: list, ensembles: list, rank_cdfs: dict, names) -> dict:
+    """One QuantileErrorStats per candidate, its bins from the candidate's scores at model resolution."""
     model_res = [candidate_scores(m, ensembles, rank_cdfs, names) for m in per_image_maps]
-    stats = {
+    return {
         name: common.QuantileErrorStats.from_sample(torch.cat([s[name][1].flatten() for s in model_res]).numpy())
         for name in model_res[0]
     }
-    del model_res
-    # the old fixed-bin statistics too, to compare with the figures already in BENCHMARKS.md
+
+
+def legacy_stats(ensembles: list) -> dict:
+    """The old fixed-bin statistics of the current std, p(1-p) of the mean and the UNet's p(1-p)."""
     legacy = {}
     for k in ensembles:
         legacy[f"K={k}: ens std (current)"] = common.UncertaintyErrorStats()
@@ -351,8 +356,15 @@ def score(args, stems: list, scored_on: str) -> dict:
             upper=common.UncertaintyErrorStats.PQ_UPPER
         )
     legacy[UNET] = common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)
+    return legacy
 
-    # pass 2 at the original resolution
+
+def score_original_resolution(
+    dataset, per_image_maps: list, ensembles: list, rank_cdfs: dict, names, stats: dict, legacy: dict, began: float
+) -> tuple[dict, dict, dict]:
+    """Adds every image's candidates at the original mask resolution to `stats` and `legacy`; returns
+    each candidate's probability label and each label's per-image calibration counts and Dice."""
+    count = len(per_image_maps)
     prob_keys = {}
     calibration, dice = {}, {}
     for index, maps in enumerate(per_image_maps):
@@ -385,7 +397,11 @@ def score(args, stems: list, scored_on: str) -> dict:
                 collector.add(_component_of(name, maps), model_p, truth)
         if (index + 1) % 20 == 0:
             print(f"  scored {index + 1}/{count} ({time.perf_counter() - began:.0f} s)", flush=True)
+    return prob_keys, calibration, dice
 
+
+def score_rows(stats: dict, legacy: dict, prob_keys: dict, calibration: dict, dice: dict) -> dict:
+    """Each candidate's AUROC, its probability's ECE and Dice, and its error pixel share."""
     rows = {}
     for name, collector in stats.items():
         label = prob_keys[name]
@@ -401,6 +417,32 @@ def score(args, stems: list, scored_on: str) -> dict:
         }
         if name in legacy:
             rows[name]["auroc_fixed_bins"] = legacy[name].result()["auroc"]
+    return rows
+
+
+def score(args, stems: list, scored_on: str) -> dict:
+    """Two passes over the images: sample once and keep every member's component maps at model
+    resolution (which also give the quantile bins and rank CDFs of each score), then score each
+    candidate at the original mask resolution."""
+    model, unet, runtime, info = load_models(args)
+    dataset = common.kvasir_dataset(args.data, stems, args.image_size)
+    count = len(dataset) if args.eval_images is None else min(len(dataset), args.eval_images)
+    ensembles = [k for k in args.ensembles if k <= args.ensemble]
+    names = set(args.candidates) | {UNET} if args.candidates else None
+    began = time.perf_counter()
+    per_image_maps, sampling_seconds = sample_maps(args, model, unet, runtime, dataset, count, ensembles, began)
+
+    # pass 1 at model resolution: each score's quantiles, for its bins and the rank averages
+    rank_cdfs = rank_cdfs_of(per_image_maps, ensembles)
+    stats = quantile_stats(per_image_maps, ensembles, rank_cdfs, names)
+    # the old fixed-bin statistics too, to compare with the figures already in BENCHMARKS.md
+    legacy = legacy_stats(ensembles)
+
+    # pass 2 at the original resolution
+    prob_keys, calibration, dice = score_original_resolution(
+        dataset, per_image_maps, ensembles, rank_cdfs, names, stats, legacy, began
+    )
+    rows = score_rows(stats, legacy, prob_keys, calibration, dice)
     result = {
         "scored_on": scored_on,
         "images": count,
@@ -569,11 +611,8 @@ def _ci(triple, digits: int = 3) -> str:
     return f"{point:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None, other: dict | None = None) -> str:
-    """BENCHMARKS.md's tables from the results JSONs: the held-out choice (every candidate, both
-    ensemble sizes; heldout_check: the same samples against the UNet of equal steps, with the
-    paired difference to the current std; other: the same candidates on another ablation
-    checkpoint) and the val confirmation ({label: val JSON})."""
+def _choice_lines(heldout: dict, heldout_check: dict | None, other: dict | None) -> list:
+    """The held-out choice table's lines: every candidate's AUROC at 5 and 10 members, against the UNet."""
     rows, boot = heldout["rows"], heldout["bootstrap"]
     unet = rows[UNET]
     head = [
@@ -609,7 +648,14 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None
     if other:
         cells.append("")
     lines.append("| " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def _calibration_lines(heldout: dict, heldout_check: dict | None) -> list:
+    """The held-out ECE and Dice table's lines (after a blank line), against the UNet's sigmoid."""
+    rows, boot = heldout["rows"], heldout["bootstrap"]
+    unet = rows[UNET]
+    lines = [
         "",
         "| probability | members | ECE (15 bins) | Dice | ECE − UNet, 345 steps (paired) | Dice − UNet, 345 steps (paired) |",
         "|---|---|---|---|---|---|",
@@ -627,7 +673,12 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None
     if heldout_check:
         u = heldout_check["rows"][UNET]
         lines.append(f"| plain UNet's sigmoid, 1104 steps | – | {u['ece']:.4f} | {u['dice']:.3f} | | |")
-    lines += [
+    return lines
+
+
+def _val_lines(vals: dict) -> list:
+    """The val confirmation table's lines (after a blank line): each run's candidates and the UNet."""
+    lines = [
         "",
         "| val, budget | uncertainty | members | AUROC (95 % interval) | − UNet p(1-p) (paired) | − ens std, same members (paired) | ECE | ECE − UNet (paired) | Dice − UNet (paired) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -647,6 +698,17 @@ def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None
         lines.append(
             f"| {label} | plain UNet, p(1-p) | – | {point:.3f} [{low:.3f}, {high:.3f}] | | | {vrows[UNET]['ece']:.4f} | | |"
         )
+    return lines
+
+
+def markdown_tables(heldout: dict, vals: dict, heldout_check: dict | None = None, other: dict | None = None) -> str:
+    """BENCHMARKS.md's tables from the results JSONs: the held-out choice (every candidate, both
+    ensemble sizes; heldout_check: the same samples against the UNet of equal steps, with the
+    paired difference to the current std; other: the same candidates on another ablation
+    checkpoint) and the val confirmation ({label: val JSON})."""
+    lines = _choice_lines(heldout, heldout_check, other)
+    lines += _calibration_lines(heldout, heldout_check)
+    lines += _val_lines(vals)
     return "\n".join(lines)
 
 
