@@ -84,12 +84,14 @@ def int_list(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4,8, got {text!r}") from None
 
 
-def config_flag(group, config_class, name: str, *flag_names: str, **kwargs) -> None:
+def config_flag(group, config_class, name: str, *flag_names: str, typed_only: bool = True, **kwargs) -> None:
     """Add the flag of dataclass field `name` (--name-with-dashes unless `flag_names` are given),
-    its help and shown default taken from the field (src.fields.option). The flag's value is
-    left out of the parsed namespace unless it is typed (default SUPPRESS), so the dataclass's
-    own default applies and the namespace says which flags the user gave."""
-    help_text, default = field_help(config_class, name)
+    its help and shown default taken from the field (src.fields.option). With `typed_only`, the
+    flag's value is left out of the parsed namespace unless it is typed (default SUPPRESS), so the
+    dataclass's own default applies and the namespace says which flags the user gave; without,
+    the namespace holds the field's default."""
+    help_text, field_default = field_help(config_class, name)
+    default = field_default
     if isinstance(default, bool):
         default = "on" if default else "off"
     elif isinstance(default, tuple):
@@ -99,7 +101,7 @@ def config_flag(group, config_class, name: str, *flag_names: str, **kwargs) -> N
     group.add_argument(
         *(flag_names or [f"--{name.replace('_', '-')}"]),
         dest=name,
-        default=argparse.SUPPRESS,
+        default=argparse.SUPPRESS if typed_only else field_default,
         help=(kwargs.pop("help", None) or help_text) + shown,
         **kwargs,
     )

@@ -484,3 +484,15 @@ def test_mask_dir_scoring_leaves_the_ignore_label_out_and_reports_per_class_iou(
         labelled = truth != 255  # the top rows are unlabelled: whatever was predicted there does not count
         expected = segmentation_scores(pred[labelled], truth[labelled], 3)
         assert float(rows[f"{stem}.png"]["dice"]) == pytest.approx(expected["dice"], abs=1e-6)
+
+
+def test_sampling_flags_take_their_defaults_and_help_from_predictor_options():
+    from src.inference.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["--checkpoint", "c.pth", "--input", "x.png"])
+    defaults = PredictorOptions()
+    for name in ("steps", "ensemble", "eta", "time_ensemble", "threshold", "seed", "resize", "tile", "tile_overlap"):
+        assert getattr(args, name) == getattr(defaults, name), name
+    assert "DDIM steps (default: 50)" in " ".join(parser.format_help().split())
+    assert parser.parse_args(["--checkpoint", "c.pth", "--steps", "7", "--no-tile"]).steps == 7

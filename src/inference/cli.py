@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 from src.checkpoint import CheckpointError
-from src.cli import ArgumentParser, image_size_from_parts, number_in, positive_int, size_part
+from src.cli import ArgumentParser, config_flag, image_size_from_parts, number_in, positive_int, size_part
 from src.device import PRECISIONS
 from src.inference.batch import run_batch
 from src.inference.interactive import run_interactive
 from src.inference.outputs import OutputOptions, check_output_dir, format_written
-from src.inference.predictor import RESIZE_MODES, TILE_FACTOR, InferenceError, Predictor, PredictorOptions
+from src.inference.predictor import RESIZE_MODES, InferenceError, Predictor, PredictorOptions
 from src.inference.single import segment_file
 from utils.errors import DatasetError
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="an image file, or a folder of images (batch mode)")
     p.add_argument("--output", default="./inference_results", help="output folder (default: %(default)s)")
     _add_mode_flags(p.add_argument_group("modes"))
-    _add_sampling_flags(p.add_argument_group("sampling"), PredictorOptions())
+    _add_sampling_flags(p.add_argument_group("sampling"))
     _add_runtime_flags(p.add_argument_group("runtime"))
     _add_output_flags(p.add_argument_group("outputs"))
     return p
@@ -61,35 +61,16 @@ def _add_mode_flags(mode) -> None:
     )
 
 
-def _add_sampling_flags(sampling, d: PredictorOptions) -> None:
-    sampling.add_argument("--steps", type=positive_int, default=d.steps, help="DDIM steps (default: %(default)s)")
-    sampling.add_argument(
-        "--ensemble",
-        type=positive_int,
-        default=d.ensemble,
-        help="samples per image; > 1 averages them and saves an uncertainty map (default: %(default)s)",
-    )
-    sampling.add_argument(
-        "--eta",
-        type=number_in(0, 1),
-        default=d.eta,
-        help="DDIM noise: 0 deterministic, 1 fresh noise at every step as in DDPM (default: %(default)s)",
-    )
-    sampling.add_argument(
-        "--time-ensemble",
-        action=argparse.BooleanOptionalAction,
-        default=d.time_ensemble,
-        help="a sample is the mean of its steps' mask estimates, so more steps help (default: on)",
-    )
-    sampling.add_argument(
-        "--threshold",
-        type=number_in(0, 1, low_inclusive=False, high_inclusive=False),
-        default=d.threshold,
-        help="foreground probability threshold for binary models (default: %(default)s)",
-    )
-    sampling.add_argument(
-        "--seed", type=int, default=d.seed, help="sampling seed: same seed, same masks (default: %(default)s)"
-    )
+def _add_sampling_flags(sampling) -> None:
+    """The sampling flags: one per PredictorOptions field, help and default from the field."""
+    for name in ("steps", "ensemble"):
+        config_flag(sampling, PredictorOptions, name, type=positive_int, typed_only=False)
+    config_flag(sampling, PredictorOptions, "eta", type=number_in(0, 1), typed_only=False)
+    for name in ("time_ensemble", "tile"):
+        config_flag(sampling, PredictorOptions, name, action=argparse.BooleanOptionalAction, typed_only=False)
+    probability = number_in(0, 1, low_inclusive=False, high_inclusive=False)
+    config_flag(sampling, PredictorOptions, "threshold", type=probability, typed_only=False)
+    config_flag(sampling, PredictorOptions, "seed", type=int, typed_only=False)
     sampling.add_argument(
         "--image-size",
         type=size_part,
@@ -98,26 +79,9 @@ def _add_sampling_flags(sampling, d: PredictorOptions) -> None:
         metavar="SIZE",
         help="model input size: N, H W or HxW, multiples of the UNet's downsampling (default: the checkpoint's own)",
     )
-    sampling.add_argument(
-        "--resize",
-        choices=RESIZE_MODES,
-        default=None,
-        help="stretch to the model size, or pad: keep the aspect ratio, letterbox "
-        "(default: as the checkpoint was trained)",
-    )
-    sampling.add_argument(
-        "--tile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=f"segment window by window at the model's size, blended with Gaussian weights (default: only images "
-        f"over {TILE_FACTOR}x the model size; --no-tile: never)",
-    )
-    sampling.add_argument(
-        "--tile-overlap",
-        type=number_in(0, 1, high_inclusive=False),
-        default=d.tile_overlap,
-        help="overlap of neighbouring windows, a fraction of the window (default: %(default)s)",
-    )
+    config_flag(sampling, PredictorOptions, "resize", choices=RESIZE_MODES, typed_only=False)
+    overlap = number_in(0, 1, high_inclusive=False)
+    config_flag(sampling, PredictorOptions, "tile_overlap", type=overlap, typed_only=False)
 
 
 def _add_runtime_flags(runtime) -> None:

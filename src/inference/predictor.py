@@ -20,6 +20,7 @@ import torch
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.device import Runtime, select_runtime
+from src.fields import option
 from src.inference.tiling import sliding_window
 from src.masks import crop_box, probabilities_to_mask, resize_maps
 from src.models import DiffusionSegmentation, SegmentationOutput, SegmentationRun
@@ -77,16 +78,23 @@ class PredictorOptions:
     DDIM noise `eta` and whether a sample is the mean of its steps' estimates (`time_ensemble`);
     see DiffusionSegmentation.segment."""
 
-    steps: int = 50
-    ensemble: int = 1
-    eta: float = 1.0
-    time_ensemble: bool = True
-    threshold: float = 0.5
-    seed: int | None = 0
+    steps: int = option(50, "DDIM steps")
+    ensemble: int = option(1, "samples per image; > 1 averages them and saves an uncertainty map")
+    eta: float = option(1.0, "DDIM noise: 0 deterministic, 1 fresh noise at every step as in DDPM")
+    time_ensemble: bool = option(True, "a sample is the mean of its steps' mask estimates, so more steps help")
+    threshold: float = option(0.5, "foreground probability threshold for binary models")
+    seed: int | None = option(0, "sampling seed: same seed, same masks")
     process_frames: int = 8  # frames kept per image when the process is recorded
-    resize: str | None = None  # "stretch" or "pad" (letterbox); None: as the checkpoint was trained
-    tile: bool | None = None  # None: tile images over TILE_FACTOR x the model size; True: always; False: never
-    tile_overlap: float = 0.25
+    resize: str | None = option(
+        None,
+        "stretch to the model size, or pad: keep the aspect ratio, letterbox (default: as the checkpoint was trained)",
+    )
+    tile: bool | None = option(
+        None,
+        f"segment window by window at the model's size, blended with Gaussian weights (default: only images "
+        f"over {TILE_FACTOR}x the model size; --no-tile: never)",
+    )
+    tile_overlap: float = option(0.25, "overlap of neighbouring windows, a fraction of the window")
     tile_batch: int = 8  # windows per forward pass
     progress: bool = False  # a bar over the windows of a tiled image
 
