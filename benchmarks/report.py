@@ -354,18 +354,7 @@ def steps_plot(ours, unet, path=None):
         capsize=3,
         label="ours, DDIM, ensemble 1",
     )
-    for s, e, row in step_rows(ours):
-        if e > 1:
-            ax.errorbar(
-                [s],
-                [row["dice"]],
-                yerr=[row["dice_std"] / np.sqrt(row["images"])],
-                marker="*",
-                markersize=12,
-                linestyle="none",
-                capsize=3,
-                label=f"ours, DDIM {s}, ensemble {e}",
-            )
+    draw_ensemble_points(ax, ours)
     if unet and unet.get("rows"):
         row = next(iter(unet["rows"].values()))
         ax.axhline(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks import common
+from src.models.segmentation import binary_entropy
 
 UNET_CHECKPOINTS = common.RESULTS / "uncertainty_checkpoints"  # ours; results/checkpoints is not written to
 
@@ -136,13 +137,7 @@ def train_unet(args) -> dict:
 # Uncertainty maps from the reverse process
 # ---------------------------------------------------------------------------------------------
 
-PROB_FLOOR = 1e-6  # entropies of p = 0 or 1 are 0; the floor keeps log2 finite there
-
-
-def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    """H(p) = -p log2 p - (1-p) log2 (1-p), in bits (1 at p = 0.5, 0 at p = 0 or 1)."""
-    p = p.clamp(PROB_FLOOR, 1 - PROB_FLOOR)
-    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+# binary_entropy: the one segment()'s uncertainty map uses (src/models/segmentation.py)
 
 
 def mutual_information(member_probs: torch.Tensor, dim: int = 1) -> torch.Tensor:

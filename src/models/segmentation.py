@@ -20,6 +20,15 @@ class SegmentationOutput:
     ensemble_std: torch.Tensor | None = None
 
 
+PROB_FLOOR = 1e-6  # entropies of p = 0 or 1 are 0; the floor keeps the logs finite there
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = -p log2 p - (1-p) log2 (1-p) of probabilities of any shape, in bits (1 at p = 0.5, 0 at p = 0 or 1)."""
+    p = p.float().clamp(PROB_FLOOR, 1 - PROB_FLOOR)
+    return -(p * p.log2() + (1 - p) * (1 - p).log2())
+
+
 def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
     """(B, K, H, W) probabilities -> (B, H, W) entropy in [0, 1]: binary entropy in bits for K = 1
     (the foreground probability), else the entropy over the K classes divided by log K.
@@ -28,9 +37,9 @@ def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
     steps' estimates (time-ensembling), so the mean probability carries the model's doubt even for
     one sample, where a std is 0; on images held out of the training split it ranks error pixels
     better than the std (BENCHMARKS.md, "Uncertainty maps (issue 11)")."""
-    p = probabilities.float().clamp(1e-6, 1 - 1e-6)
-    if p.shape[1] == 1:
-        return -(p * p.log2() + (1 - p) * (1 - p).log2())[:, 0]
+    if probabilities.shape[1] == 1:
+        return binary_entropy(probabilities)[:, 0]
+    p = probabilities.float().clamp(PROB_FLOOR, 1 - PROB_FLOOR)
     return -(p * p.log()).sum(dim=1) / math.log(p.shape[1])
 
 
