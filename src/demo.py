@@ -140,7 +140,7 @@ def run_demo(
     held_out_dice = float(np.mean([segmentation_scores(m, t)["dice"] for m, t in zip(masks, truths)]))
     _print_scores(result.best_val_dice, held_out_dice, chance_dice(truths), quick)
 
-    figures = _draw_figures(result.history, predictor.model, predictions, images, truths, output_dir, seed)
+    figures = _draw_figures(result.history, predictor.model, predictions, masks, images, truths, output_dir, seed)
     figures["checkpoint"] = Path(checkpoint)
 
     print(f"\nDone in {time.monotonic() - start:.0f} s. Files:")
@@ -150,9 +150,8 @@ def run_demo(
     return figures
 
 
-def _draw_figures(history, model, predictions, images, truths, output_dir: Path, seed: int) -> dict[str, Path]:
+def _draw_figures(history, model, predictions, masks, images, truths, output_dir: Path, seed: int) -> dict[str, Path]:
     """Training curves, the forward and reverse process of the first held-out image, the predictions."""
-    masks = np.stack([p.mask for p in predictions])
     figures = {"training_curves": save_training_curves(history, output_dir / "training_curves.png")}
     timesteps, frames = forward_diffusion_frames(model, truths[0], seed=seed)
     figures["forward_diffusion"] = save_forward_diffusion(
