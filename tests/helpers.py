@@ -10,6 +10,10 @@ from PIL import Image
 from src.checkpoint import save_checkpoint
 from src.models import DiffusionConfig, DiffusionSegmentation
 
+# train.py's flags for a tiny model (16 px, two levels, 100 timesteps): CLI runs in seconds.
+TINY_FLAGS = ["--image-size", "16", "--base-channels", "8", "--channel-mults", "1,2", "--num-res-blocks", "1"]
+TINY_FLAGS += ["--attention-resolutions", "2", "--timesteps", "100"]
+
 # For subprocesses running tiny models: see the one_torch_thread fixture in conftest.py.
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

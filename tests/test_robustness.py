@@ -29,27 +29,13 @@ import prepare_data
 from src.inference import OutputOptions, Predictor, PredictorOptions, run_batch, segment_file
 from src.inference.cli import main as inference_main
 from src.training.cli import main as train_main
-from tests.helpers import ONE_THREAD_ENV, tiny_model, write_checkpoint
+from tests.helpers import ONE_THREAD_ENV, TINY_FLAGS, tiny_model, write_checkpoint
 from utils.data_utils import DatasetError, load_dataset
 from utils.errors import display_path
 from utils.image_io import IMAGE_EXTENSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--no-progress"]
-TINY_FLAGS = [
-    "--image-size",
-    "16",
-    "--base-channels",
-    "8",
-    "--channel-mults",
-    "1,2",
-    "--num-res-blocks",
-    "1",
-    "--attention-resolutions",
-    "2",
-    "--timesteps",
-    "100",
-]
 H, W = 12, 16
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,6 +11,7 @@ import torch
 
 from src.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from src.models import DiffusionConfig, DiffusionSegmentation
+from tests.helpers import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -22,20 +23,6 @@ TINY = dict(
     num_heads=2,
     timesteps=100,
 )
-TINY_FLAGS = [
-    "--image-size",
-    "16",
-    "--base-channels",
-    "8",
-    "--channel-mults",
-    "1,2",
-    "--num-res-blocks",
-    "1",
-    "--attention-resolutions",
-    "2",
-    "--timesteps",
-    "100",
-]
 
 
 class _Payload:

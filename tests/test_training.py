@@ -15,6 +15,7 @@ from src.device import select_runtime
 from src.models import DiffusionConfig, DiffusionSegmentation, SegmentationOutput
 from src.training import TrainConfig, TrainingError, train
 from src.training.validation import evaluate
+from tests.helpers import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = DiffusionConfig(
@@ -26,20 +27,6 @@ TINY_MODEL = DiffusionConfig(
     num_heads=2,
     timesteps=100,
 )
-TINY_FLAGS = [
-    "--image-size",
-    "16",
-    "--base-channels",
-    "8",
-    "--channel-mults",
-    "1,2",
-    "--num-res-blocks",
-    "1",
-    "--attention-resolutions",
-    "2",
-    "--timesteps",
-    "100",
-]
 
 
 def tiny_train_config(tmp_path, **overrides) -> TrainConfig:
