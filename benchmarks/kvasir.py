@@ -113,7 +113,9 @@ def parse_args(argv=None):
     )
     p.add_argument("--ensemble", type=int, default=5, help="ensemble size of the second row (ours)")
     p.add_argument("--eval-images", type=int, default=None, help="score only the first N val images")
-    p.add_argument("--peer-eval-images", type=int, default=4, help="val images for the peer's slow default sampler")
+    p.add_argument(
+        "--peer-eval-images", type=int, default=4, help="val images for the peer's slow default sampler (0: skip it)"
+    )
     p.add_argument(
         "--peer-ddim-steps",
         type=lambda s: [int(x) for x in s.split(",")],
@@ -587,6 +589,10 @@ def peer_model(image_size: int, dim: int, smoke: bool = False):
     return MedSegDiff(unet, timesteps=10 if smoke else 1000)
 
 
+def peer_loss(module, images, masks):
+    return module(masks, images)  # MedSegDiff.forward(segmentation in [0, 1], conditioning image)
+
+
 def peer_dim_for(target_params: int, image_size: int) -> int:
     """The Unet `dim` (multiple of 8) whose parameter count is closest to ours."""
     best = None
@@ -618,11 +624,7 @@ def run_peer(args) -> dict:
         info = {"loaded": str(args.peer_weights), "parameters": parameter_count(model)}
     else:
         train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
-
-        def loss_fn(module, images, masks):
-            return module(masks, images)  # MedSegDiff.forward(segmentation in [0, 1], conditioning image)
-
-        model, runtime, info = train_loop(args, loss_fn, diffusion, train_set, "peer")
+        model, runtime, info = train_loop(args, peer_loss, diffusion, train_set, "peer")
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), weights)
         info["weights"] = str(weights)
@@ -640,10 +642,16 @@ def run_peer(args) -> dict:
             f"DDIM {steps} steps",
         )
         common.write_json(args.out, {"model": "peer", "partial": True, "train": info, "rows": rows})
-    model.sampling_timesteps, model.is_ddim_sampling = model.num_timesteps, False
-    rows["peer_default"] = score_peer(
-        model, val, runtime, min(len(val), args.peer_eval_images), args.seed, f"default ({model.num_timesteps} steps)"
-    )
+    if args.peer_eval_images:  # 0 skips the default sampler (minutes per image on a CPU)
+        model.sampling_timesteps, model.is_ddim_sampling = model.num_timesteps, False
+        rows["peer_default"] = score_peer(
+            model,
+            val,
+            runtime,
+            min(len(val), args.peer_eval_images),
+            args.seed,
+            f"default ({model.num_timesteps} steps)",
+        )
     return {"model": "peer", "package": "med-seg-diff-pytorch 0.3.3", "train": info, "rows": rows}
 
 

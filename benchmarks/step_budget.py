@@ -1,4 +1,4 @@
-"""Optimizer steps that ours and the plain UNet make in N minutes on one idle core of this CPU.
+"""Optimizer steps that ours, the plain UNet and the peer make in N minutes on one idle core of this CPU.
 
 The quality runs of benchmarks/kvasir.py then train each model for its own step count
 (`--max-steps`): the same wall-clock budget as if each had the core to itself, but immune to
@@ -7,6 +7,8 @@ measures the load as much as the model). Step times: batch 8, bf16 where the CPU
 1 torch thread, median over alternated rounds of the fastest of 4 timed steps.
 
     benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --minutes 20 40
+    benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --models peer \
+        --out benchmarks/results/step_budget_peer.json
 """
 
 import argparse
@@ -29,6 +31,25 @@ def anchor_step_seconds(args, runtime) -> float:
     return kvasir.measure_step_seconds(step, kvasir.random_batch(args, runtime))
 
 
+def peer_step_seconds(args, runtime) -> float:
+    """MedSegDiff at the size kvasir.run_peer trains it (the Unet dim closest to ours in parameters)."""
+    from src.models import DiffusionSegmentation
+
+    dim = kvasir.peer_dim_for(kvasir.parameter_count(DiffusionSegmentation(kvasir.model_config(args))), args.image_size)
+    torch.manual_seed(args.seed)
+    module = runtime.prepare_model(kvasir.peer_model(args.image_size, dim))
+    optimizer = build_optimizer(module.parameters(), args.lr, TrainConfig.weight_decay, runtime)
+    step = kvasir.training_step(module, kvasir.peer_loss, optimizer, runtime)
+    return kvasir.measure_step_seconds(step, kvasir.random_batch(args, runtime))
+
+
+PROBES = {
+    "ours": lambda args, runtime: kvasir.estimate_ours_step(args, kvasir.model_config(args), runtime),
+    "unet": anchor_step_seconds,
+    "peer": peer_step_seconds,
+}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, nargs="+", default=[20.0, 40.0])
@@ -36,21 +57,18 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--models", nargs="+", choices=tuple(PROBES), default=["ours", "unet"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=str(common.RESULTS / "step_budget.json"))
     args = p.parse_args(argv)
     args.smoke = False
     torch.set_num_threads(1)
     runtime = select_runtime()
-    config = kvasir.model_config(args)
-    times = {"ours": [], "unet": []}
-    for round_index in range(args.rounds):
-        times["ours"].append(kvasir.estimate_ours_step(args, config, runtime))
-        times["unet"].append(anchor_step_seconds(args, runtime))
-        print(
-            f"round {round_index + 1}: ours {times['ours'][-1]:.3f} s/step, unet {times['unet'][-1]:.3f} s/step",
-            flush=True,
-        )
+    times = {name: [] for name in args.models}
+    for round_index in range(args.rounds):  # alternated, so that a burst of load hits every model alike
+        for name in args.models:
+            times[name].append(PROBES[name](args, runtime))
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {t[-1]:.3f} s/step" for n, t in times.items()), flush=True)
     seconds = {name: float(np.median(values)) for name, values in times.items()}
     budgets = {
         f"{minutes:g}": {name: math.floor(minutes * 60 / value) for name, value in seconds.items()}
@@ -65,7 +83,7 @@ def main(argv=None) -> int:
             "rounds": times,
             "steps_for_minutes": budgets,
             "precision": runtime.describe(),
-            "config": config.to_dict(),
+            "config": kvasir.model_config(args).to_dict(),
             "machine": common.machine_info(),
         },
     )
