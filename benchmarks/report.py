@@ -183,8 +183,11 @@ def draw_anchor_lines(ax, unet, peer) -> None:
             )
 
 
-def draw_longer_budget(ax, longer) -> None:
-    """Draws `longer` = (ours, unet) of a longer budget in grey (ours' curve) and olive (the UNet's line)."""
+LONGER_BUDGET_COLOURS = (("tab:gray", "tab:olive"), ("tab:brown", "tab:cyan"))
+
+
+def draw_longer_budget(ax, longer, colours=LONGER_BUDGET_COLOURS[0]) -> None:
+    """Draws `longer` = (ours, unet) of a longer budget: ours' curve and the UNet's line in `colours`."""
     long_ours, long_unet = longer
     rows = [r for r in step_rows(long_ours) if r[1] == 1]
     ax.errorbar(
@@ -193,7 +196,7 @@ def draw_longer_budget(ax, longer) -> None:
         yerr=[r[2]["dice_std"] / np.sqrt(r[2]["images"]) for r in rows],
         marker="s",
         capsize=3,
-        color="tab:gray",
+        color=colours[0],
         label=f"ours, {long_ours['budget_minutes']:.0f}-min budget",
     )
     if long_unet:
@@ -201,14 +204,14 @@ def draw_longer_budget(ax, longer) -> None:
         ax.axhline(
             row["dice"],
             linestyle="-.",
-            color="tab:olive",
+            color=colours[1],
             label=f"smp.Unet, {long_unet['budget_minutes']:.0f}-min budget: {row['dice']:.3f}",
         )
 
 
-def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
-    """Dice against DDIM steps for `ours` with the anchors as lines; `longer` = (ours, unet) of a
-    longer budget, drawn in grey."""
+def dice_vs_steps_plot(ours, unet, peer, longer=()) -> None:
+    """Dice against DDIM steps for `ours` with the anchors as lines; `longer` = [(ours, unet)] of
+    longer budgets, each in its own colours (those not run are left out)."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     rows = [r for r in step_rows(ours) if r[1] == 1]
@@ -218,8 +221,9 @@ def dice_vs_steps_plot(ours, unet, peer, longer=None) -> None:
     ax.errorbar(steps, dice, yerr=sem, marker="o", capsize=3, label="ours, DDIM, ensemble 1")
     draw_ensemble_points(ax, ours)
     draw_anchor_lines(ax, unet, peer)
-    if longer and longer[0]:
-        draw_longer_budget(ax, longer)
+    for pair, colours in zip(longer, LONGER_BUDGET_COLOURS):
+        if pair[0]:
+            draw_longer_budget(ax, pair, colours)
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(s) for s in steps])
     ax.set_xlabel("DDIM steps")
@@ -533,19 +537,72 @@ def merged_ablation(pattern: str):
     return merged
 
 
+SEED_ROWS = ("ddim10_ens1", "ddim10_ens5")  # ours' rows the seeds table compares with the UNet
+
+
+def seeds_table(runs) -> str:
+    """`runs` = [(seed, ours, unet)] of one budget: per seed, ours' SEED_ROWS and the UNet with the
+    paired difference; then the per-image difference averaged over the seeds, with its bootstrap
+    interval over the images (seed-to-seed variation of each model is then in the average)."""
+    runs = [(seed, ours, unet) for seed, ours, unet in runs if ours and unet]
+    if not runs:
+        return "(not run)"
+    lines = ["| seed | ours row | ours Dice | smp.Unet Dice | ours − UNet, paired [95 % CI] |", "|---|---|---|---|---|"]
+    per_row = {key: [] for key in SEED_ROWS}
+    for seed, ours, unet in runs:
+        unet_key = next(iter(unet["rows"]))
+        for key in SEED_ROWS:
+            pair = _paired(ours, key, unet, unet_key)
+            if pair is None:
+                continue
+            mean, low, high = common.paired_bootstrap(*pair)
+            per_row[key].append(np.asarray(pair[0]) - np.asarray(pair[1]))
+            lines.append(
+                f"| {seed} | {row_label(key)} | {ours['rows'][key]['dice']:.3f} | {unet['rows'][unet_key]['dice']:.3f} | "
+                f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] |"
+            )
+    for key, diffs in per_row.items():
+        if len(diffs) > 1 and len({d.size for d in diffs}) == 1:
+            average = np.mean(diffs, axis=0)
+            mean, low, high = common.paired_bootstrap(average, np.zeros_like(average))
+            lines.append(
+                f"| mean of {len(diffs)} seeds | {row_label(key)} | | | **{mean:+.4f} [{low:+.4f}, {high:+.4f}]** |"
+            )
+    return "\n".join(lines)
+
+
+def budget_sections(title: str, ours, unet, peer=None, previous=None) -> list:
+    """Quality, calibration and paired-difference tables of one training budget."""
+    return [
+        f"## Quality, {title}\n\n" + quality_table(ours, unet, peer, previous),
+        f"## Calibration and uncertainty vs the plain UNet, {title}\n\n" + calibration_table(ours, unet),
+        f"## Paired Dice differences, {title}\n\n" + paired_table(ours, unet),
+    ]
+
+
+def first_of(*names):
+    """The first of the results files that exists (newer runs first), loaded; None if none does."""
+    return next((result for result in map(load, names) if result), None)
+
+
 def main() -> int:
     size = 128
-    ours, unet, peer = (
-        load(f"kvasir_ours_{size}.json"),
-        load(f"kvasir_unet_{size}.json"),
-        load(f"kvasir_peer_{size}.json"),
-    )
+    # 20 minutes: the same-round pair run after the resize unification (issue 13) where it exists
+    ours = first_of(f"kvasir_ours_{size}_issue13.json", f"kvasir_ours_{size}.json")
+    unet = first_of(f"kvasir_unet_{size}_issue13.json", f"kvasir_unet_{size}.json")
+    peer = first_of(f"kvasir_peer_{size}_wd0.json", f"kvasir_peer_{size}.json")  # weight decay 0, as ours
     previous = load(f"kvasir_ours_{size}_v1_patch1.json")  # the same run with the defaults before the 128 px ablation
     ours_long, unet_long = load(f"kvasir_ours_{size}_40min.json"), load(f"kvasir_unet_{size}_40min.json")
+    ours_60, unet_60 = load(f"kvasir_ours_{size}_60min.json"), load(f"kvasir_unet_{size}_60min.json")
     speed = load("speed.json")
     sections = [
-        f"## Quality, {size} px, 20 minutes\n\n" + quality_table(ours, unet, peer, previous),
-        f"## Quality, {size} px, 40 minutes\n\n" + quality_table(ours_long, unet_long, None),
+        *budget_sections(f"{size} px, 20 minutes", ours, unet, peer, previous),
+        *budget_sections(f"{size} px, 40 minutes", ours_long, unet_long),
+        *budget_sections(f"{size} px, 60 minutes", ours_60, unet_60),
+        f"## Seeds, {size} px, 20 minutes\n\n"
+        + seeds_table(
+            [(42, ours, unet), (43, load(f"kvasir_ours_{size}_seed43.json"), load(f"kvasir_unet_{size}_seed43.json"))]
+        ),
         "## Uncertainty vs error, 40 minutes\n\n" + uncertainty_table(ours_long),
         "## Uncertainty vs error, 20 minutes\n\n" + uncertainty_table(ours),
         "## Ablations, 64 px, 300 steps\n\n" + ablation_table(merged_ablation("kvasir_ablation_64*.json")),
@@ -553,19 +610,15 @@ def main() -> int:
         "## Making the steps refine: ablations, 128 px\n\n"
         + refinement_ablation_table(merged_ablation("kvasir_ablation_128_[rs]*.json")),
         "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
-        "## Calibration and uncertainty vs the plain UNet, 40 minutes\n\n" + calibration_table(ours_long, unet_long),
-        "## Calibration and uncertainty vs the plain UNet, 20 minutes\n\n" + calibration_table(ours, unet),
-        "## Paired Dice differences, 40 minutes\n\n" + paired_table(ours_long, unet_long),
-        "## Paired Dice differences, 20 minutes\n\n" + paired_table(ours, unet),
         "## Speed\n\n" + speed_tables(speed),
     ]
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
     if ours:
-        dice_vs_steps_plot(ours, unet, peer, longer=(ours_long, unet_long))
-    # the 40-minute runs where they exist, else the 20-minute ones
-    main_ours, main_unet = (ours_long, unet_long) if ours_long else (ours, unet)
+        dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
+    # the longest budget that was run
+    main_ours, main_unet = next(((o, u) for o, u in ((ours_60, unet_60), (ours_long, unet_long)) if o), (ours, unet))
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):
         if written:
             print(f"wrote {written}")
