@@ -327,6 +327,21 @@ def test_report_tables_from_fake_results():
     assert report.paired_table(None, unet) == "(not run)" and "predates" in report.calibration_table({"rows": {}}, None)
 
 
+def test_seeds_table_averages_the_per_image_differences_over_seeds():
+    runs = []
+    for seed, shift in ((42, 0.02), (43, 0.04)):
+        ours, unet = fake_results()
+        for key in report.SEED_ROWS:  # ours = the UNet + shift on every image
+            dice = [d + shift for d in unet["rows"]["unet"]["per_image_dice"]]
+            ours["rows"][key] = {**ours["rows"][key], "per_image_dice": dice, "dice": float(np.mean(dice))}
+        runs.append((seed, ours, unet))
+    table = report.seeds_table(runs + [(44, None, None)])  # a seed not run is left out
+    assert table.count("\n") == 1 + 2 * len(report.SEED_ROWS) + len(report.SEED_ROWS)
+    assert "| 42 | DDIM 10, ensemble 1 |" in table and "+0.0400 [+0.0400, +0.0400]" in table
+    assert table.count("| mean of 2 seeds |") == 2 and "**+0.0300 [+0.0300, +0.0300]**" in table
+    assert report.seeds_table([(42, None, None)]) == "(not run)"
+
+
 def test_holdout_split_is_disjoint_and_seeded():
     stems = [f"s{i}" for i in range(20)]
     fit, held = common.holdout_split(stems, 5)
