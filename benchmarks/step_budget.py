@@ -7,8 +7,7 @@ measures the load as much as the model). Step times: batch 8, bf16 where the CPU
 1 torch thread, median over alternated rounds of the fastest of 4 timed steps.
 
     benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --minutes 20 40
-    benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --models peer \
-        --out benchmarks/results/step_budget_peer.json
+    benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --models peer --minutes 20 40 60
 """
 
 import argparse
@@ -50,6 +49,13 @@ PROBES = {
 }
 
 
+def default_out(models):
+    """results/step_budget.json for ours + the UNet (the budgets the quality runs use), else
+    step_budget_<models>.json, so that timing other models never overwrites those budgets."""
+    suffix = "" if list(models) == ["ours", "unet"] else "_" + "_".join(models)
+    return common.RESULTS / f"step_budget{suffix}.json"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, nargs="+", default=[20.0, 40.0])
@@ -59,8 +65,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--models", nargs="+", choices=tuple(PROBES), default=["ours", "unet"])
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--out", default=str(common.RESULTS / "step_budget.json"))
+    p.add_argument("--out", default=None, help="default results/step_budget.json, or step_budget_<models>.json")
     args = p.parse_args(argv)
+    args.out = args.out or str(default_out(args.models))
     args.smoke = False
     torch.set_num_threads(1)
     runtime = select_runtime()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import common, data_loading, kvasir, report, sampling_cost, speed, uncertainty_ablation
+from benchmarks import common, data_loading, kvasir, report, sampling_cost, speed, step_budget, uncertainty_ablation
 
 needs_kvasir = pytest.mark.skipif(
     not (common.DEFAULT_DATA / "splits" / "train.txt").is_file(),
@@ -340,6 +340,12 @@ def test_seeds_table_averages_the_per_image_differences_over_seeds():
     assert "| 42 | DDIM 10, ensemble 1 |" in table and "+0.0400 [+0.0400, +0.0400]" in table
     assert table.count("| mean of 2 seeds |") == 2 and "**+0.0300 [+0.0300, +0.0300]**" in table
     assert report.seeds_table([(42, None, None)]) == "(not run)"
+
+
+def test_step_budget_of_other_models_never_overwrites_the_quality_budgets():
+    assert step_budget.default_out(["ours", "unet"]).name == "step_budget.json"
+    assert step_budget.default_out(["peer"]).name == "step_budget_peer.json"
+    assert step_budget.default_out(["ours"]).name == "step_budget_ours.json"
 
 
 def test_holdout_split_is_disjoint_and_seeded():
