@@ -13,6 +13,16 @@ from src.models import DiffusionConfig, DiffusionSegmentation
 # train.py's flags for a tiny model (16 px, two levels, 100 timesteps): CLI runs in seconds.
 TINY_FLAGS = ["--image-size", "16", "--base-channels", "8", "--channel-mults", "1,2", "--num-res-blocks", "1"]
 TINY_FLAGS += ["--attention-resolutions", "2", "--timesteps", "100"]
+# ... and the same model as a config, for tests that build or train it in-process
+TINY_MODEL = DiffusionConfig(
+    image_size=(16, 16),
+    base_channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    num_heads=2,
+    timesteps=100,
+)
 
 # For subprocesses running tiny models: see the one_torch_thread fixture in conftest.py.
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,34 +13,16 @@ from src.models import DiffusionConfig
 from src.training import train
 from src.training import trainer as trainer_module
 from src.training.interrupt import Interrupted
-from tests.helpers import ONE_THREAD_ENV
-from tests.test_training import REPO, TINY_FLAGS, TINY_MODEL, tiny_train_config
+from tests.helpers import ONE_THREAD_ENV, TINY_FLAGS, TINY_MODEL
+from tests.test_training import REPO, tiny_train_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the subprocess runs one thread too: same arithmetic
 
 # long enough that no run ends by itself before it is signalled; no validation on the way
 LONG_RUN = dict(synthetic_samples=16, batch_size=4, epochs=1000, val_every=1000, lr=1e-3, warmup_steps=2, seed=3)
-LONG_RUN_FLAGS = [
-    "--synthetic",
-    "--synthetic-samples",
-    "16",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "1000",
-    "--val-every",
-    "1000",
-    "--lr",
-    "1e-3",
-    "--warmup-steps",
-    "2",
-    "--seed",
-    "3",
-    "--save-every",
-    "10",
-    "--no-progress",
-    *TINY_FLAGS,
-]
+# the same run through train.py: the flags spelled from LONG_RUN, so the two runs cannot drift apart
+LONG_RUN_FLAGS = ["--synthetic", *(a for k, v in LONG_RUN.items() for a in (f"--{k.replace('_', '-')}", str(v)))]
+LONG_RUN_FLAGS += ["--save-every", "10", "--no-progress", *TINY_FLAGS]
 
 
 def test_sigterm_saves_mid_epoch_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):

@@ -81,7 +81,8 @@ def test_model_state_stays_fp32_and_buffers_untouched():
 def test_cpu_bf16_training_runs_on_the_copy_keeps_fp32_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
     from src.checkpoint import load_checkpoint
     from src.training import train, trainer
-    from tests.test_training import TINY_MODEL, tiny_train_config
+    from tests.helpers import TINY_MODEL
+    from tests.test_training import tiny_train_config
 
     calls = []
 

@@ -4,25 +4,17 @@ import errno
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from src.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from src.models import DiffusionConfig, DiffusionSegmentation
-from tests.helpers import TINY_FLAGS
+from src.models import DiffusionSegmentation
+from tests.helpers import TINY_FLAGS, TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(
-    image_size=(16, 16),
-    base_channels=8,
-    channel_mults=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(2,),
-    num_heads=2,
-    timesteps=100,
-)
 
 
 class _Payload:
@@ -36,7 +28,7 @@ class _Payload:
 
 
 def tiny_checkpoint(path: Path, **config) -> Path:
-    model = DiffusionSegmentation(DiffusionConfig(**{**TINY, **config}))
+    model = DiffusionSegmentation(replace(TINY_MODEL, **config))
     return save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(), "ema": None}, path)
 
 
@@ -85,10 +77,8 @@ def test_missing_truncated_and_foreign_checkpoints(tmp_path):
 
 
 def test_weights_of_another_architecture_are_a_clean_error(tmp_path):
-    wide = DiffusionSegmentation(DiffusionConfig(**{**TINY, "base_channels": 16}))
-    path = save_checkpoint(
-        {"model_config": DiffusionConfig(**TINY).to_dict(), "model": wide.state_dict()}, tmp_path / "mix.pth"
-    )
+    wide = DiffusionSegmentation(replace(TINY_MODEL, base_channels=16))
+    path = save_checkpoint({"model_config": TINY_MODEL.to_dict(), "model": wide.state_dict()}, tmp_path / "mix.pth")
     with pytest.raises(CheckpointError, match="mix.pth: weights do not match the model config"):
         load_model(path)
     bad_config = save_checkpoint({"model_config": {"base_channels": 8, "layers": 3}, "model": {}}, tmp_path / "cfg.pth")

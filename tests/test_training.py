@@ -15,18 +15,9 @@ from src.device import select_runtime
 from src.models import DiffusionConfig, DiffusionSegmentation, SegmentationOutput
 from src.training import TrainConfig, TrainingError, train
 from src.training.validation import evaluate
-from tests.helpers import TINY_FLAGS
+from tests.helpers import TINY_FLAGS, TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = DiffusionConfig(
-    image_size=(16, 16),
-    base_channels=8,
-    channel_mults=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(2,),
-    num_heads=2,
-    timesteps=100,
-)
 
 
 def tiny_train_config(tmp_path, **overrides) -> TrainConfig:
