@@ -499,6 +499,48 @@ def refinement_ablation_table(ablation) -> str:
     return "\n".join(lines)
 
 
+def seeded_ablation_table(runs: list) -> str:
+    """One row per (variant, seed) results file of an ablation round run one variant per process:
+    Dice at each DDIM step count and with the ensemble on the held-out TRAIN images, and the paired
+    difference of DDIM 10 from the `default` variant of the same seed (the seed-to-seed spread of
+    the default shows how much of a difference is noise)."""
+    rows = []
+    for result in runs:
+        if result:
+            seed, device = int(result.get("seed", 42)), _trained_on(result)
+            rows += [(name, seed, device, row) for name, row in result["variants"].items() if "scores" in row]
+    if not rows:
+        return "(not run)"
+    rows.sort(key=lambda r: r[0] != "default")  # the reference rows first, the rest in file order
+    defaults = {seed: row["scores"]["rows"] for name, seed, _, row in rows if name == "default"}
+    keys = list(rows[0][3]["scores"]["rows"])
+    lines = [
+        f"| variant | seed | {' | '.join(row_label(k) for k in keys)} | DDIM 10 − default, same seed (paired, 95 % interval) "
+        "| optimizer steps | params | trained on |",
+        "|---|---|" + "---|" * (len(keys) + 4),
+    ]
+    for name, seed, device, row in rows:
+        scores = row["scores"]["rows"]
+        base = defaults.get(seed)
+        versus = "–"
+        if base and name != "default":
+            mean, low, high = common.paired_bootstrap(
+                scores["ddim10_ens1"]["per_image_dice"], base["ddim10_ens1"]["per_image_dice"]
+            )
+            versus = f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+        lines.append(
+            f"| {name} | {seed} | "
+            + " | ".join(f"{scores[k]['dice']:.3f}" for k in keys)
+            + f" | {versus} | {row['train']['optimizer_steps']} | {row['train']['parameters'] / 1e6:.1f}M | {device} |"
+        )
+    return "\n".join(lines)
+
+
+def _trained_on(result) -> str:
+    machine = result.get("machine", {})
+    return machine.get("gpu") or machine.get("cpu") or "?"
+
+
 def sampler_table(sampler) -> str:
     """benchmarks/sampler_ablation.py: sampler settings of one checkpoint, paired against DDIM 1."""
     if not sampler:
@@ -608,7 +650,11 @@ def main() -> int:
         "## Ablations, 64 px, 300 steps\n\n" + ablation_table(merged_ablation("kvasir_ablation_64*.json")),
         "## Ablations, 128 px, 6 minutes\n\n" + ablation_table(merged_ablation("kvasir_ablation_128_patch*.json")),
         "## Making the steps refine: ablations, 128 px\n\n"
-        + refinement_ablation_table(merged_ablation("kvasir_ablation_128_[rs]*.json")),
+        + refinement_ablation_table(merged_ablation("kvasir_ablation_128_[rs]e*.json")),
+        "## Fourth round of ablations, 128 px, the 10-minute step budget of each variant\n\n"
+        + seeded_ablation_table(
+            [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round4_*.json"))]
+        ),
         "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
         "## Speed\n\n" + speed_tables(speed),
     ]

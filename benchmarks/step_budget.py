@@ -8,6 +8,10 @@ measures the load as much as the model). Step times: batch 8, bf16 where the CPU
 
     benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --minutes 20 40
     benchmarks/.peer-venv/bin/python -m benchmarks.step_budget --models peer --minutes 20 40 60
+    python -m benchmarks.step_budget --models ours --variants "base 48,2 blocks per level" --minutes 20
+
+`--variants` also times ours with each named kvasir.ABLATIONS override (a variant that changes the
+network's cost trains for its own step count in the ablations: the same minutes, not the same steps).
 """
 
 import argparse
@@ -49,9 +53,18 @@ PROBES = {
 }
 
 
-def default_out(models):
+def variant_probe(name: str):
+    """Ours with kvasir.ABLATIONS[name]'s overrides."""
+    overrides = kvasir.ABLATIONS[name]
+    return lambda args, runtime: kvasir.estimate_ours_step(args, kvasir.model_config(args, **overrides), runtime)
+
+
+def default_out(models, variants=()):
     """results/step_budget.json for ours + the UNet (the budgets the quality runs use), else
-    step_budget_<models>.json, so that timing other models never overwrites those budgets."""
+    step_budget_<models>.json (step_budget_variants.json with --variants), so that timing other
+    models never overwrites those budgets."""
+    if variants:
+        return common.RESULTS / "step_budget_variants.json"
     suffix = "" if list(models) == ["ours", "unet"] else "_" + "_".join(models)
     return common.RESULTS / f"step_budget{suffix}.json"
 
@@ -64,17 +77,27 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--models", nargs="+", choices=tuple(PROBES), default=["ours", "unet"])
+    p.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=[],
+        help="also time ours with these kvasir.ABLATIONS overrides, comma-separated names",
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=None, help="default results/step_budget.json, or step_budget_<models>.json")
     args = p.parse_args(argv)
-    args.out = args.out or str(default_out(args.models))
+    unknown = set(args.variants) - set(kvasir.ABLATIONS)
+    if unknown:
+        p.error(f"unknown --variants {sorted(unknown)}; choose from {list(kvasir.ABLATIONS)}")
+    args.out = args.out or str(default_out(args.models, args.variants))
     args.smoke = False
     torch.set_num_threads(1)
     runtime = select_runtime()
-    times = {name: [] for name in args.models}
+    probes = {name: PROBES[name] for name in args.models} | {name: variant_probe(name) for name in args.variants}
+    times = {name: [] for name in probes}
     for round_index in range(args.rounds):  # alternated, so that a burst of load hits every model alike
-        for name in args.models:
-            times[name].append(PROBES[name](args, runtime))
+        for name, probe in probes.items():
+            times[name].append(probe(args, runtime))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {t[-1]:.3f} s/step" for n, t in times.items()), flush=True)
     seconds = {name: float(np.median(values)) for name, values in times.items()}
     budgets = {

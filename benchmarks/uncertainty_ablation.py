@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks import common
+from benchmarks.flips import flip_averaged, flip_members
 from src.models.segmentation import binary_entropy
 
 UNET_CHECKPOINTS = common.RESULTS / "uncertainty_checkpoints"  # ours; results/checkpoints is not written to
@@ -60,6 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--ensemble", type=int, default=10, help="members sampled; smaller ensembles use the first N")
     p.add_argument("--ensembles", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10])
     p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument(
+        "--member-flips",
+        action="store_true",
+        help="member k sees the image flipped by benchmarks.flips.MEMBER_FLIPS[k %% 4] (test-time augmentation)",
+    )
+    p.add_argument("--unet-flips", action="store_true", help="the UNet's probability: its mean over the 4 flips")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--holdout", type=int, default=100)
     p.add_argument(
@@ -220,24 +227,35 @@ UNET = "plain UNet: p(1-p) of its sigmoid"
 
 
 def sample_step_probs(
-    model, images: torch.Tensor, runtime, steps: int, members: int, eta: float, seed: int
+    model, images: torch.Tensor, runtime, steps: int, members: int, eta: float, seed: int, flips: bool = False
 ) -> torch.Tensor:
     """(B, K, S, h, w): the foreground probability of every step's x0 estimate of `members`
     samples per image, consumed from model.reverse_process (rows ordered as segment() orders them,
-    image-major, so member k of image b is row b * K + k; one seed for the whole batch)."""
+    image-major, so member k of image b is row b * K + k; one seed for the whole batch). With
+    `flips`, member k sees the image flipped by MEMBER_FLIPS[k % 4], its estimates flipped back."""
     repeated = runtime.to_device(images.repeat_interleave(members, dim=0))
+    if flips:
+        repeated = flip_members(repeated, members)
     estimates = []
     with runtime.autocast():
         for _, _, x0 in model.reverse_process(repeated, steps, "ddim", eta, seed):
+            if flips:
+                x0 = flip_members(x0, members)
             estimates.append(model.x0_to_probabilities(x0.float())[:, 0].cpu())
     probs = torch.stack(estimates, dim=1)  # (B*K, S, h, w)
     return probs.reshape(images.shape[0], members, *probs.shape[1:])
 
 
-def unet_probs(unet, images: torch.Tensor, runtime) -> torch.Tensor:
-    """(B, h, w) the plain UNet's sigmoid, as kvasir.run_unet scores it."""
+def unet_probs(unet, images: torch.Tensor, runtime, flips: bool = False) -> torch.Tensor:
+    """(B, h, w) the plain UNet's sigmoid, as kvasir.run_unet scores it; with `flips` its mean
+    over the four flips of the image (test-time augmentation)."""
+
+    def predict(x):
+        return torch.sigmoid(unet(x * 2 - 1).float())
+
     with runtime.autocast():
-        return torch.sigmoid(unet(runtime.to_device(images) * 2 - 1).float()).cpu()[:, 0]
+        images = runtime.to_device(images)
+        return (flip_averaged(predict, images) if flips else predict(images)).cpu()[:, 0]
 
 
 def candidate_scores(maps: dict, ensembles, rank_cdfs=None, names=None) -> dict:
@@ -303,10 +321,10 @@ def sample_maps(args, model, unet, runtime, dataset, count: int, ensembles: list
             images = torch.stack([dataset[i][0] for i in indices])
             clock = time.perf_counter()
             step_probs = sample_step_probs(
-                model, images, runtime, args.steps, args.ensemble, args.eta, args.seed + start
+                model, images, runtime, args.steps, args.ensemble, args.eta, args.seed + start, args.member_flips
             )
             sampling_seconds += time.perf_counter() - clock
-            unet_p = unet_probs(unet, images, runtime) if unet is not None else None
+            unet_p = unet_probs(unet, images, runtime, args.unet_flips) if unet is not None else None
             components = {k: component_maps(step_probs, k) for k in ensembles}
             for offset in range(len(indices)):
                 maps = {f"K={k}": {n: v[offset] for n, v in components[k].items()} for k in ensembles}
@@ -445,6 +463,8 @@ def score(args, stems: list, scored_on: str) -> dict:
         "members_sampled": args.ensemble,
         "ensembles": ensembles,
         "eta": args.eta,
+        "member_flips": args.member_flips,
+        "unet_flips": args.unet_flips,
         "seed": args.seed,
         "models": info,
         "rows": rows,

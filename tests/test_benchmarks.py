@@ -342,10 +342,56 @@ def test_seeds_table_averages_the_per_image_differences_over_seeds():
     assert report.seeds_table([(42, None, None)]) == "(not run)"
 
 
+def test_seeded_ablation_table_pairs_each_variant_with_the_default_of_its_seed():
+    def result(seed, name, shift):
+        ours, _ = fake_results()
+        rows = {key: ours["rows"][key] for key in ("ddim1_ens1", "ddim10_ens1")}
+        base = rows["ddim10_ens1"]["per_image_dice"]
+        rows["ddim10_ens1"] = {**rows["ddim10_ens1"], "per_image_dice": [d + shift for d in base]}
+        train = {"optimizer_steps": 100, "parameters": 8_500_000}
+        return {"seed": seed, "variants": {name: {"scores": {"rows": rows}, "train": train}}, "machine": {"cpu": "X"}}
+
+    table = report.seeded_ablation_table(
+        [result(42, "wider", 0.03), result(42, "default", 0.0), result(43, "default", 0.0), result(43, "wider", -0.01)]
+    )
+    assert table.count("\n") == 1 + 4
+    assert table.splitlines()[2].startswith("| default | 42 |") and table.splitlines()[3].startswith("| default | 43 |")
+    assert "| wider | 42 |" in table and "+0.030 [+0.030, +0.030]" in table
+    assert "| wider | 43 |" in table and "-0.010 [-0.010, -0.010]" in table
+    assert "| default | 42 |" in table and table.count("| – |") == 2
+    assert report.seeded_ablation_table([None]) == "(not run)"
+
+
+def test_ours_step_time_is_the_mean_of_both_self_conditioning_branches(monkeypatch):
+    # the fastest of a few random steps would time only the branch without the estimate pass
+    from src.device import select_runtime
+    from src.models import DiffusionSegmentation
+
+    calls = []
+    original = DiffusionSegmentation.network_output
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    def network_calls_of_one_step(step, batch):
+        calls.clear()
+        step(*batch)
+        return float(len(calls))  # stands in for the seconds: 2 calls with the estimate pass, 1 without
+
+    monkeypatch.setattr(DiffusionSegmentation, "network_output", counting)
+    monkeypatch.setattr(kvasir, "measure_step_seconds", network_calls_of_one_step)
+    args = kvasir.parse_args(["--smoke"])
+    runtime = select_runtime("cpu", "fp32")
+    assert kvasir.estimate_ours_step(args, kvasir.model_config(args), runtime) == 1.5
+    assert kvasir.estimate_ours_step(args, kvasir.model_config(args, self_condition=False), runtime) == 1.0
+
+
 def test_step_budget_of_other_models_never_overwrites_the_quality_budgets():
     assert step_budget.default_out(["ours", "unet"]).name == "step_budget.json"
     assert step_budget.default_out(["peer"]).name == "step_budget_peer.json"
     assert step_budget.default_out(["ours"]).name == "step_budget_ours.json"
+    assert step_budget.default_out(["ours"], ["base 48"]).name == "step_budget_variants.json"
 
 
 def test_holdout_split_is_disjoint_and_seeded():

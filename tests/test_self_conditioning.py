@@ -61,6 +61,24 @@ def test_training_self_conditions_about_half_of_the_batches_without_gradient_thr
     assert all(not e.requires_grad and e.abs().max() <= 1 for e in given)
 
 
+@pytest.mark.parametrize(("branch", "calls"), [(True, 2), (False, 1)])
+def test_the_self_conditioning_branch_can_be_forced(branch, calls):
+    # step-time probes time both branches (benchmarks.kvasir.estimate_ours_step)
+    model = tiny_model()
+    recorder = RecordingNetwork(model)
+    model.network_output = recorder
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    for seed in range(6):  # whatever the coin would have said
+        torch.manual_seed(seed)
+        model.training_losses(images, masks, self_condition=branch)
+    assert len(recorder.estimates) == 6 * calls
+    assert sum(e is not None for e in recorder.estimates) == (6 if branch else 0)
+    plain = tiny_model(self_condition=False)
+    plain.network_output = RecordingNetwork(plain)
+    plain.training_losses(images, masks, self_condition=True)  # nothing to force without self-conditioning
+    assert plain.network_output.estimates == [None]
+
+
 def test_loss_backpropagates_through_the_second_pass_only():
     model = tiny_model()
     torch.manual_seed(1)

@@ -135,11 +135,15 @@ class DiffusionSegmentation(nn.Module):
         masks: torch.Tensor,
         t: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
+        self_condition: bool | None = None,
     ) -> dict:
         """MSE on the prediction target, plus `dice_weight` x (soft Dice + BCE) on the predicted x0.
 
         valid: (B, 1, H, W) or (B, H, W) bool, False where a pixel belongs to no class (an ignore
         label, padding): those pixels count in no loss term. None: every pixel counts.
+        self_condition: for a self-conditioned model, None tosses training's coin for the batch
+        (see _self_condition_estimate); True / False force the branch with / without the estimate
+        pass (a step timing that must cover both branches, tests).
         """
         self.check_images(images)
         if valid is not None:
@@ -153,7 +157,7 @@ class DiffusionSegmentation(nn.Module):
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.process.q_sample(z0, t, noise)
-        estimate = self._self_condition_estimate(x_t, t, images)
+        estimate = self._self_condition_estimate(x_t, t, images, self_condition)
         if estimate is not None and self.config.refine_from_estimate:
             x_t = self.process.q_sample(estimate * self.config.input_scale, t, noise)
         output = self.network_output(x_t, t, images, estimate)
@@ -183,12 +187,16 @@ class DiffusionSegmentation(nn.Module):
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 
-    def _self_condition_estimate(self, x_t, t, images) -> torch.Tensor | None:
+    def _self_condition_estimate(self, x_t, t, images, use: bool | None = None) -> torch.Tensor | None:
         """Analog Bits' training rule: on half of the batches, first estimate x0 with no estimate
         given, and feed that (without gradient) back in; on the other half, give none. The network
         so learns both to segment from scratch (the first sampling step) and to refine an estimate
-        (every later step)."""
-        if not self.config.self_condition or torch.rand(()) < 0.5:
+        (every later step). `use` True / False decides the coin's side (None: toss it)."""
+        if not self.config.self_condition:
+            return None
+        if use is None:
+            use = bool(torch.rand(()) >= 0.5)
+        if not use:
             return None
         with torch.no_grad():
             x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, images), x_t, t)
