@@ -1,12 +1,15 @@
 """Speed on a CUDA GPU: training step time per precision/layout, and DDIM sampling time.
 
-The default model, batch 8, random data already on the GPU (so no data loading is timed);
-each configuration warms up for 5 steps, then 20 steps are timed between synchronisations.
-Prints one line per configuration (BENCHMARKS.md quotes them).
+The default model, batch 8 (or --batch-sizes), random data already on the GPU (so no data loading
+is timed), train.py's optimizer (build_optimizer with TrainConfig's lr and weight decay); each
+configuration warms up for 5 steps, then 20 steps are timed between synchronisations. Prints one
+line per configuration (BENCHMARKS.md quotes them).
 
     python -m benchmarks.speed_cuda
+    python -m benchmarks.speed_cuda --sizes 128 --batch-sizes 8 32 64 --no-sampling
 """
 
+import argparse
 import sys
 import time
 
@@ -14,6 +17,8 @@ import torch
 
 from src.device import select_runtime
 from src.models import DiffusionConfig, DiffusionSegmentation
+from src.training.config import TrainConfig
+from src.training.optim import build_optimizer
 
 CONFIGS = (("fp32", False), ("bf16", False), ("bf16", True), ("fp16", True))  # (precision, channels_last)
 
@@ -22,7 +27,7 @@ def time_training(size: int, precision: str, channels_last: bool, batch: int = 8
     runtime = select_runtime("cuda", precision, channels_last)
     torch.manual_seed(0)
     model = runtime.prepare_model(DiffusionSegmentation(DiffusionConfig(image_size=(size, size))))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.fused_optimizer)  # as train.py
+    optimizer = build_optimizer(model.parameters(), TrainConfig.lr, TrainConfig.weight_decay, runtime)  # as train.py
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.needs_grad_scaler)
     images = torch.rand(batch, 3, size, size, device="cuda")
     masks = (torch.rand(batch, 1, size, size, device="cuda") > 0.5).float()
@@ -73,15 +78,22 @@ def time_sampling(size: int = 256, repeats: int = 3) -> None:
             )
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
+    p.add_argument("--no-sampling", action="store_true", help="time training only")
+    args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("speed_cuda.py needs a CUDA GPU (use benchmarks/speed.py on the CPU)", file=sys.stderr)
         return 2
     print(torch.__version__, torch.cuda.get_device_name())
-    for size in (128, 256):
-        for precision, channels_last in CONFIGS:
-            time_training(size, precision, channels_last)
-    time_sampling()
+    for size in args.sizes:
+        for batch in args.batch_sizes:
+            for precision, channels_last in CONFIGS:
+                time_training(size, precision, channels_last, batch)
+    if not args.no_sampling:
+        time_sampling()
     return 0
 
 

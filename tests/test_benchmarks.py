@@ -486,3 +486,11 @@ def test_data_loading_smoke(tmp_path):
     [row] = json.loads(out.read_text())["rows"]
     assert row["size"] == 32 and row["cache"] and len(row["epoch_seconds"]) == 2
     assert all(seconds > 0 for seconds in row["epoch_seconds"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_speed_cuda_without_a_gpu_says_so_and_exits_2(capsys):
+    from benchmarks import speed_cuda
+
+    assert speed_cuda.main(["--sizes", "128", "--batch-sizes", "8", "32"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
