@@ -636,11 +636,21 @@ def main() -> int:
     previous = load(f"kvasir_ours_{size}_v1_patch1.json")  # the same run with the defaults before the 128 px ablation
     ours_long, unet_long = load(f"kvasir_ours_{size}_40min.json"), load(f"kvasir_unet_{size}_40min.json")
     ours_60, unet_60 = load(f"kvasir_ours_{size}_60min.json"), load(f"kvasir_unet_{size}_60min.json")
+    # the fourth round's re-runs of ours at the step budgets of equal idle-core time (step_budget.py
+    # now times both self-conditioning branches; the budgets above gave ours 1.17x the UNet's time)
+    fair = [(minutes, load(f"kvasir_ours_{size}_fair{minutes}.json"), u) for minutes, u in ((20, unet), (60, unet_60))]
+    fair_sections = []
+    for minutes, ours_fair, unet_fair in fair:
+        if ours_fair:
+            fair_sections += budget_sections(
+                f"{size} px, {minutes} minutes at equal idle-core time", ours_fair, unet_fair
+            )
     speed = load("speed.json")
     sections = [
-        *budget_sections(f"{size} px, 20 minutes", ours, unet, peer, previous),
-        *budget_sections(f"{size} px, 40 minutes", ours_long, unet_long),
-        *budget_sections(f"{size} px, 60 minutes", ours_60, unet_60),
+        *fair_sections,
+        *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
+        *budget_sections(f"{size} px, 40 minutes (ours 1.17x the UNet's time)", ours_long, unet_long),
+        *budget_sections(f"{size} px, 60 minutes (ours 1.17x the UNet's time)", ours_60, unet_60),
         f"## Seeds, {size} px, 20 minutes\n\n"
         + seeds_table(
             [(42, ours, unet), (43, load(f"kvasir_ours_{size}_seed43.json"), load(f"kvasir_unet_{size}_seed43.json"))]
@@ -662,9 +672,14 @@ def main() -> int:
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
     if ours:
-        dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
-    # the longest budget that was run
-    main_ours, main_unet = next(((o, u) for o, u in ((ours_60, unet_60), (ours_long, unet_long)) if o), (ours, unet))
+        (_, fair20, _), (_, fair60, _) = fair
+        if fair20:  # the curves at equal idle-core time
+            dice_vs_steps_plot(fair20, unet, peer, longer=[(fair60, unet_60)])
+        else:
+            dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
+    # the longest budget that was run, at equal idle-core time where it was
+    candidates = [(o, u) for _, o, u in reversed(fair)] + [(ours_60, unet_60), (ours_long, unet_long)]
+    main_ours, main_unet = next(((o, u) for o, u in candidates if o), (ours, unet))
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):
         if written:
             print(f"wrote {written}")
