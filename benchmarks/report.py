@@ -651,7 +651,14 @@ def main() -> int:
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
         *budget_sections(f"{size} px, 40 minutes (ours 1.17x the UNet's time)", ours_long, unet_long),
         *budget_sections(f"{size} px, 60 minutes (ours 1.17x the UNet's time)", ours_60, unet_60),
-        f"## Seeds, {size} px, 20 minutes\n\n"
+        f"## Seeds, {size} px, 20 minutes at equal idle-core time\n\n"
+        + seeds_table(
+            [
+                (42, fair[0][1], unet),
+                (43, load(f"kvasir_ours_{size}_fair20_seed43.json"), load(f"kvasir_unet_{size}_seed43.json")),
+            ]
+        ),
+        f"## Seeds, {size} px, 20 minutes (ours 1.17x the UNet's time)\n\n"
         + seeds_table(
             [(42, ours, unet), (43, load(f"kvasir_ours_{size}_seed43.json"), load(f"kvasir_unet_{size}_seed43.json"))]
         ),
