@@ -2,8 +2,8 @@
 
 Member k of each image sees the image flipped by MEMBER_FLIPS[k % 4] (none, horizontal, vertical,
 both) and its estimates are flipped back, so the ensemble averages over flips as well as over
-noise. Training's "light"/"medium"/"heavy" augmentations flip images, so every flipped view is one
-the network has learned to segment.
+noise. The default "medium" training augmentation flips images horizontally and vertically, so
+every flipped view is one the network has learned to segment.
 """
 
 import torch
