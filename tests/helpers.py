@@ -1,6 +1,7 @@
 """Small builders shared by the test files: tiny models and checkpoints, random images."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +30,10 @@ ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def tiny_model(**overrides) -> DiffusionSegmentation:
-    """A ~30k-parameter model at 16x16: fast enough for end-to-end inference tests on a CPU."""
+    """A ~30k-parameter model at 16x16: fast enough for end-to-end inference tests on a CPU.
+    TINY_MODEL's network with DiffusionConfig's default 1000 timesteps, unless overridden."""
     torch.manual_seed(0)
-    values = dict(
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(2,),
-        num_heads=2,
-        image_size=(16, 16),
-    )
-    return DiffusionSegmentation(DiffusionConfig(**{**values, **overrides}))
+    return DiffusionSegmentation(replace(TINY_MODEL, **{"timesteps": 1000, **overrides}))
 
 
 def write_checkpoint(model, path, ema=None) -> Path:

@@ -12,7 +12,7 @@ import torch
 
 from src.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from src.models import DiffusionSegmentation
-from tests.helpers import TINY_FLAGS, TINY_MODEL
+from tests.helpers import TINY_FLAGS, TINY_MODEL, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,8 +28,7 @@ class _Payload:
 
 
 def tiny_checkpoint(path: Path, **config) -> Path:
-    model = DiffusionSegmentation(replace(TINY_MODEL, **config))
-    return save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(), "ema": None}, path)
+    return write_checkpoint(DiffusionSegmentation(replace(TINY_MODEL, **config)), path)
 
 
 def test_checkpoint_with_code_payload_is_refused_and_never_runs(tmp_path):
