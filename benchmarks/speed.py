@@ -1,6 +1,6 @@
 """Speed on this machine: training throughput, FLOP utilisation, sampling time, and the peer.
 
-Training: images/s of forward + backward + AdamW step at batch 8, 128 and 256 px, for fp32,
+Training: images/s of forward + backward + train.py's AdamW step (build_optimizer) at batch 8, 128 and 256 px, for fp32,
 bf16 as train.py runs it, bf16 with autocast casting the fp32 weights and with the bf16 weight copy
 (src/training/low_precision.py) named explicitly, and bf16 + channels_last, with parameter count,
 peak RSS (each configuration in its own short subprocess, since ru_maxrss only grows), and FLOPs
@@ -82,6 +82,14 @@ def parameter_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def recipe_optimizer(model, runtime):
+    """train.py's optimizer: build_optimizer with TrainConfig's lr and weight decay."""
+    from src.training.config import TrainConfig
+    from src.training.optim import build_optimizer
+
+    return build_optimizer(model.parameters(), TrainConfig.lr, TrainConfig.weight_decay, runtime)
+
+
 def batch(size: int, batch_size: int):
     torch.manual_seed(0)
     return torch.rand(batch_size, 3, size, size), (torch.rand(batch_size, 1, size, size) > 0.5).float()
@@ -102,7 +110,7 @@ class Trainer:
         if low_precision_weights is None:  # what train.py does on this runtime
             low_precision_weights = self.runtime.low_precision_weights
         self.forward = LowPrecisionWeights(self.model, self.runtime.amp_dtype) if low_precision_weights else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=self.runtime.fused_optimizer)
+        self.optimizer = recipe_optimizer(self.model, self.runtime)
         self.images, self.masks = batch(size, args.batch_size)
 
     def loss(self):
@@ -206,33 +214,22 @@ def peer_sample(state: dict, request: dict) -> dict:
 
 def peer_worker(args) -> None:
     """Reads {"cmd": "setup"|"train"|"sample", ...} lines on stdin, answers one JSON line each."""
-    from med_seg_diff_pytorch import MedSegDiff, Unet
+    from benchmarks.kvasir import peer_model
 
     torch.set_num_threads(args.threads)
     state = {}
     for line in sys.stdin:
         request = json.loads(line)
         if request["cmd"] == "setup":
-            size, dim = request["size"], request["dim"]
+            size = request["size"]
             torch.manual_seed(0)
-            if args.smoke:
-                unet = Unet(
-                    dim=dim,
-                    image_size=size,
-                    mask_channels=1,
-                    input_img_channels=3,
-                    dim_mults=(1, 2),
-                    full_self_attn=(False, True),
-                )
-            else:
-                unet = Unet(dim=dim, image_size=size, mask_channels=1, input_img_channels=3)
-            model = MedSegDiff(unet, timesteps=1000)
+            model = peer_model(size, request["dim"], args.smoke)
             runtime = select_runtime("cpu", request["precision"], False)
             state = {
                 "model": model,
                 "runtime": runtime,
                 "batch": batch(size, request["batch_size"]),
-                "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.fused_optimizer),
+                "optimizer": recipe_optimizer(model, runtime),
             }
             reply = {"parameters": parameter_count(model)}
         elif request["cmd"] == "train":

@@ -480,6 +480,26 @@ def test_kvasir_smoke_anchors(tmp_path, model):
 
 
 @needs_kvasir
+@needs_peer_venv
+def test_kvasir_smoke_unet_held_out_scores_train_images_never_val(tmp_path):
+    out = tmp_path / "unet_held_out.json"
+    command = ("--smoke", "--model", "unet", "--held-out", "--ablation-holdout", "2", "--out", out)
+    done = subprocess.run(
+        common.module_command(common.PEER_PYTHON, "kvasir", *command),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(common.ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    train_stems = common.read_stems(common.DEFAULT_DATA, "train")[:4]  # the smoke run's train split
+    assert result["scored_stems"] == common.holdout_split(train_stems, 2, seed=0)[1]  # the ablation's split
+    assert not set(result["scored_stems"]) & set(common.read_stems(common.DEFAULT_DATA, "val"))
+    assert result["scored_on"] == "2 held-out TRAIN images" and result["rows"]["unet"]["images"] == 2
+
+
+@needs_kvasir
 def test_data_loading_smoke(tmp_path):
     out = tmp_path / "loading.json"
     assert data_loading.main(["--smoke", "--threads", "1", "--out", str(out)]) == 0
