@@ -289,6 +289,28 @@ def test_old_checkpoint_config_without_patch_size_or_bounded_x0_means_neither():
     assert config.patch_size == 1 and config.bounded_x0 is False
 
 
+def test_old_checkpoint_config_without_stem_channels_has_no_stem():
+    values = tiny_model().config.to_dict()
+    values.pop("stem_channels")
+    model = DiffusionSegmentation(DiffusionConfig.from_dict(values))
+    assert model.config.stem_channels == 0 and model.unet.stem is None
+
+
+@pytest.mark.parametrize("stem_channels, patch_size", [(-1, 4), (8, 3)])
+def test_stem_channels_are_checked_against_the_patch_size(stem_channels, patch_size):
+    with pytest.raises(ValueError, match="stem_channels must be >= 0"):
+        DiffusionConfig(image_size=48, patch_size=patch_size, stem_channels=stem_channels, channel_mults=(1, 2))
+
+
+def test_train_flag_adds_the_stem():
+    from src.training.cli import build_parser, configs_from_args
+
+    parser = build_parser()
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--stem-channels", "16"]))
+    model = DiffusionSegmentation(config)
+    assert config.stem_channels == 16 and model.unet.stem.layers[0].out_channels == 16
+
+
 # -- ignored pixels (an ignore label, letterbox padding) --------------------------------------------
 
 

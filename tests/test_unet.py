@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from src.models.blocks import ResnetBlock, SelfAttention, SinusoidalTimeEmbedding
+from src.models.blocks import ConvStem, ResnetBlock, SelfAttention, SinusoidalTimeEmbedding
 from src.models.unet import UNet
 
 
@@ -96,3 +96,40 @@ def test_patch_size_counts_in_the_size_error():
     net = tiny_unet(patch_size=2)  # 2 x 2^2 -> multiple of 8
     with pytest.raises(ValueError, match=r"image size 12x16 is not divisible by 8 \(patch size 2"):
         net(torch.randn(1, 4, 12, 16), torch.tensor([1]))
+
+
+# -- the convolutional stem beside the patch fold ---------------------------------------------------
+
+
+def test_conv_stem_reaches_the_first_level_at_its_resolution_and_starts_as_a_no_op():
+    torch.manual_seed(0)
+    plain = tiny_unet(patch_size=4)
+    torch.manual_seed(0)
+    stemmed = tiny_unet(patch_size=4, stem_channels=6)
+    stemmed.load_state_dict(plain.state_dict(), strict=False)  # every shared weight equal
+    x, t = torch.randn(2, 4, 32, 16), torch.tensor([3, 700])
+    assert stemmed.stem(x).shape == (2, 8, 8, 4)  # base channels at 1/4 resolution
+    torch.testing.assert_close(stemmed(x, t), plain(x, t), rtol=0, atol=0)  # zero-initialised last conv
+
+
+def test_conv_stem_learns_detail_the_fold_alone_cannot_see():
+    """Once trained away from zero, the stem changes the output, and its gradient reaches its
+    first convolution (the full-resolution one) through the nonlinearity."""
+    stemmed = tiny_unet(patch_size=4, stem_channels=6)
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([3, 700])
+    stemmed(x, t).square().mean().backward()
+    first, last = stemmed.stem.layers[0], stemmed.stem.layers[-1]
+    assert first.stride == (2, 2) and first.in_channels == 4 and first.out_channels == 6
+    assert last.weight.grad.abs().sum() > 0 and first.weight.grad.abs().sum() == 0  # zero last conv: none yet
+    before = stemmed(x, t).detach()
+    with torch.no_grad():
+        last.weight.normal_(std=0.1)
+    stemmed.zero_grad()
+    stemmed(x, t).square().mean().backward()
+    assert first.weight.grad.abs().sum() > 0 and not torch.allclose(stemmed(x, t), before)
+
+
+@pytest.mark.parametrize("patch_size", [1, 3, 6])
+def test_conv_stem_needs_a_power_of_2_patch(patch_size):
+    with pytest.raises(ValueError, match=f"power of 2 .*got {patch_size}"):
+        ConvStem(4, 8, 6, patch_size)

@@ -110,3 +110,31 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ConvStem(nn.Module):
+    """Full resolution -> 1/patch_size in stride-2 3x3 convolutions with SiLU between them.
+
+    Pixel unshuffle hands the UNet each patch as a linear fold; this stem runs beside it so the
+    first features can also hold a nonlinear response (an edge, a small bright spot) computed at
+    2x, 4x, ... the UNet's resolution, for a few per cent of a step. Its last convolution starts at
+    zero, so a new model starts as the unshuffle-only one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, patch_size: int):
+        super().__init__()
+        halvings = int(math.log2(patch_size))
+        if patch_size < 2 or 2**halvings != patch_size:
+            raise ValueError(f"a convolutional stem needs a patch size that is a power of 2 (>= 2), got {patch_size}")
+        widths = [in_channels] + [hidden_channels] * (halvings - 1) + [out_channels]
+        layers = []
+        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if index > 0:
+                layers.append(nn.SiLU())
+            layers.append(nn.Conv2d(width_in, width_out, 3, stride=2, padding=1))
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -22,6 +22,7 @@ LEGACY_DEFAULTS = {
     "bounded_x0": False,
     "self_condition": False,
     "refine_from_estimate": False,
+    "stem_channels": 0,
 }
 
 
@@ -43,6 +44,9 @@ class DiffusionConfig:
     # The UNet runs at 1/patch_size of image_size (pixel unshuffle in, pixel shuffle out): the
     # step costs ~patch_size^2 less, and a mask needs less resolution than the image suggests.
     patch_size: int = option(4, "the UNet runs at 1/patch-size of --image-size")
+    # Beside the fold, stride-2 convolutions from full resolution give the first features a
+    # nonlinear look at detail finer than a patch (src/models/blocks.ConvStem).
+    stem_channels: int = option(0, "width of a conv stem beside the patch fold (0: none; patch size a power of 2)")
     timesteps: int = option(1000, "diffusion timesteps T")
     # linear spends more of its steps at low SNR than cosine, where the image, not x_t, must carry the mask
     schedule: str = option("linear", "noise schedule")
@@ -77,6 +81,11 @@ class DiffusionConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.num_classes < 1 or self.in_channels < 1 or self.timesteps < 1 or self.patch_size < 1:
             raise ValueError("num_classes, in_channels, timesteps and patch_size must be positive")
+        if self.stem_channels < 0 or (self.stem_channels and self.patch_size & (self.patch_size - 1)):
+            raise ValueError(
+                f"stem_channels must be >= 0, and > 0 only with a patch size that is a power of 2 "
+                f"(got stem_channels {self.stem_channels}, patch_size {self.patch_size})"
+            )
         if not 0 < self.input_scale <= 1:
             raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")
         if isinstance(self.image_size, int):

@@ -59,6 +59,7 @@ class DiffusionSegmentation(nn.Module):
             dropout=config.dropout,
             num_heads=config.num_heads,
             patch_size=config.patch_size,
+            stem_channels=config.stem_channels,
         )
         self.process = GaussianDiffusion(config.schedule, config.timesteps)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Downsample, ResnetBlock, SelfAttention, SinusoidalTimeEmbedding, Upsample, group_norm
+from .blocks import ConvStem, Downsample, ResnetBlock, SelfAttention, SinusoidalTimeEmbedding, Upsample, group_norm
 
 
 def size_multiple(patch_size: int, num_levels: int) -> int:
@@ -48,6 +48,7 @@ class UNet(nn.Module):
             on the way out (pixel shuffle, as in sub-pixel convolution, Shi et al. 2016). On a CPU the
             full-resolution levels, wide in pixels and narrow in channels, cost the most per FLOP, and
             folding removes them (BENCHMARKS.md, "Ablations" for the step times).
+        stem_channels: > 0 adds a ConvStem of that width beside the fold (patch_size a power of 2).
 
     forward(x: (B, in_channels, H, W), timesteps: (B,)) -> (B, out_channels, H, W), with H and W
     divisible by patch_size * 2 ** (len(channel_mults) - 1).
@@ -64,6 +65,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_heads: int = 4,
         patch_size: int = 1,
+        stem_channels: int = 0,
     ):
         super().__init__()
         if patch_size < 1:
@@ -78,6 +80,7 @@ class UNet(nn.Module):
             nn.Linear(time_dim, time_dim),
         )
         self.input_conv = nn.Conv2d(in_channels * patch_size**2, base_channels, 3, padding=1)
+        self.stem = ConvStem(in_channels, base_channels, stem_channels, patch_size) if stem_channels else None
 
         widths = [base_channels * m for m in channel_mults]
         blocks = dict(
@@ -158,6 +161,8 @@ class UNet(nn.Module):
         self.check_size(x.shape[-2], x.shape[-1])
         time_emb = self.time_embedding(timesteps)
         h = self.input_conv(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
+        if self.stem is not None:
+            h = h + self.stem(x)
         skips = []
         for level in self.down_levels:
             for block in level["blocks"]:
