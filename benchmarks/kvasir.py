@@ -90,6 +90,14 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     "base 24": {"base_channels": 24},  # capacity lost above: does a cheaper step (more steps) win?
     # fifth round: detail finer than a patch, for a few per cent of a step
     "conv stem 16": {"stem_channels": 16},
+    # the same FLOPs per level as the default one level finer: 1/2 resolution at half the width,
+    # a fifth level keeping the 256-channel bottom (and its attention) at 1/16
+    "patch 2 + base 16 + 5 levels": {
+        "patch_size": 2,
+        "base_channels": 16,
+        "channel_mults": (1, 2, 4, 8, 16),
+        "attention_resolutions": (16,),
+    },
 }
 
 
@@ -729,8 +737,8 @@ def score_anchor(predict, val, runtime, count: int, label: str, stats=None) -> d
         "per_image_dice": [r["dice"] for r in per_image],
     }
     print(
-        f"[{label}] val Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f} "
-        f"on the first {count} val images",
+        f"[{label}] Dice {row['dice']:.4f} +- {row['dice_std']:.4f}, IoU {row['iou']:.4f} "
+        f"on the first {count} scored images",
         flush=True,
     )
     return row

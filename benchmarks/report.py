@@ -507,8 +507,12 @@ def seeded_ablation_table(runs: list) -> str:
     rows = []
     for result in runs:
         if result:
-            seed, device = int(result.get("seed", 42)), _trained_on(result)
-            rows += [(name, seed, device, row) for name, row in result["variants"].items() if "scores" in row]
+            seed, device, lr = int(result.get("seed", 42)), _trained_on(result), result.get("lr", DEFAULT_LR)
+            rows += [
+                (name if lr == DEFAULT_LR else f"{name}, lr {lr:g}", seed, device, row)
+                for name, row in result["variants"].items()
+                if "scores" in row
+            ]
     if not rows:
         return "(not run)"
     rows.sort(key=lambda r: r[0] != "default")  # the reference rows first, the rest in file order
@@ -533,6 +537,33 @@ def seeded_ablation_table(runs: list) -> str:
             + " | ".join(f"{scores[k]['dice']:.3f}" for k in keys)
             + f" | {versus} | {row['train']['optimizer_steps']} | {row['train']['parameters'] / 1e6:.1f}M | {device} |"
         )
+    return "\n".join(lines)
+
+
+def heldout_unet_table(runs: list, unet) -> str:
+    """The plain UNet trained on the ablations' fit split (kvasir --model unet --held-out) against
+    the `default` variant of each seed's ablation run, over the same held-out TRAIN images."""
+    if not unet:
+        return "(not run)"
+    unet_key = next(iter(unet["rows"]))
+    lines = [
+        "| ours default, seed | ours row | ours Dice | smp.Unet Dice | ours − UNet, paired [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for result in filter(None, runs):
+        default = result["variants"].get("default")
+        if result.get("lr", DEFAULT_LR) != DEFAULT_LR or not default or "scores" not in default:
+            continue
+        scores = default["scores"]
+        for key in SEED_ROWS:
+            pair = _paired(scores, key, unet, unet_key)
+            if pair is None:
+                continue
+            mean, low, high = common.paired_bootstrap(*pair)
+            lines.append(
+                f"| {result.get('seed', 42)} | {row_label(key)} | {scores['rows'][key]['dice']:.3f} | "
+                f"{unet['rows'][unet_key]['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |"
+            )
     return "\n".join(lines)
 
 
@@ -563,6 +594,9 @@ def sampler_table(sampler) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_LR = 3e-4  # the benchmark's --lr: a run with another gets it in its variant names
+
+
 def merged_ablation(pattern: str):
     """All ablation results files matching `pattern` as one, in file-name order; a variant run with
     a learning rate other than the default gets it in its name."""
@@ -571,8 +605,10 @@ def merged_ablation(pattern: str):
         if path.name.endswith("_smoke.json"):
             continue
         result = json.loads(path.read_text())
-        lr = result.get("lr", 3e-4)
-        variants = {(name if lr == 3e-4 else f"{name}, lr {lr:g}"): row for name, row in result["variants"].items()}
+        lr = result.get("lr", DEFAULT_LR)
+        variants = {
+            (name if lr == DEFAULT_LR else f"{name}, lr {lr:g}"): row for name, row in result["variants"].items()
+        }
         if merged is None:
             merged = {**result, "variants": {}}
         merged["variants"].update(variants)
@@ -638,7 +674,10 @@ def main() -> int:
     ours_60, unet_60 = load(f"kvasir_ours_{size}_60min.json"), load(f"kvasir_unet_{size}_60min.json")
     # the fourth round's re-runs of ours at the step budgets of equal idle-core time (step_budget.py
     # now times both self-conditioning branches; the budgets above gave ours 1.17x the UNet's time)
-    fair = [(minutes, load(f"kvasir_ours_{size}_fair{minutes}.json"), u) for minutes, u in ((20, unet), (60, unet_60))]
+    fair = [
+        (minutes, load(f"kvasir_ours_{size}_fair{minutes}.json"), u)
+        for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
+    ]
     fair_sections = []
     for minutes, ours_fair, unet_fair in fair:
         if ours_fair:
@@ -646,6 +685,12 @@ def main() -> int:
                 f"{size} px, {minutes} minutes at equal idle-core time", ours_fair, unet_fair
             )
     speed = load("speed.json")
+    # the fifth round's variants next to the fourth round's defaults (same split, budget and code)
+    fifth_round = [
+        load(p.name)
+        for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round[45]_*.json"))
+        if "_round5_" in p.name or p.name.startswith("kvasir_ablation_128_round4_default")
+    ]
     sections = [
         *fair_sections,
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
@@ -672,6 +717,11 @@ def main() -> int:
         + seeded_ablation_table(
             [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round4_*.json"))]
         ),
+        "## Fifth round of ablations, 128 px, held-out TRAIN images, the fourth round's budget\n\n"
+        + seeded_ablation_table(fifth_round)
+        + "\n\nThe plain UNet on the same held-out images, trained on the same fit split for the idle-core "
+        "time of the default's 3,626 steps (1,322 steps):\n\n"
+        + heldout_unet_table(fifth_round, load(f"kvasir_unet_{size}_heldout_round5.json")),
         "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
         "## Speed\n\n" + speed_tables(speed),
     ]
@@ -679,9 +729,9 @@ def main() -> int:
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
     if ours:
-        (_, fair20, _), (_, fair60, _) = fair
+        (_, fair20, _), *longer = fair
         if fair20:  # the curves at equal idle-core time
-            dice_vs_steps_plot(fair20, unet, peer, longer=[(fair60, unet_60)])
+            dice_vs_steps_plot(fair20, unet, peer, longer=[(o, u) for _, o, u in longer])
         else:
             dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
     # the longest budget that was run, at equal idle-core time where it was

@@ -360,6 +360,29 @@ def test_seeded_ablation_table_pairs_each_variant_with_the_default_of_its_seed()
     assert "| wider | 43 |" in table and "-0.010 [-0.010, -0.010]" in table
     assert "| default | 42 |" in table and table.count("| – |") == 2
     assert report.seeded_ablation_table([None]) == "(not run)"
+    # a default run at another learning rate is a variant, named by it, not a second reference
+    table = report.seeded_ablation_table([result(42, "default", 0.0), {**result(42, "default", -0.02), "lr": 1e-3}])
+    assert "| default, lr 0.001 | 42 |" in table and "-0.020 [-0.020, -0.020]" in table
+
+
+def test_heldout_unet_table_pairs_the_default_of_each_seed_with_the_unet():
+    ours, unet = fake_results()
+
+    def ablation(seed, shift, lr=3e-4):
+        rows = {key: {**ours["rows"][key]} for key in ("ddim10_ens1", "ddim10_ens5")}
+        for row in rows.values():
+            row["per_image_dice"] = [d + shift for d in unet["rows"]["unet"]["per_image_dice"]]
+        scores = {"rows": rows, "scored_stems": ours["scored_stems"]}
+        return {"seed": seed, "lr": lr, "variants": {"default": {"scores": scores}}}
+
+    table = report.heldout_unet_table([ablation(42, -0.02), ablation(43, 0.01), ablation(42, 0.05, lr=1e-3)], unet)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 4  # two seeds x two rows; the other learning rate's default is no reference
+    assert lines[2].startswith("| 42 | DDIM 10") and lines[2].endswith("| -0.020 [-0.020, -0.020] |")
+    assert lines[4].startswith("| 43 |") and lines[4].endswith("| +0.010 [+0.010, +0.010] |")
+    other_images = {**unet, "scored_stems": list(reversed(unet["scored_stems"]))}
+    assert report.heldout_unet_table([ablation(42, 0.0)], other_images).count("\n") == 1  # not paired: no rows
+    assert report.heldout_unet_table([ablation(42, 0.0)], None) == "(not run)"
 
 
 def test_ours_step_time_is_the_mean_of_both_self_conditioning_branches(monkeypatch):
