@@ -476,20 +476,24 @@ def test_kvasir_smoke_ours(tmp_path):
     assert all(len(row["per_image_dice"]) == 2 for row in result["rows"].values())
 
 
-@needs_kvasir
-@needs_peer_venv
-@pytest.mark.parametrize("model", ["unet", "peer"])
-def test_kvasir_smoke_anchors(tmp_path, model):
-    out = tmp_path / f"{model}.json"
+def run_kvasir_in_peer_venv(out, *arguments) -> dict:
+    """benchmarks.kvasir with `arguments` under benchmarks/.peer-venv (the anchors live there): its JSON."""
     done = subprocess.run(
-        common.module_command(common.PEER_PYTHON, "kvasir", "--smoke", "--model", model, "--out", out),
+        common.module_command(common.PEER_PYTHON, "kvasir", *arguments, "--out", out),
         capture_output=True,
         text=True,
         timeout=120,
         env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(common.ROOT)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@needs_kvasir
+@needs_peer_venv
+@pytest.mark.parametrize("model", ["unet", "peer"])
+def test_kvasir_smoke_anchors(tmp_path, model):
+    result = run_kvasir_in_peer_venv(tmp_path / f"{model}.json", "--smoke", "--model", model)
     rows = result["rows"]
     assert set(rows) == ({"unet"} if model == "unet" else {"peer_ddim2", "peer_default"})
     assert all(0 <= row["dice"] <= 1 and row["images"] == 2 for row in rows.values())
@@ -505,17 +509,8 @@ def test_kvasir_smoke_anchors(tmp_path, model):
 @needs_kvasir
 @needs_peer_venv
 def test_kvasir_smoke_unet_held_out_scores_train_images_never_val(tmp_path):
-    out = tmp_path / "unet_held_out.json"
-    command = ("--smoke", "--model", "unet", "--held-out", "--ablation-holdout", "2", "--out", out)
-    done = subprocess.run(
-        common.module_command(common.PEER_PYTHON, "kvasir", *command),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(common.ROOT)},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
+    arguments = ("--smoke", "--model", "unet", "--held-out", "--ablation-holdout", "2")
+    result = run_kvasir_in_peer_venv(tmp_path / "unet_held_out.json", *arguments)
     train_stems = common.read_stems(common.DEFAULT_DATA, "train")[:4]  # the smoke run's train split
     assert result["scored_stems"] == common.holdout_split(train_stems, 2, seed=0)[1]  # the ablation's split
     assert not set(result["scored_stems"]) & set(common.read_stems(common.DEFAULT_DATA, "val"))
