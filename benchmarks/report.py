@@ -502,8 +502,8 @@ def refinement_ablation_table(ablation) -> str:
 def seeded_ablation_table(runs: list) -> str:
     """One row per (variant, seed) results file of an ablation round run one variant per process:
     Dice at each DDIM step count and with the ensemble on the held-out TRAIN images, and the paired
-    difference of DDIM 10 from the `default` variant of the same seed (the seed-to-seed spread of
-    the default shows how much of a difference is noise)."""
+    difference of DDIM 10 from the `default` variant of the same seed, trained on the same device
+    where one was (else on any); the spread of the defaults shows how much of a difference is noise."""
     rows = []
     for result in runs:
         if result:
@@ -516,16 +516,17 @@ def seeded_ablation_table(runs: list) -> str:
     if not rows:
         return "(not run)"
     rows.sort(key=lambda r: r[0] != "default")  # the reference rows first, the rest in file order
-    defaults = {seed: row["scores"]["rows"] for name, seed, _, row in rows if name == "default"}
+    defaults = {(seed, device): row["scores"]["rows"] for name, seed, device, row in rows if name == "default"}
+    by_seed = {seed: base for (seed, _), base in defaults.items()}  # where no default ran on that device
     keys = list(rows[0][3]["scores"]["rows"])
     lines = [
-        f"| variant | seed | {' | '.join(row_label(k) for k in keys)} | DDIM 10 − default, same seed (paired, 95 % interval) "
-        "| optimizer steps | params | trained on |",
+        f"| variant | seed | {' | '.join(row_label(k) for k in keys)} | DDIM 10 − default of the same seed and "
+        "device (paired, 95 % interval) | optimizer steps | params | trained on |",
         "|---|---|" + "---|" * (len(keys) + 4),
     ]
     for name, seed, device, row in rows:
         scores = row["scores"]["rows"]
-        base = defaults.get(seed)
+        base = defaults.get((seed, device), by_seed.get(seed))
         versus = "–"
         if base and name != "default":
             mean, low, high = common.paired_bootstrap(
@@ -547,8 +548,8 @@ def heldout_unet_table(runs: list, unet) -> str:
         return "(not run)"
     unet_key = next(iter(unet["rows"]))
     lines = [
-        "| ours default, seed | ours row | ours Dice | smp.Unet Dice | ours − UNet, paired [95 % CI] |",
-        "|---|---|---|---|---|",
+        "| ours default, seed | trained on | ours row | ours Dice | smp.Unet Dice | ours − UNet, paired [95 % CI] |",
+        "|---|---|---|---|---|---|",
     ]
     for result in filter(None, runs):
         default = result["variants"].get("default")
@@ -561,7 +562,7 @@ def heldout_unet_table(runs: list, unet) -> str:
                 continue
             mean, low, high = common.paired_bootstrap(*pair)
             lines.append(
-                f"| {result.get('seed', 42)} | {row_label(key)} | {scores['rows'][key]['dice']:.3f} | "
+                f"| {result.get('seed', 42)} | {_trained_on(result)} | {row_label(key)} | {scores['rows'][key]['dice']:.3f} | "
                 f"{unet['rows'][unet_key]['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |"
             )
     return "\n".join(lines)

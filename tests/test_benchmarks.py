@@ -363,6 +363,12 @@ def test_seeded_ablation_table_pairs_each_variant_with_the_default_of_its_seed()
     # a default run at another learning rate is a variant, named by it, not a second reference
     table = report.seeded_ablation_table([result(42, "default", 0.0), {**result(42, "default", -0.02), "lr": 1e-3}])
     assert "| default, lr 0.001 | 42 |" in table and "-0.020 [-0.020, -0.020]" in table
+    # with a default of the seed on each device, a variant is paired with the one of its own device
+    on_gpu = {**result(42, "default", 0.05), "machine": {"gpu": "G"}}
+    table = report.seeded_ablation_table([on_gpu, result(42, "default", 0.0), result(42, "wider", 0.01)])
+    assert "+0.010 [+0.010, +0.010]" in table.splitlines()[-1]  # against the CPU default, not -0.040
+    table = report.seeded_ablation_table([on_gpu, result(42, "wider", 0.01)])
+    assert "-0.040 [-0.040, -0.040]" in table.splitlines()[-1]  # no CPU default: the seed's other one
 
 
 def test_heldout_unet_table_pairs_the_default_of_each_seed_with_the_unet():
@@ -378,7 +384,7 @@ def test_heldout_unet_table_pairs_the_default_of_each_seed_with_the_unet():
     table = report.heldout_unet_table([ablation(42, -0.02), ablation(43, 0.01), ablation(42, 0.05, lr=1e-3)], unet)
     lines = table.splitlines()
     assert len(lines) == 2 + 4  # two seeds x two rows; the other learning rate's default is no reference
-    assert lines[2].startswith("| 42 | DDIM 10") and lines[2].endswith("| -0.020 [-0.020, -0.020] |")
+    assert lines[2].startswith("| 42 | ? | DDIM 10") and lines[2].endswith("| -0.020 [-0.020, -0.020] |")
     assert lines[4].startswith("| 43 |") and lines[4].endswith("| +0.010 [+0.010, +0.010] |")
     other_images = {**unet, "scored_stems": list(reversed(unet["scored_stems"]))}
     assert report.heldout_unet_table([ablation(42, 0.0)], other_images).count("\n") == 1  # not paired: no rows
