@@ -296,7 +296,7 @@ def test_old_checkpoint_config_without_stem_channels_has_no_stem():
     assert model.config.stem_channels == 0 and model.unet.stem is None
 
 
-@pytest.mark.parametrize("stem_channels, patch_size", [(-1, 4), (8, 3)])
+@pytest.mark.parametrize("stem_channels, patch_size", [(-1, 4), (8, 3), (8, 1)])
 def test_stem_channels_are_checked_against_the_patch_size(stem_channels, patch_size):
     with pytest.raises(ValueError, match="stem_channels must be >= 0"):
         DiffusionConfig(image_size=48, patch_size=patch_size, stem_channels=stem_channels, channel_mults=(1, 2))

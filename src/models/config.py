@@ -81,9 +81,10 @@ class DiffusionConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.num_classes < 1 or self.in_channels < 1 or self.timesteps < 1 or self.patch_size < 1:
             raise ValueError("num_classes, in_channels, timesteps and patch_size must be positive")
-        if self.stem_channels < 0 or (self.stem_channels and self.patch_size & (self.patch_size - 1)):
+        odd_patch = self.patch_size < 2 or self.patch_size & (self.patch_size - 1)
+        if self.stem_channels < 0 or (self.stem_channels and odd_patch):
             raise ValueError(
-                f"stem_channels must be >= 0, and > 0 only with a patch size that is a power of 2 "
+                f"stem_channels must be >= 0, and > 0 only with a patch size that is a power of 2 (>= 2) "
                 f"(got stem_channels {self.stem_channels}, patch_size {self.patch_size})"
             )
         if not 0 < self.input_scale <= 1:
