@@ -704,6 +704,13 @@ def main() -> int:
                 (43, load(f"kvasir_ours_{size}_fair20_seed43.json"), load(f"kvasir_unet_{size}_seed43.json")),
             ]
         ),
+        f"## Seeds, {size} px, 40 minutes at equal idle-core time\n\n"
+        + seeds_table(
+            [
+                (42, fair[1][1], unet_long),
+                (43, load(f"kvasir_ours_{size}_fair40_seed43.json"), load(f"kvasir_unet_{size}_40min_seed43.json")),
+            ]
+        ),
         f"## Seeds, {size} px, 20 minutes (ours 1.17x the UNet's time)\n\n"
         + seeds_table(
             [(42, ours, unet), (43, load(f"kvasir_ours_{size}_seed43.json"), load(f"kvasir_unet_{size}_seed43.json"))]
@@ -724,6 +731,8 @@ def main() -> int:
         "time of the default's 3,626 steps (1,322 steps):\n\n"
         + heldout_unet_table(fifth_round, load(f"kvasir_unet_{size}_heldout_round5.json")),
         "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
+        "## Sampler settings again, the fifth round's default on the CPU (3,626 steps)\n\n"
+        + sampler_table(load("sampler_ablation_round5.json")),
         "## Speed\n\n" + speed_tables(speed),
     ]
     text = "\n\n".join(sections) + "\n"
