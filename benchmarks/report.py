@@ -541,20 +541,25 @@ def seeded_ablation_table(runs: list) -> str:
     return "\n".join(lines)
 
 
-def heldout_unet_table(runs: list, unet) -> str:
+def heldout_unet_table(runs: list, unets: list) -> str:
     """The plain UNet trained on the ablations' fit split (kvasir --model unet --held-out) against
-    the `default` variant of each seed's ablation run, over the same held-out TRAIN images."""
-    if not unet:
+    the `default` variant of each seed's ablation run, over the same held-out TRAIN images: each
+    default with the UNet of its own seed where one ran, else with the first UNet."""
+    unets = {int(u.get("seed", 42)): u for u in filter(None, unets)}
+    if not unets:
         return "(not run)"
-    unet_key = next(iter(unet["rows"]))
     lines = [
-        "| ours default, seed | trained on | ours row | ours Dice | smp.Unet Dice | ours − UNet, paired [95 % CI] |",
-        "|---|---|---|---|---|---|",
+        "| ours default, seed | trained on | ours row | ours Dice | UNet seed | smp.Unet Dice "
+        "| ours − UNet, paired [95 % CI] |",
+        "|---|---|---|---|---|---|---|",
     ]
     for result in filter(None, runs):
         default = result["variants"].get("default")
         if result.get("lr", DEFAULT_LR) != DEFAULT_LR or not default or "scores" not in default:
             continue
+        seed = int(result.get("seed", 42))
+        unet = unets.get(seed, next(iter(unets.values())))
+        unet_key = next(iter(unet["rows"]))
         scores = default["scores"]
         for key in SEED_ROWS:
             pair = _paired(scores, key, unet, unet_key)
@@ -562,8 +567,8 @@ def heldout_unet_table(runs: list, unet) -> str:
                 continue
             mean, low, high = common.paired_bootstrap(*pair)
             lines.append(
-                f"| {result.get('seed', 42)} | {_trained_on(result)} | {row_label(key)} | {scores['rows'][key]['dice']:.3f} | "
-                f"{unet['rows'][unet_key]['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |"
+                f"| {seed} | {_trained_on(result)} | {row_label(key)} | {scores['rows'][key]['dice']:.3f} | "
+                f"{unet.get('seed', 42)} | {unet['rows'][unet_key]['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |"
             )
     return "\n".join(lines)
 
@@ -729,7 +734,10 @@ def main() -> int:
         + seeded_ablation_table(fifth_round)
         + "\n\nThe plain UNet on the same held-out images, trained on the same fit split for the idle-core "
         "time of the default's 3,626 steps (1,322 steps):\n\n"
-        + heldout_unet_table(fifth_round, load(f"kvasir_unet_{size}_heldout_round5.json")),
+        + heldout_unet_table(
+            fifth_round,
+            [load(f"kvasir_unet_{size}_heldout_round5.json"), load(f"kvasir_unet_{size}_heldout_round5_seed43.json")],
+        ),
         "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
         "## Sampler settings again, the fifth round's default on the CPU (3,626 steps)\n\n"
         + sampler_table(load("sampler_ablation_round5.json")),

@@ -371,7 +371,7 @@ def test_seeded_ablation_table_pairs_each_variant_with_the_default_of_its_seed()
     assert "-0.040 [-0.040, -0.040]" in table.splitlines()[-1]  # no CPU default: the seed's other one
 
 
-def test_heldout_unet_table_pairs_the_default_of_each_seed_with_the_unet():
+def test_heldout_unet_table_pairs_each_default_with_the_unet_of_its_seed():
     ours, unet = fake_results()
 
     def ablation(seed, shift, lr=3e-4):
@@ -381,14 +381,21 @@ def test_heldout_unet_table_pairs_the_default_of_each_seed_with_the_unet():
         scores = {"rows": rows, "scored_stems": ours["scored_stems"]}
         return {"seed": seed, "lr": lr, "variants": {"default": {"scores": scores}}}
 
-    table = report.heldout_unet_table([ablation(42, -0.02), ablation(43, 0.01), ablation(42, 0.05, lr=1e-3)], unet)
-    lines = table.splitlines()
+    runs = [ablation(42, -0.02), ablation(43, 0.01), ablation(42, 0.05, lr=1e-3)]
+    lines = report.heldout_unet_table(runs, [unet]).splitlines()
     assert len(lines) == 2 + 4  # two seeds x two rows; the other learning rate's default is no reference
-    assert lines[2].startswith("| 42 | ? | DDIM 10") and lines[2].endswith("| -0.020 [-0.020, -0.020] |")
-    assert lines[4].startswith("| 43 |") and lines[4].endswith("| +0.010 [+0.010, +0.010] |")
+    unet_dice = unet["rows"]["unet"]["dice"]
+    assert lines[2].startswith("| 42 | ? | DDIM 10")
+    assert lines[2].endswith(f"| 42 | {unet_dice:.3f} | -0.020 [-0.020, -0.020] |")  # the UNet's seed and Dice
+    assert lines[4].startswith("| 43 |") and lines[4].endswith("| +0.010 [+0.010, +0.010] |")  # the only UNet
+    # with a UNet of seed 43 too, the seed-43 default is paired with it
+    unet_43 = {**unet, "seed": 43, "rows": {"unet": {**unet["rows"]["unet"]}}}
+    unet_43["rows"]["unet"]["per_image_dice"] = [d + 0.03 for d in unet["rows"]["unet"]["per_image_dice"]]
+    lines = report.heldout_unet_table(runs, [unet, None, unet_43]).splitlines()
+    assert "| 43 |" in lines[4] and lines[4].endswith("| -0.020 [-0.020, -0.020] |")
     other_images = {**unet, "scored_stems": list(reversed(unet["scored_stems"]))}
-    assert report.heldout_unet_table([ablation(42, 0.0)], other_images).count("\n") == 1  # not paired: no rows
-    assert report.heldout_unet_table([ablation(42, 0.0)], None) == "(not run)"
+    assert report.heldout_unet_table([ablation(42, 0.0)], [other_images]).count("\n") == 1  # not paired: no rows
+    assert report.heldout_unet_table([ablation(42, 0.0)], [None]) == "(not run)"
 
 
 def test_ours_step_time_is_the_mean_of_both_self_conditioning_branches(monkeypatch):
