@@ -499,6 +499,15 @@ def refinement_ablation_table(ablation) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_LR = 3e-4  # the benchmark's --lr: a run with another gets it in its variant names
+
+
+def variant_name(name: str, result: dict) -> str:
+    """An ablation variant's name as the tables show it: with its lr where the run used another."""
+    lr = result.get("lr", DEFAULT_LR)
+    return name if lr == DEFAULT_LR else f"{name}, lr {lr:g}"
+
+
 def seeded_ablation_table(runs: list) -> str:
     """One row per (variant, seed) results file of an ablation round run one variant per process:
     Dice at each DDIM step count and with the ensemble on the held-out TRAIN images, and the paired
@@ -507,9 +516,9 @@ def seeded_ablation_table(runs: list) -> str:
     rows = []
     for result in runs:
         if result:
-            seed, device, lr = int(result.get("seed", 42)), _trained_on(result), result.get("lr", DEFAULT_LR)
+            seed, device = int(result.get("seed", 42)), _trained_on(result)
             rows += [
-                (name if lr == DEFAULT_LR else f"{name}, lr {lr:g}", seed, device, row)
+                (variant_name(name, result), seed, device, row)
                 for name, row in result["variants"].items()
                 if "scores" in row
             ]
@@ -600,9 +609,6 @@ def sampler_table(sampler) -> str:
     return "\n".join(lines)
 
 
-DEFAULT_LR = 3e-4  # the benchmark's --lr: a run with another gets it in its variant names
-
-
 def merged_ablation(pattern: str):
     """All ablation results files matching `pattern` as one, in file-name order; a variant run with
     a learning rate other than the default gets it in its name."""
@@ -611,10 +617,7 @@ def merged_ablation(pattern: str):
         if path.name.endswith("_smoke.json"):
             continue
         result = json.loads(path.read_text())
-        lr = result.get("lr", DEFAULT_LR)
-        variants = {
-            (name if lr == DEFAULT_LR else f"{name}, lr {lr:g}"): row for name, row in result["variants"].items()
-        }
+        variants = {variant_name(name, result): row for name, row in result["variants"].items()}
         if merged is None:
             merged = {**result, "variants": {}}
         merged["variants"].update(variants)
