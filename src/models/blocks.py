@@ -112,6 +112,17 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def check_stem(stem_channels: int, patch_size: int) -> None:
+    """Raise a ValueError naming both values when a ConvStem of width `stem_channels` (0: none)
+    cannot fold `patch_size` x `patch_size` patches in stride-2 steps."""
+    odd_patch = patch_size < 2 or patch_size & (patch_size - 1)
+    if stem_channels < 0 or (stem_channels and odd_patch):
+        raise ValueError(
+            f"stem_channels must be >= 0 (got {stem_channels}), and > 0 only with a patch size that is "
+            f"a power of 2 (>= 2, got {patch_size})"
+        )
+
+
 class ConvStem(nn.Module):
     """Full resolution -> 1/patch_size in stride-2 3x3 convolutions with SiLU between them.
 
@@ -123,9 +134,8 @@ class ConvStem(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, patch_size: int):
         super().__init__()
+        check_stem(max(hidden_channels, 1), patch_size)  # a stem is built: its patch must fold
         halvings = int(math.log2(patch_size))
-        if patch_size < 2 or 2**halvings != patch_size:
-            raise ValueError(f"a convolutional stem needs a patch size that is a power of 2 (>= 2), got {patch_size}")
         widths = [in_channels] + [hidden_channels] * (halvings - 1) + [out_channels]
         layers = []
         for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 from src.fields import option
 
+from .blocks import check_stem
 from .schedules import SCHEDULES
 from .unet import check_image_size, size_multiple
 
@@ -81,12 +82,7 @@ class DiffusionConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.num_classes < 1 or self.in_channels < 1 or self.timesteps < 1 or self.patch_size < 1:
             raise ValueError("num_classes, in_channels, timesteps and patch_size must be positive")
-        odd_patch = self.patch_size < 2 or self.patch_size & (self.patch_size - 1)
-        if self.stem_channels < 0 or (self.stem_channels and odd_patch):
-            raise ValueError(
-                f"stem_channels must be >= 0, and > 0 only with a patch size that is a power of 2 (>= 2) "
-                f"(got stem_channels {self.stem_channels}, patch_size {self.patch_size})"
-            )
+        check_stem(self.stem_channels, self.patch_size)
         if not 0 < self.input_scale <= 1:
             raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")
         if isinstance(self.image_size, int):
