@@ -30,6 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import common
 from src.device import select_runtime
+from src.training.config import TrainConfig
+from src.training.optim import build_optimizer
 
 PRECISIONS = {  # name -> (precision, channels_last, bf16 weight copy: None = as train.py does it)
     "fp32": ("fp32", False, None),
@@ -84,9 +86,6 @@ def parameter_count(module) -> int:
 
 def recipe_optimizer(model, runtime):
     """train.py's optimizer: build_optimizer with TrainConfig's lr and weight decay."""
-    from src.training.config import TrainConfig
-    from src.training.optim import build_optimizer
-
     return build_optimizer(model.parameters(), TrainConfig.lr, TrainConfig.weight_decay, runtime)
 
 
