@@ -98,6 +98,19 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
         "channel_mults": (1, 2, 4, 8, 16),
         "attention_resolutions": (16,),
     },
+    # sixth round: depth and context where a ResNet encoder keeps them (low resolution), the
+    # time-conditioned blocks unchanged; the gap to the plain UNet is in missed polyps
+    "extra encoder blocks at 1/16 and 1/32": {"extra_encoder_blocks": (1, 1)},
+    "extra encoder blocks 1-2-2": {"extra_encoder_blocks": (1, 2, 2)},
+    "extra encoder block per level": {"extra_encoder_blocks": (1, 1, 1, 1)},
+    "5 levels": {"channel_mults": (1, 2, 4, 8, 8)},
+    "wide bottom": {"channel_mults": (1, 2, 4, 16)},
+    # ... or is it the diffusion's inputs: x_t's noise and the time modulation, random at init.
+    # The round ran against the fifth round's default; the winner is today's default, so its
+    # "default" rows are what "zero-init off" now names.
+    "zero-init x_t input": {"zero_init_noisy_input": True, "zero_init_time_film": False},
+    "zero-init x_t input and time FiLM": {"zero_init_noisy_input": True, "zero_init_time_film": True},
+    "zero-init off (the fifth round's default)": {"zero_init_noisy_input": False, "zero_init_time_film": False},
 }
 
 

@@ -550,20 +550,58 @@ def seeded_ablation_table(runs: list) -> str:
     return "\n".join(lines)
 
 
-def heldout_unet_table(runs: list, unets: list) -> str:
+def seed_averaged_ablation_table(runs: list) -> str:
+    """Per variant run with more than one seed: at each DDIM row, the per-image difference from the
+    `default` of the same seed and device, averaged over the seeds, with its bootstrap interval over
+    the images (so the seed-to-seed variation of both is in the average)."""
+    runs = list(filter(None, runs))
+    defaults = {
+        (int(r.get("seed", 42)), _trained_on(r)): r["variants"]["default"]["scores"]["rows"]
+        for r in runs
+        if "default" in r["variants"] and variant_name("default", r) == "default"
+    }
+    diffs, keys = {}, None
+    for result in runs:
+        default = defaults.get((int(result.get("seed", 42)), _trained_on(result)))
+        for name, row in result["variants"].items():
+            if variant_name(name, result) == "default" or "scores" not in row or default is None:
+                continue
+            scores = row["scores"]["rows"]
+            keys = keys or list(scores)
+            for key in keys:
+                pair = np.asarray(scores[key]["per_image_dice"]) - np.asarray(default[key]["per_image_dice"])
+                diffs.setdefault(variant_name(name, result), {}).setdefault(key, []).append(pair)
+    rows = {name: by_key for name, by_key in diffs.items() if len(next(iter(by_key.values()))) > 1}
+    if not rows:
+        return "(no variant with two seeds)"
+    lines = [
+        f"| variant − default, mean over seeds | seeds | {' | '.join(row_label(k) for k in keys)} |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for name, by_key in rows.items():
+        cells = []
+        for key in keys:
+            average = np.mean(by_key[key], axis=0)
+            mean, low, high = common.paired_bootstrap(average, np.zeros_like(average))
+            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+        lines.append(f"| {name} | {len(by_key[keys[0]])} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def heldout_unet_table(runs: list, unets: list, variant: str = "default") -> str:
     """The plain UNet trained on the ablations' fit split (kvasir --model unet --held-out) against
-    the `default` variant of each seed's ablation run, over the same held-out TRAIN images: each
-    default with the UNet of its own seed where one ran, else with the first UNet."""
+    `variant` in each seed's ablation run, over the same held-out TRAIN images: each run with the
+    UNet of its own seed where one ran, else with the first UNet."""
     unets = {int(u.get("seed", 42)): u for u in filter(None, unets)}
     if not unets:
         return "(not run)"
     lines = [
-        "| ours default, seed | trained on | ours row | ours Dice | UNet seed | smp.Unet Dice "
+        f"| ours {variant}, seed | trained on | ours row | ours Dice | UNet seed | smp.Unet Dice "
         "| ours − UNet, paired [95 % CI] |",
         "|---|---|---|---|---|---|---|",
     ]
     for result in filter(None, runs):
-        default = result["variants"].get("default")
+        default = result["variants"].get(variant)
         if result.get("lr", DEFAULT_LR) != DEFAULT_LR or not default or "scores" not in default:
             continue
         seed = int(result.get("seed", 42))
@@ -700,6 +738,11 @@ def main() -> int:
         for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round[45]_*.json"))
         if "_round5_" in p.name or p.name.startswith("kvasir_ablation_128_round4_default")
     ]
+    heldout_unets = [
+        load(f"kvasir_unet_{size}_heldout_round5.json"),
+        load(f"kvasir_unet_{size}_heldout_round5_seed43.json"),
+    ]
+    sixth_round = [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round6_*.json"))]
     sections = [
         *fair_sections,
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
@@ -736,11 +779,16 @@ def main() -> int:
         "## Fifth round of ablations, 128 px, held-out TRAIN images, the fourth round's budget\n\n"
         + seeded_ablation_table(fifth_round)
         + "\n\nThe plain UNet on the same held-out images, trained on the same fit split for the idle-core "
-        "time of the default's 3,626 steps (1,322 steps):\n\n"
-        + heldout_unet_table(
-            fifth_round,
-            [load(f"kvasir_unet_{size}_heldout_round5.json"), load(f"kvasir_unet_{size}_heldout_round5_seed43.json")],
-        ),
+        "time of the default's 3,626 steps (1,322 steps):\n\n" + heldout_unet_table(fifth_round, heldout_unets),
+        "## Sixth round of ablations, 128 px, held-out TRAIN images, the fourth round's budget\n\n"
+        "Every run on the lent H200; `default` is the fifth round's default (zero-initialised inputs "
+        "off), the new default is `zero-init x_t input and time FiLM`.\n\n"
+        + seeded_ablation_table(sixth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(sixth_round)
+        + "\n\nThe new default against the plain UNet of the fifth round (same held-out images, fit split "
+        "and idle-core time):\n\n"
+        + heldout_unet_table(sixth_round, heldout_unets, variant="zero-init x_t input and time FiLM"),
         "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
         "## Sampler settings again, the fifth round's default on the CPU (3,626 steps)\n\n"
         + sampler_table(load("sampler_ablation_round5.json")),

@@ -23,6 +23,10 @@ TINY_MODEL = DiffusionConfig(
     attention_resolutions=(2,),
     num_heads=2,
     timesteps=100,
+    # A new model starts deaf to x_t (DiffusionConfig.zero_init_noisy_input), so an untrained one
+    # samples one mask under any noise; a trained one hears x_t, and its seeds and ensemble members
+    # differ. The tests of seeds, ensembles and uncertainty need that, so the tiny model hears it.
+    zero_init_noisy_input=False,
 )
 
 # For subprocesses running tiny models: see the one_torch_thread fixture in conftest.py.

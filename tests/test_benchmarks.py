@@ -166,7 +166,12 @@ def test_step_probs_reproduce_segment_mean_and_std():
     torch.manual_seed(0)
     model = DiffusionSegmentation(
         DiffusionConfig(
-            image_size=(32, 32), base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=1
+            image_size=(32, 32),
+            base_channels=8,
+            channel_mults=(1, 2),
+            attention_resolutions=(2,),
+            num_heads=1,
+            zero_init_noisy_input=False,  # hears x_t, so the members differ as a trained model's do
         )
     ).eval()
 
@@ -369,6 +374,22 @@ def test_seeded_ablation_table_pairs_each_variant_with_the_default_of_its_seed()
     assert "+0.010 [+0.010, +0.010]" in table.splitlines()[-1]  # against the CPU default, not -0.040
     table = report.seeded_ablation_table([on_gpu, result(42, "wider", 0.01)])
     assert "-0.040 [-0.040, -0.040]" in table.splitlines()[-1]  # no CPU default: the seed's other one
+
+
+def test_seed_averaged_ablation_table_averages_each_variants_paired_differences_over_its_seeds():
+    def result(seed, name, shift, lr=3e-4):
+        ours, _ = fake_results()
+        rows = {key: {**ours["rows"][key]} for key in ("ddim1_ens1", "ddim10_ens1")}
+        for row in rows.values():
+            row["per_image_dice"] = [d + shift for d in ours["rows"]["ddim10_ens1"]["per_image_dice"]]
+        return {"seed": seed, "lr": lr, "variants": {name: {"scores": {"rows": rows}}}, "machine": {"cpu": "X"}}
+
+    runs = [result(42, "default", 0.0), result(43, "default", 0.1), result(42, "wider", 0.03)]
+    runs += [result(43, "wider", 0.11), result(42, "once", 0.05), result(42, "default", 0.2, lr=1e-3)]
+    lines = report.seed_averaged_ablation_table(runs).splitlines()
+    assert len(lines) == 3  # header, rule, "wider": one seed of "once" or of the other lr is no average
+    assert lines[2] == "| wider | 2 | +0.020 [+0.020, +0.020] | +0.020 [+0.020, +0.020] |"  # (0.03 + 0.01) / 2
+    assert report.seed_averaged_ablation_table([result(42, "default", 0.0)]) == "(no variant with two seeds)"
 
 
 def test_heldout_unet_table_pairs_each_default_with_the_unet_of_its_seed():

@@ -147,7 +147,7 @@ def test_ddim_visits_requested_number_of_steps_and_reports_them():
 
 
 def test_same_seed_gives_same_sample_and_other_seed_differs():
-    model = tiny_model().eval()
+    model = tiny_model(zero_init_noisy_input=False).eval()  # hears x_t, as a trained model does
     images = torch.rand(2, 3, 16, 16)
     a = model.sample(images, steps=5, seed=123)
     b = model.sample(images, steps=5, seed=123)
@@ -309,6 +309,60 @@ def test_train_flag_adds_the_stem():
     _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--stem-channels", "16"]))
     model = DiffusionSegmentation(config)
     assert config.stem_channels == 16 and model.unet.stem.layers[0].out_channels == 16
+
+
+def test_old_checkpoint_config_has_no_extra_blocks_and_its_init_was_not_zeroed():
+    values = tiny_model().config.to_dict()
+    for key in ("extra_encoder_blocks", "zero_init_noisy_input", "zero_init_time_film"):
+        values.pop(key)
+    config = DiffusionConfig.from_dict(values)
+    assert config.extra_encoder_blocks == () and not config.zero_init_noisy_input and not config.zero_init_time_film
+
+
+# -- zero-initialised diffusion inputs (the default since the sixth ablation round) ---------------
+
+
+def test_a_new_model_starts_deaf_to_the_noise_in_x_t_and_to_the_timestep():
+    """At input_scale 0.05 x_t is noise at almost every t: a new model's output must not move with
+    it (or with t) until training finds it useful, while the image and the estimate still count."""
+    model = tiny_model(patch_size=2)
+    images, t = torch.rand(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        out = model.network_output(torch.randn(2, 1, 16, 16), t, images)
+        torch.testing.assert_close(model.network_output(torch.randn(2, 1, 16, 16), t, images), out)
+        torch.testing.assert_close(model.network_output(torch.randn(2, 1, 16, 16), t.flip(0), images), out)
+        assert not torch.allclose(model.network_output(torch.randn(2, 1, 16, 16), t, torch.rand(2, 3, 16, 16)), out)
+        estimate = torch.ones(2, 1, 16, 16)
+        assert not torch.allclose(model.network_output(torch.randn(2, 1, 16, 16), t, images, estimate), out)
+    for block in (m for m in model.unet.modules() if hasattr(m, "time_proj")):
+        assert block.time_proj[-1].weight.abs().sum() == 0
+    # the old init heard both: x_t's noise moved the output
+    old = tiny_model(patch_size=2, zero_init_noisy_input=False, zero_init_time_film=False)
+    with torch.no_grad():
+        a = old.network_output(torch.randn(2, 1, 16, 16), t, images)
+        assert not torch.allclose(old.network_output(torch.randn(2, 1, 16, 16), t, images), a)
+
+
+def test_zeroed_x_t_weights_still_learn():
+    """Zero weights, not a cut connection: a training step gives them a gradient."""
+    model = tiny_model(patch_size=2)
+    patch_inputs = model.config.patch_size**2  # x_t's channels after the patch fold
+    model.training_losses(torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float(), t=torch.tensor([0, 1]))[
+        "loss"
+    ].backward()
+    assert model.unet.input_conv.weight.grad[:, :patch_inputs].abs().sum() > 0
+
+
+def test_train_flags_set_the_extra_blocks_and_the_old_init():
+    from src.training.cli import build_parser, configs_from_args
+
+    parser = build_parser()
+    argv = ["--synthetic", "--extra-encoder-blocks", "1,1", "--no-zero-init-noisy-input", "--no-zero-init-time-film"]
+    _, config = configs_from_args(parser, parser.parse_args(argv))
+    assert config.extra_encoder_blocks == (1, 1)
+    assert not config.zero_init_noisy_input and not config.zero_init_time_film
+    with pytest.raises(SystemExit):
+        configs_from_args(parser, parser.parse_args(["--synthetic", "--extra-encoder-blocks", "1,1,1,1,1"]))
 
 
 # -- ignored pixels (an ignore label, letterbox padding) --------------------------------------------

@@ -133,3 +133,33 @@ def test_conv_stem_learns_detail_the_fold_alone_cannot_see():
 def test_conv_stem_needs_a_power_of_2_patch(patch_size):
     with pytest.raises(ValueError, match=f"power of 2 .*got {patch_size}"):
         ConvStem(4, 8, 6, patch_size)
+
+
+# -- extra encoder blocks (depth at low resolution, no skip of their own) --------------------------
+
+
+def test_extra_encoder_blocks_name_the_deepest_levels_and_add_no_skip():
+    from src.models.unet import per_level_counts
+
+    assert per_level_counts((1, 2), 4) == (0, 0, 1, 2)
+    assert per_level_counts((), 3) == (0, 0, 0)
+    plain, deep = tiny_unet(), tiny_unet(extra_encoder_blocks=(2,))  # two more at the deepest of 3 levels
+    assert [len(level["extra_blocks"]) for level in deep.down_levels] == [0, 0, 2]
+    assert all(len(level["extra_blocks"]) == 0 for level in plain.down_levels)
+    # the decoder is unchanged: as many blocks, reading skips of the same widths
+    assert [len(level["blocks"]) for level in deep.up_levels] == [len(level["blocks"]) for level in plain.up_levels]
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([3, 700])
+    assert deep(x, t).shape == (2, 1, 16, 16)
+
+
+def test_a_unet_without_extra_blocks_has_the_state_dict_of_one_built_before_them():
+    """The empty per-level lists hold no parameters, so checkpoints saved before load strictly."""
+    keys = tiny_unet().state_dict().keys()
+    assert not any("extra_blocks" in key for key in keys)
+    assert any("extra_blocks" in key for key in tiny_unet(extra_encoder_blocks=(1,)).state_dict())
+
+
+@pytest.mark.parametrize("counts", [(1, 1, 1, 1), (-1,)])
+def test_extra_encoder_blocks_beyond_the_levels_or_negative_are_refused(counts):
+    with pytest.raises(ValueError, match=r"must be >= 0, at most one count per level \(3 levels\)"):
+        tiny_unet(extra_encoder_blocks=counts)

@@ -12,7 +12,7 @@ from src.fields import option
 
 from .blocks import check_stem
 from .schedules import SCHEDULES
-from .unet import check_image_size, size_multiple
+from .unet import check_image_size, per_level_counts, size_multiple
 
 PREDICTION_TYPES = ("eps", "x0", "v")
 
@@ -24,6 +24,9 @@ LEGACY_DEFAULTS = {
     "self_condition": False,
     "refine_from_estimate": False,
     "stem_channels": 0,
+    "extra_encoder_blocks": (),
+    "zero_init_noisy_input": False,
+    "zero_init_time_film": False,
 }
 
 
@@ -39,6 +42,11 @@ class DiffusionConfig:
     channel_mults: tuple = option((1, 2, 4, 8), "channel multiplier per UNet level, e.g. 1,2,4,8")
     # On a CPU budget, optimizer steps per minute matter more than depth (BENCHMARKS.md, ablations).
     num_res_blocks: int = option(1, "ResNet blocks per UNet level")
+    # A ResNet encoder's depth sits at low resolution (ResNet-18: two blocks at each of 1/4-1/32),
+    # where a block costs the fewest pixels; these blocks deepen the encoder without a skip each.
+    extra_encoder_blocks: tuple = option(
+        (), "extra encoder blocks per level, deepest last; fewer counts than levels name the deepest"
+    )
     attention_resolutions: tuple = option((8,), "downsampling factors with self-attention, e.g. 8 or 4,8")
     dropout: float = option(0.0, "dropout in the ResNet blocks")
     num_heads: int = option(4, "self-attention heads")
@@ -75,6 +83,14 @@ class DiffusionConfig:
         False, "self-conditioned training also noises the estimate, not the true mask, into x_t"
     )
 
+    # At input_scale 0.05, x_t is noise at almost every t, and with the default init it makes over
+    # half of the first features' variance: the network must first learn to ignore it. Starting
+    # its input weights at zero leaves x_t silent until training finds it useful (low t).
+    zero_init_noisy_input: bool = option(True, "new models start with the input weights of x_t at zero")
+    # Likewise the per-block time scale and shift start as a random function of t, which at a low
+    # input scale carries little information; at zero every block starts time-independent.
+    zero_init_time_film: bool = option(True, "new models start with the time scale and shift of every block at zero")
+
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
@@ -90,6 +106,8 @@ class DiffusionConfig:
         self.image_size = tuple(self.image_size)
         self.channel_mults = tuple(self.channel_mults)
         self.attention_resolutions = tuple(self.attention_resolutions)
+        self.extra_encoder_blocks = tuple(self.extra_encoder_blocks)
+        per_level_counts(self.extra_encoder_blocks, len(self.channel_mults))
         check_image_size(*self.image_size, self.patch_size, len(self.channel_mults))
 
     @property

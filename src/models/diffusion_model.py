@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import ResnetBlock
 from .config import DiffusionConfig
 from .gaussian_diffusion import GaussianDiffusion, StepNoise
 from .losses import bce_on_logits, bce_on_probabilities, masked_mean, soft_dice_loss
@@ -60,8 +61,24 @@ class DiffusionSegmentation(nn.Module):
             num_heads=config.num_heads,
             patch_size=config.patch_size,
             stem_channels=config.stem_channels,
+            extra_encoder_blocks=config.extra_encoder_blocks,
         )
         self.process = GaussianDiffusion(config.schedule, config.timesteps)
+        self._zero_init_inputs()
+
+    @torch.no_grad()
+    def _zero_init_inputs(self) -> None:
+        """The config's zero_init_* choices for a new model (a checkpoint's weights replace them)."""
+        if self.config.zero_init_noisy_input:
+            noisy = self.config.mask_channels  # x_t comes first in network_output's input
+            self.unet.input_conv.weight[:, : noisy * self.config.patch_size**2].zero_()  # unshuffle keeps channel order
+            if self.unet.stem is not None:
+                self.unet.stem.layers[0].weight[:, :noisy].zero_()
+        if self.config.zero_init_time_film:
+            for module in self.unet.modules():
+                if isinstance(module, ResnetBlock):
+                    nn.init.zeros_(module.time_proj[-1].weight)
+                    nn.init.zeros_(module.time_proj[-1].bias)
 
     @property
     def num_timesteps(self) -> int:

@@ -30,6 +30,17 @@ def check_image_size(height: int, width: int, patch_size: int, num_levels: int) 
         )
 
 
+def per_level_counts(counts: Sequence[int], num_levels: int) -> tuple:
+    """A count per level from `counts`, which names the deepest levels: (1, 1) over 4 levels is
+    (0, 0, 1, 1). Raises a ValueError for negative counts or more counts than levels."""
+    counts = tuple(counts)
+    if len(counts) > num_levels or any(c < 0 for c in counts):
+        raise ValueError(
+            f"extra encoder blocks must be >= 0, at most one count per level ({num_levels} levels), got {counts}"
+        )
+    return (0,) * (num_levels - len(counts)) + counts
+
+
 class UNet(nn.Module):
     """UNet with ResNet blocks, time conditioning and self-attention at the low resolutions.
 
@@ -49,6 +60,8 @@ class UNet(nn.Module):
             full-resolution levels, wide in pixels and narrow in channels, cost the most per FLOP, and
             folding removes them (BENCHMARKS.md, "Ablations" for the step times).
         stem_channels: > 0 adds a ConvStem of that width beside the fold (patch_size a power of 2).
+        extra_encoder_blocks: more ResNet blocks per encoder level that leave no skip connection,
+            run before the level's skip blocks (the deepest level last; see per_level_counts).
 
     forward(x: (B, in_channels, H, W), timesteps: (B,)) -> (B, out_channels, H, W), with H and W
     divisible by patch_size * 2 ** (len(channel_mults) - 1).
@@ -66,6 +79,7 @@ class UNet(nn.Module):
         num_heads: int = 4,
         patch_size: int = 1,
         stem_channels: int = 0,
+        extra_encoder_blocks: Sequence[int] = (),
     ):
         super().__init__()
         if patch_size < 1:
@@ -90,7 +104,8 @@ class UNet(nn.Module):
             attention_resolutions=attention_resolutions,
             num_heads=num_heads,
         )
-        self.down_levels, skip_widths = self._down_levels(base_channels, widths, **blocks)
+        extra_blocks = per_level_counts(extra_encoder_blocks, len(widths))
+        self.down_levels, skip_widths = self._down_levels(base_channels, widths, extra_blocks, **blocks)
         width = widths[-1]
         self.mid_block1 = ResnetBlock(width, width, time_dim, dropout)
         self.mid_attention = SelfAttention(width, num_heads)
@@ -103,12 +118,25 @@ class UNet(nn.Module):
         )
 
     def _down_levels(
-        self, width: int, widths: list, time_dim, num_res_blocks, dropout, attention_resolutions, num_heads
+        self,
+        width: int,
+        widths: list,
+        extra_blocks: tuple,
+        time_dim,
+        num_res_blocks,
+        dropout,
+        attention_resolutions,
+        num_heads,
     ) -> tuple:
-        """The encoder: per level, ResNet blocks, attention where asked, a downsampling (not after
-        the last). Also the widths of the skip connections each block leaves for the decoder."""
+        """The encoder: per level, its extra blocks, the ResNet blocks that leave a skip connection,
+        attention where asked, a downsampling (not after the last). Also the widths of the skip
+        connections each block leaves for the decoder."""
         levels, skip_widths = nn.ModuleList(), []
         for level, level_width in enumerate(widths):
+            extras = nn.ModuleList()  # empty: no parameters, so checkpoints without them still load
+            for _ in range(extra_blocks[level]):
+                extras.append(ResnetBlock(width, level_width, time_dim, dropout))
+                width = level_width
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
                 blocks.append(ResnetBlock(width, level_width, time_dim, dropout))
@@ -117,6 +145,7 @@ class UNet(nn.Module):
             levels.append(
                 nn.ModuleDict(
                     {
+                        "extra_blocks": extras,
                         "blocks": blocks,
                         "attention": self._attention_or_identity(width, 2**level, attention_resolutions, num_heads),
                         "downsample": Downsample(width) if level < len(widths) - 1 else nn.Identity(),
@@ -165,6 +194,8 @@ class UNet(nn.Module):
             h = h + self.stem(x)
         skips = []
         for level in self.down_levels:
+            for block in level["extra_blocks"]:
+                h = block(h, time_emb)
             for block in level["blocks"]:
                 h = block(h, time_emb)
                 skips.append(h)
