@@ -600,6 +600,7 @@ def heldout_unet_table(runs: list, unets: list, variant: str = "default") -> str
         "| ours − UNet, paired [95 % CI] |",
         "|---|---|---|---|---|---|---|",
     ]
+    per_row = {key: [] for key in SEED_ROWS}
     for result in filter(None, runs):
         default = result["variants"].get(variant)
         if result.get("lr", DEFAULT_LR) != DEFAULT_LR or not default or "scores" not in default:
@@ -613,11 +614,27 @@ def heldout_unet_table(runs: list, unets: list, variant: str = "default") -> str
             if pair is None:
                 continue
             mean, low, high = common.paired_bootstrap(*pair)
+            per_row[key].append(np.asarray(pair[0]) - np.asarray(pair[1]))
             lines.append(
                 f"| {seed} | {_trained_on(result)} | {row_label(key)} | {scores['rows'][key]['dice']:.3f} | "
                 f"{unet.get('seed', 42)} | {unet['rows'][unet_key]['dice']:.3f} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |"
             )
+    for key, runs_averaged, text in averaged_differences(per_row):
+        lines.append(f"| mean of {runs_averaged} runs | | {row_label(key)} | | | | **{text}** |")
     return "\n".join(lines)
+
+
+def averaged_differences(per_row: dict, digits: int = 3) -> list:
+    """[(row key, runs, "mean [low, high]")]: per row, the per-image differences of several runs
+    over the same images averaged, with the bootstrap interval over the images (so each run's own
+    variation is in the average). Rows with one run, or runs over different image counts, are left out."""
+    averaged = []
+    for key, diffs in per_row.items():
+        if len(diffs) > 1 and len({d.size for d in diffs}) == 1:
+            average = np.mean(diffs, axis=0)
+            mean, low, high = common.paired_bootstrap(average, np.zeros_like(average))
+            averaged.append((key, len(diffs), f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"))
+    return averaged
 
 
 def _trained_on(result) -> str:
@@ -686,13 +703,8 @@ def seeds_table(runs) -> str:
                 f"| {seed} | {row_label(key)} | {ours['rows'][key]['dice']:.3f} | {unet['rows'][unet_key]['dice']:.3f} | "
                 f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] |"
             )
-    for key, diffs in per_row.items():
-        if len(diffs) > 1 and len({d.size for d in diffs}) == 1:
-            average = np.mean(diffs, axis=0)
-            mean, low, high = common.paired_bootstrap(average, np.zeros_like(average))
-            lines.append(
-                f"| mean of {len(diffs)} seeds | {row_label(key)} | | | **{mean:+.4f} [{low:+.4f}, {high:+.4f}]** |"
-            )
+    for key, seeds, text in averaged_differences(per_row, digits=4):
+        lines.append(f"| mean of {seeds} seeds | {row_label(key)} | | | **{text}** |")
     return "\n".join(lines)
 
 
@@ -725,7 +737,16 @@ def main() -> int:
         (minutes, load(f"kvasir_ours_{size}_fair{minutes}.json"), u)
         for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
     ]
+    # the sixth round's default (zero-initialised diffusion inputs) at the same budgets
+    sixth = [
+        (minutes, load(f"kvasir_ours_{size}_r6fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
+    ]
     fair_sections = []
+    for minutes, ours_fair, unet_fair in sixth:
+        if ours_fair:
+            fair_sections += budget_sections(
+                f"{size} px, {minutes} minutes at equal idle-core time, the sixth round's default", ours_fair, unet_fair
+            )
     for minutes, ours_fair, unet_fair in fair:
         if ours_fair:
             fair_sections += budget_sections(
@@ -741,6 +762,7 @@ def main() -> int:
     heldout_unets = [
         load(f"kvasir_unet_{size}_heldout_round5.json"),
         load(f"kvasir_unet_{size}_heldout_round5_seed43.json"),
+        load(f"kvasir_unet_{size}_heldout_round6_seed44.json"),
     ]
     sixth_round = [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round6_*.json"))]
     sections = [
@@ -748,6 +770,20 @@ def main() -> int:
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
         *budget_sections(f"{size} px, 40 minutes (ours 1.17x the UNet's time)", ours_long, unet_long),
         *budget_sections(f"{size} px, 60 minutes (ours 1.17x the UNet's time)", ours_60, unet_60),
+        f"## Seeds, {size} px, 20 minutes at equal idle-core time, the sixth round's default\n\n"
+        + seeds_table(
+            [
+                (42, sixth[0][1], unet),
+                (43, load(f"kvasir_ours_{size}_r6fair20_seed43.json"), load(f"kvasir_unet_{size}_seed43.json")),
+            ]
+        ),
+        f"## Seeds, {size} px, 40 minutes at equal idle-core time, the sixth round's default\n\n"
+        + seeds_table(
+            [
+                (42, sixth[1][1], unet_long),
+                (43, load(f"kvasir_ours_{size}_r6fair40_seed43.json"), load(f"kvasir_unet_{size}_40min_seed43.json")),
+            ]
+        ),
         f"## Seeds, {size} px, 20 minutes at equal idle-core time\n\n"
         + seeds_table(
             [
@@ -797,14 +833,20 @@ def main() -> int:
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
-    if ours:
+    if sixth[0][1] or sixth[1][1]:  # the curves of today's default
+        (_, main20, _), (_, main40, _) = sixth
+        dice_vs_steps_plot(
+            main20 or main40, unet if main20 else unet_long, peer, longer=[(main40, unet_long)] if main20 else []
+        )
+    elif ours:
         (_, fair20, _), *longer = fair
         if fair20:  # the curves at equal idle-core time
             dice_vs_steps_plot(fair20, unet, peer, longer=[(o, u) for _, o, u in longer])
         else:
             dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
     # the longest budget that was run, at equal idle-core time where it was
-    candidates = [(o, u) for _, o, u in reversed(fair)] + [(ours_60, unet_60), (ours_long, unet_long)]
+    candidates = [(o, u) for _, o, u in reversed(sixth)] + [(o, u) for _, o, u in reversed(fair)]
+    candidates += [(ours_60, unet_60), (ours_long, unet_long)]
     main_ours, main_unet = next(((o, u) for o, u in candidates if o), (ours, unet))
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):
         if written:

@@ -404,11 +404,12 @@ def test_heldout_unet_table_pairs_each_default_with_the_unet_of_its_seed():
 
     runs = [ablation(42, -0.02), ablation(43, 0.01), ablation(42, 0.05, lr=1e-3)]
     lines = report.heldout_unet_table(runs, [unet]).splitlines()
-    assert len(lines) == 2 + 4  # two seeds x two rows; the other learning rate's default is no reference
+    assert len(lines) == 2 + 4 + 2  # two seeds x two rows, their mean per row; the other lr's default is no reference
     unet_dice = unet["rows"]["unet"]["dice"]
     assert lines[2].startswith("| 42 | ? | DDIM 10")
     assert lines[2].endswith(f"| 42 | {unet_dice:.3f} | -0.020 [-0.020, -0.020] |")  # the UNet's seed and Dice
     assert lines[4].startswith("| 43 |") and lines[4].endswith("| +0.010 [+0.010, +0.010] |")  # the only UNet
+    assert lines[6] == "| mean of 2 runs | | DDIM 10, ensemble 1 | | | | **-0.005 [-0.005, -0.005]** |"
     # with a UNet of seed 43 too, the seed-43 default is paired with it
     unet_43 = {**unet, "seed": 43, "rows": {"unet": {**unet["rows"]["unet"]}}}
     unet_43["rows"]["unet"]["per_image_dice"] = [d + 0.03 for d in unet["rows"]["unet"]["per_image_dice"]]
