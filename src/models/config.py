@@ -83,8 +83,8 @@ class DiffusionConfig:
         False, "self-conditioned training also noises the estimate, not the true mask, into x_t"
     )
 
-    # At input_scale 0.05, x_t is noise at almost every t, and with the default init it makes over
-    # half of the first features' variance: the network must first learn to ignore it. Starting
+    # At input_scale 0.05, x_t is noise at almost every t, and with the default init it makes about
+    # half of the first features' mean square: the network must first learn to ignore it. Starting
     # its input weights at zero leaves x_t silent until training finds it useful (low t).
     zero_init_noisy_input: bool = option(True, "new models start with the input weights of x_t at zero")
     # Likewise the per-block time scale and shift start as a random function of t, which at a low
