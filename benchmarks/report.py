@@ -708,6 +708,11 @@ def seeds_table(runs) -> str:
     return "\n".join(lines)
 
 
+def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str) -> str:
+    """The seeds table of one budget: seed 42's results as given, seed 43's loaded by file name."""
+    return f"## Seeds, {title}\n\n" + seeds_table([(42, ours, unet), (43, load(ours_seed43), load(unet_seed43))])
+
+
 def budget_sections(title: str, ours, unet, peer=None, previous=None) -> list:
     """Quality, calibration and paired-difference tables of one training budget."""
     return [
@@ -770,37 +775,40 @@ def main() -> int:
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
         *budget_sections(f"{size} px, 40 minutes (ours 1.17x the UNet's time)", ours_long, unet_long),
         *budget_sections(f"{size} px, 60 minutes (ours 1.17x the UNet's time)", ours_60, unet_60),
-        f"## Seeds, {size} px, 20 minutes at equal idle-core time, the sixth round's default\n\n"
-        + seeds_table(
-            [
-                (42, sixth[0][1], unet),
-                (43, load(f"kvasir_ours_{size}_r6fair20_seed43.json"), load(f"kvasir_unet_{size}_seed43.json")),
-            ]
+        seeds_section(
+            f"{size} px, 20 minutes at equal idle-core time, the sixth round's default",
+            sixth[0][1],
+            unet,
+            f"kvasir_ours_{size}_r6fair20_seed43.json",
+            f"kvasir_unet_{size}_seed43.json",
         ),
-        f"## Seeds, {size} px, 40 minutes at equal idle-core time, the sixth round's default\n\n"
-        + seeds_table(
-            [
-                (42, sixth[1][1], unet_long),
-                (43, load(f"kvasir_ours_{size}_r6fair40_seed43.json"), load(f"kvasir_unet_{size}_40min_seed43.json")),
-            ]
+        seeds_section(
+            f"{size} px, 40 minutes at equal idle-core time, the sixth round's default",
+            sixth[1][1],
+            unet_long,
+            f"kvasir_ours_{size}_r6fair40_seed43.json",
+            f"kvasir_unet_{size}_40min_seed43.json",
         ),
-        f"## Seeds, {size} px, 20 minutes at equal idle-core time\n\n"
-        + seeds_table(
-            [
-                (42, fair[0][1], unet),
-                (43, load(f"kvasir_ours_{size}_fair20_seed43.json"), load(f"kvasir_unet_{size}_seed43.json")),
-            ]
+        seeds_section(
+            f"{size} px, 20 minutes at equal idle-core time",
+            fair[0][1],
+            unet,
+            f"kvasir_ours_{size}_fair20_seed43.json",
+            f"kvasir_unet_{size}_seed43.json",
         ),
-        f"## Seeds, {size} px, 40 minutes at equal idle-core time\n\n"
-        + seeds_table(
-            [
-                (42, fair[1][1], unet_long),
-                (43, load(f"kvasir_ours_{size}_fair40_seed43.json"), load(f"kvasir_unet_{size}_40min_seed43.json")),
-            ]
+        seeds_section(
+            f"{size} px, 40 minutes at equal idle-core time",
+            fair[1][1],
+            unet_long,
+            f"kvasir_ours_{size}_fair40_seed43.json",
+            f"kvasir_unet_{size}_40min_seed43.json",
         ),
-        f"## Seeds, {size} px, 20 minutes (ours 1.17x the UNet's time)\n\n"
-        + seeds_table(
-            [(42, ours, unet), (43, load(f"kvasir_ours_{size}_seed43.json"), load(f"kvasir_unet_{size}_seed43.json"))]
+        seeds_section(
+            f"{size} px, 20 minutes (ours 1.17x the UNet's time)",
+            ours,
+            unet,
+            f"kvasir_ours_{size}_seed43.json",
+            f"kvasir_unet_{size}_seed43.json",
         ),
         "## Uncertainty vs error, 40 minutes\n\n" + uncertainty_table(ours_long),
         "## Uncertainty vs error, 20 minutes\n\n" + uncertainty_table(ours),
