@@ -551,9 +551,9 @@ def seeded_ablation_table(runs: list) -> str:
 
 
 def seed_averaged_ablation_table(runs: list) -> str:
-    """Per variant run with more than one seed: at each DDIM row, the per-image difference from the
-    `default` of the same seed and device, averaged over the seeds, with its bootstrap interval over
-    the images (so the seed-to-seed variation of both is in the average)."""
+    """Per variant and device with more than one seed: at each DDIM row, the per-image difference
+    from the `default` of the same seed and device, averaged over the seeds, with its bootstrap
+    interval over the images (so the seed-to-seed variation of both is in the average)."""
     runs = list(filter(None, runs))
     defaults = {
         (int(r.get("seed", 42)), _trained_on(r)): r["variants"]["default"]["scores"]["rows"]
@@ -570,21 +570,22 @@ def seed_averaged_ablation_table(runs: list) -> str:
             keys = keys or list(scores)
             for key in keys:
                 pair = np.asarray(scores[key]["per_image_dice"]) - np.asarray(default[key]["per_image_dice"])
-                diffs.setdefault(variant_name(name, result), {}).setdefault(key, []).append(pair)
-    rows = {name: by_key for name, by_key in diffs.items() if len(next(iter(by_key.values()))) > 1}
+                variant = (variant_name(name, result), _trained_on(result))
+                diffs.setdefault(variant, {}).setdefault(key, []).append(pair)
+    rows = {variant: by_key for variant, by_key in diffs.items() if len(next(iter(by_key.values()))) > 1}
     if not rows:
         return "(no variant with two seeds)"
     lines = [
-        f"| variant − default, mean over seeds | seeds | {' | '.join(row_label(k) for k in keys)} |",
-        "|---|---|" + "---|" * len(keys),
+        f"| variant − default, mean over seeds | trained on | seeds | {' | '.join(row_label(k) for k in keys)} |",
+        "|---|---|---|" + "---|" * len(keys),
     ]
-    for name, by_key in rows.items():
+    for (name, device), by_key in rows.items():
         cells = []
         for key in keys:
             average = np.mean(by_key[key], axis=0)
             mean, low, high = common.paired_bootstrap(average, np.zeros_like(average))
             cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-        lines.append(f"| {name} | {len(by_key[keys[0]])} | {' | '.join(cells)} |")
+        lines.append(f"| {name} | {device} | {len(by_key[keys[0]])} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -769,7 +770,12 @@ def main() -> int:
         load(f"kvasir_unet_{size}_heldout_round5_seed43.json"),
         load(f"kvasir_unet_{size}_heldout_round6_seed44.json"),
     ]
-    sixth_round = [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round6_*.json"))]
+    # the round's runs, and the fifth round's defaults on the CPU, which its CPU repeats pair with
+    sixth_round = [
+        load(p.name)
+        for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round[56]_*.json"))
+        if "_round6_" in p.name or p.name.startswith("kvasir_ablation_128_round5_default_cpu")
+    ]
     sections = [
         *fair_sections,
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
@@ -825,8 +831,8 @@ def main() -> int:
         + "\n\nThe plain UNet on the same held-out images, trained on the same fit split for the idle-core "
         "time of the default's 3,626 steps (1,322 steps):\n\n" + heldout_unet_table(fifth_round, heldout_unets),
         "## Sixth round of ablations, 128 px, held-out TRAIN images, the fourth round's budget\n\n"
-        "Every run on the lent H200; `default` is the fifth round's default (zero-initialised inputs "
-        "off), the new default is `zero-init x_t input and time FiLM`.\n\n"
+        "On the lent H200, and the new default repeated on the CPU; `default` is the fifth round's "
+        "default (zero-initialised inputs off), the new default is `zero-init x_t input and time FiLM`.\n\n"
         + seeded_ablation_table(sixth_round)
         + "\n\n"
         + seed_averaged_ablation_table(sixth_round)

@@ -388,7 +388,12 @@ def test_seed_averaged_ablation_table_averages_each_variants_paired_differences_
     runs += [result(43, "wider", 0.11), result(42, "once", 0.05), result(42, "default", 0.2, lr=1e-3)]
     lines = report.seed_averaged_ablation_table(runs).splitlines()
     assert len(lines) == 3  # header, rule, "wider": one seed of "once" or of the other lr is no average
-    assert lines[2] == "| wider | 2 | +0.020 [+0.020, +0.020] | +0.020 [+0.020, +0.020] |"  # (0.03 + 0.01) / 2
+    assert lines[2] == "| wider | X | 2 | +0.020 [+0.020, +0.020] | +0.020 [+0.020, +0.020] |"  # (0.03 + 0.01) / 2
+    # the same variant on another device is averaged on its own, against that device's defaults
+    on_gpu = [{**r, "machine": {"gpu": "G"}} for r in (result(42, "default", 0.1), result(43, "default", 0.0))]
+    on_gpu += [{**r, "machine": {"gpu": "G"}} for r in (result(42, "wider", 0.1), result(43, "wider", 0.04))]
+    lines = report.seed_averaged_ablation_table(runs + on_gpu).splitlines()
+    assert lines[3] == "| wider | G | 2 | +0.020 [+0.020, +0.020] | +0.020 [+0.020, +0.020] |"  # (0.0 + 0.04) / 2
     assert report.seed_averaged_ablation_table([result(42, "default", 0.0)]) == "(no variant with two seeds)"
 
 
