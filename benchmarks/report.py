@@ -568,10 +568,10 @@ def seed_averaged_ablation_table(runs: list) -> str:
                 continue
             scores = row["scores"]["rows"]
             keys = keys or list(scores)
+            by_key = diffs.setdefault((variant_name(name, result), _trained_on(result)), {})
             for key in keys:
                 pair = np.asarray(scores[key]["per_image_dice"]) - np.asarray(default[key]["per_image_dice"])
-                variant = (variant_name(name, result), _trained_on(result))
-                diffs.setdefault(variant, {}).setdefault(key, []).append(pair)
+                by_key.setdefault(key, []).append(pair)
     rows = {variant: by_key for variant, by_key in diffs.items() if len(next(iter(by_key.values()))) > 1}
     if not rows:
         return "(no variant with two seeds)"
@@ -580,11 +580,7 @@ def seed_averaged_ablation_table(runs: list) -> str:
         "|---|---|---|" + "---|" * len(keys),
     ]
     for (name, device), by_key in rows.items():
-        cells = []
-        for key in keys:
-            average = np.mean(by_key[key], axis=0)
-            mean, low, high = common.paired_bootstrap(average, np.zeros_like(average))
-            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+        cells = [text for _, _, text in averaged_differences(by_key)]
         lines.append(f"| {name} | {device} | {len(by_key[keys[0]])} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -748,16 +744,12 @@ def main() -> int:
         (minutes, load(f"kvasir_ours_{size}_r6fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
     ]
     fair_sections = []
-    for minutes, ours_fair, unet_fair in sixth:
-        if ours_fair:
-            fair_sections += budget_sections(
-                f"{size} px, {minutes} minutes at equal idle-core time, the sixth round's default", ours_fair, unet_fair
-            )
-    for minutes, ours_fair, unet_fair in fair:
-        if ours_fair:
-            fair_sections += budget_sections(
-                f"{size} px, {minutes} minutes at equal idle-core time", ours_fair, unet_fair
-            )
+    for runs, whose in ((sixth, ", the sixth round's default"), (fair, "")):
+        for minutes, ours_fair, unet_fair in runs:
+            if ours_fair:
+                fair_sections += budget_sections(
+                    f"{size} px, {minutes} minutes at equal idle-core time{whose}", ours_fair, unet_fair
+                )
     speed = load("speed.json")
     # the fifth round's variants next to the fourth round's defaults (same split, budget and code)
     fifth_round = [
