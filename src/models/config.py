@@ -85,7 +85,7 @@ class DiffusionConfig:
 
     # At input_scale 0.05, x_t is noise at almost every t, and with the default init it makes about
     # half of the first features' mean square: the network must first learn to ignore it. Starting
-    # its input weights at zero leaves x_t silent until training finds it useful (low t).
+    # its input weights at zero leaves x_t silent until training finds it useful.
     zero_init_noisy_input: bool = option(True, "new models start with the input weights of x_t at zero")
     # Likewise the per-block time scale and shift start as a random function of t, which at a low
     # input scale carries little information; at zero every block starts time-independent.
