@@ -11,6 +11,9 @@ TINY = dict(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), n
 # The numbers pin the process's math, which a network that hears x_t and t exercises fully: the
 # model keeps the init they were made with, from before zero-initialised inputs became the default.
 TINY.update(zero_init_noisy_input=False, zero_init_time_film=False)
+# The numbers were made when each sampling step was handed the last estimate; the mean of the
+# estimates so far (the default since the seventh round) has its own numbers below.
+LAST = dict(self_condition_on="last")
 CLOSE = dict(rel=1e-4, abs=1e-4)  # float rounding differs a little between CPU kernels, a real change does not
 
 
@@ -25,24 +28,38 @@ def images():
 
 
 def test_ddim_sample(images):
-    x = tiny().sample(images, steps=5, seed=3)
+    x = tiny().sample(images, steps=5, seed=3, **LAST)
     assert x.sum().item() == pytest.approx(-6.465662, **CLOSE)
     assert x[0, 0, 3, :4].tolist() == pytest.approx([0.244547, -0.096526, -0.113578, -0.120926], **CLOSE)
-    assert tiny().sample(images, steps=7, eta=1.0, seed=5).sum().item() == pytest.approx(-7.384354, **CLOSE)
+    assert tiny().sample(images, steps=7, eta=1.0, seed=5, **LAST).sum().item() == pytest.approx(-7.384354, **CLOSE)
+
+
+def test_sampling_hands_each_step_the_mean_of_the_estimates_by_default(images):
+    x = tiny().sample(images, steps=5, seed=3)
+    assert x.sum().item() == pytest.approx(-6.684147, **CLOSE)
+    assert x[0, 0, 3, :4].tolist() == pytest.approx([0.256289, -0.099122, -0.115831, -0.116348], **CLOSE)
+    out = tiny().segment(images, steps=4, ensemble=2, seed=4)
+    assert out.probabilities.sum().item() == pytest.approx(252.193390, **CLOSE)
+    assert out.ensemble_std.sum().item() == pytest.approx(11.754495, **CLOSE)
+    assert out.mask.sum().item() == 245
+    multi = tiny(num_classes=3).segment(images, steps=3, ensemble=2, seed=8)
+    assert multi.probabilities[:, 1].sum().item() == pytest.approx(168.211487, **CLOSE)
 
 
 def test_ddpm_sample(images):
-    assert tiny(timesteps=20).sample(images, sampler="ddpm", seed=6).sum().item() == pytest.approx(-7.193667, **CLOSE)
+    assert tiny(timesteps=20).sample(images, sampler="ddpm", seed=6, **LAST).sum().item() == pytest.approx(
+        -7.193667, **CLOSE
+    )
 
 
 def test_segment_binary_and_multiclass(images):
-    out = tiny().segment(images, steps=4, ensemble=2, seed=4)
+    out = tiny().segment(images, steps=4, ensemble=2, seed=4, **LAST)
     assert out.probabilities.sum().item() == pytest.approx(252.262909, **CLOSE)
     assert out.ensemble_std.sum().item() == pytest.approx(11.661495, **CLOSE)
     assert out.uncertainty.sum().item() == pytest.approx(492.889893, **CLOSE)  # predictive entropy (since issue 11)
     assert out.mask.sum().item() == 249
     assert out.probabilities[1, 0, 5, :3].tolist() == pytest.approx([0.633380, 0.575614, 0.543507], **CLOSE)
-    multi = tiny(num_classes=3).segment(images, steps=3, ensemble=2, seed=8)
+    multi = tiny(num_classes=3).segment(images, steps=3, ensemble=2, seed=8, **LAST)
     assert multi.probabilities[:, 1].sum().item() == pytest.approx(168.144714, **CLOSE)
     assert multi.ensemble_std.sum().item() == pytest.approx(9.073611, **CLOSE)
     assert multi.uncertainty.sum().item() == pytest.approx(505.221924, **CLOSE)

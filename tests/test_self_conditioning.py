@@ -24,14 +24,66 @@ def test_unet_takes_the_estimate_as_extra_mask_channels():
     assert without.unet.input_conv.in_channels == (3 + 3) * 4**2
 
 
-def test_each_sampling_step_receives_the_previous_steps_estimate():
+def test_each_sampling_step_receives_the_mean_of_the_estimates_so_far_by_default():
     model = tiny_model().eval()
     recorder = RecordingNetwork(model)
     model.network_output = recorder
-    trajectory = list(model.reverse_process(torch.rand(2, 3, 16, 16), steps=4, seed=0))
+    trajectory = list(model.reverse_process(torch.rand(2, 3, 16, 16), steps=4, seed=0, eta=1.0))
+    assert len(recorder.estimates) == 4 and recorder.estimates[0] is None
+    estimates = torch.stack([step.x0 for step in trajectory])
+    for i, given in enumerate(recorder.estimates[1:], start=1):
+        torch.testing.assert_close(given, estimates[:i].mean(0))
+    assert not torch.allclose(recorder.estimates[2], estimates[1])  # a mean of two, not the last one
+
+
+def test_with_last_each_sampling_step_receives_the_previous_steps_estimate():
+    model = tiny_model().eval()
+    recorder = RecordingNetwork(model)
+    model.network_output = recorder
+    trajectory = list(model.reverse_process(torch.rand(2, 3, 16, 16), steps=4, seed=0, self_condition_on="last"))
     assert len(recorder.estimates) == 4 and recorder.estimates[0] is None
     for (_, _, x0_before), given in zip(trajectory[:-1], recorder.estimates[1:]):
         torch.testing.assert_close(given, x0_before, rtol=0, atol=0)
+
+
+def test_the_source_of_the_estimate_reaches_segment_and_changes_its_result():
+    model = tiny_model().eval()
+    images = torch.rand(2, 3, 16, 16)
+    mean = model.segment(images, steps=4, ensemble=2, seed=1).probabilities
+    last = model.segment(images, steps=4, ensemble=2, seed=1, self_condition_on="last").probabilities
+    assert not torch.allclose(mean, last)
+    torch.testing.assert_close(
+        mean, model.segment(images, steps=4, ensemble=2, seed=1, self_condition_on="mean").probabilities
+    )
+    with pytest.raises(ValueError, match="self_condition_on must be one of"):
+        model.segment(images, steps=4, self_condition_on="first")
+
+
+def test_inference_self_condition_flag_reaches_the_sampler():
+    import numpy as np
+
+    from src.device import select_runtime
+    from src.inference.cli import build_parser
+    from src.inference.predictor import Predictor, PredictorOptions
+
+    parser = build_parser()
+    assert parser.parse_args(["--checkpoint", "c.pth", "--input", "x.png"]).self_condition_on == "mean"
+    args = parser.parse_args(["--checkpoint", "c.pth", "--input", "x.png", "--self-condition-on", "last"])
+    assert args.self_condition_on == "last"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--checkpoint", "c.pth", "--input", "x.png", "--self-condition-on", "first"])
+    model = tiny_model().eval()
+    image = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    runtime = select_runtime("cpu", "fp32")
+    predictions = {
+        source: Predictor(model, runtime, PredictorOptions(steps=4, self_condition_on=source)).predict([image])[0]
+        for source in ("mean", "last")
+    }
+    expected = model.segment(
+        torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, steps=4, seed=0, self_condition_on="last"
+    )
+    np.testing.assert_allclose(predictions["last"].probabilities, expected.probabilities[0].numpy(), atol=1e-5)
+    assert not np.allclose(predictions["mean"].probabilities, predictions["last"].probabilities)
 
 
 def test_the_estimate_changes_the_output():
@@ -113,3 +165,56 @@ def test_train_flags_set_self_conditioning():
     argv = ["--synthetic", "--refine-from-estimate"]
     _, config = configs_from_args(parser, parser.parse_args(argv))
     assert config.self_condition is True and config.refine_from_estimate is True
+
+
+def test_perturbed_estimates_move_the_boundary_and_lower_the_confidence():
+    from src.models.estimate_perturbation import MAX_RADIUS, MIN_CONFIDENCE, perturb_estimates
+
+    x0 = -torch.ones(64, 1, 24, 24)
+    x0[:, :, 8:16, 8:16] = 1  # an 8 x 8 square
+    out = perturb_estimates(x0, torch.Generator().manual_seed(0))
+    assert out.shape == x0.shape and out.abs().max() <= 1
+    for sample in out:
+        confidence = sample.abs().max()
+        assert MIN_CONFIDENCE - 1e-6 <= confidence <= 1
+        side = (sample[0] > 0).sum().float().sqrt()  # still a square, grown or shrunk by 0..MAX_RADIUS per side
+        assert (sample[0] > 0).sum() == 0 or abs(side - 8) <= 2 * MAX_RADIUS
+        torch.testing.assert_close(sample[sample != 0].abs(), torch.full_like(sample[sample != 0], confidence))
+    sides = {int((s[0] > 0).sum()) for s in out}
+    assert {64, 100, 36}.issubset(sides)  # unchanged, dilated by 1, eroded by 1 among 64 draws
+    again = perturb_estimates(x0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+
+
+def test_perturb_estimate_changes_only_the_training_estimate():
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    given = {}
+    for perturb in (False, True):
+        model = tiny_model(perturb_estimate=perturb)
+        model.load_state_dict(tiny_model().state_dict())  # the same weights either way
+        recorder = RecordingNetwork(model)
+        model.network_output = recorder
+        torch.manual_seed(0)
+        model.training_losses(images, masks, self_condition=True)
+        given[perturb] = recorder.estimates[1]
+    assert not torch.allclose(given[True], given[False])
+    assert given[True].abs().max() <= given[False].abs().max() + 1e-6
+    model = tiny_model(perturb_estimate=True).eval()
+    plain = tiny_model().eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(  # sampling hands over the estimates unperturbed
+        model.segment(images, steps=3, seed=0).probabilities, plain.segment(images, steps=3, seed=0).probabilities
+    )
+
+
+def test_perturb_estimate_flag_and_old_checkpoints():
+    from src.training.cli import build_parser, configs_from_args
+
+    parser = build_parser()
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--perturb-estimate"]))
+    assert config.perturb_estimate is True
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic"]))
+    assert config.perturb_estimate is False
+    values = tiny_model().config.to_dict()
+    values.pop("perturb_estimate")
+    assert DiffusionConfig.from_dict(values).perturb_estimate is False

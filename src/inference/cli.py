@@ -19,6 +19,7 @@ from src.inference.interactive import run_interactive
 from src.inference.outputs import OutputOptions, check_output_dir, format_written
 from src.inference.predictor import RESIZE_MODES, InferenceError, Predictor, PredictorOptions
 from src.inference.single import segment_file
+from src.models.diffusion_model import SELF_CONDITION_SOURCES
 from utils.errors import DatasetError
 
 
@@ -68,6 +69,7 @@ def _add_sampling_flags(sampling) -> None:
     config_flag(sampling, PredictorOptions, "eta", type=number_in(0, 1), typed_only=False)
     for name in ("time_ensemble", "tile"):
         config_flag(sampling, PredictorOptions, name, action=argparse.BooleanOptionalAction, typed_only=False)
+    config_flag(sampling, PredictorOptions, "self_condition_on", choices=SELF_CONDITION_SOURCES, typed_only=False)
     probability = number_in(0, 1, low_inclusive=False, high_inclusive=False)
     config_flag(sampling, PredictorOptions, "threshold", type=probability, typed_only=False)
     config_flag(sampling, PredictorOptions, "seed", type=int, typed_only=False)
@@ -164,6 +166,7 @@ def run(args) -> int:
         progress=args.progress,
         eta=args.eta,
         time_ensemble=args.time_ensemble,
+        self_condition_on=args.self_condition_on,
     )
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=args.device, precision=args.precision, options=options, image_size=image_size

@@ -75,13 +75,18 @@ class Prediction:
 @dataclass
 class PredictorOptions:
     """How to sample: DDIM `steps`, `ensemble` samples per image, binary `threshold`, `seed`, the
-    DDIM noise `eta` and whether a sample is the mean of its steps' estimates (`time_ensemble`);
-    see DiffusionSegmentation.segment."""
+    DDIM noise `eta`, whether a sample is the mean of its steps' estimates (`time_ensemble`) and
+    which estimate a self-conditioned model is handed (`self_condition_on`); see
+    DiffusionSegmentation.segment."""
 
     steps: int = option(50, "DDIM steps")
     ensemble: int = option(1, "samples per image; > 1 averages them and saves an uncertainty map")
     eta: float = option(1.0, "DDIM noise: 0 deterministic, 1 fresh noise at every step as in DDPM")
     time_ensemble: bool = option(True, "a sample is the mean of its steps' mask estimates, so more steps help")
+    self_condition_on: str = option(
+        "mean",
+        "the estimate each step of a self-conditioned model is handed: the mean of the estimates so far, or the last",
+    )
     threshold: float = option(0.5, "foreground probability threshold for binary models")
     seed: int | None = option(0, "sampling seed: same seed, same masks")
     process_frames: int = 8  # frames kept per image when the process is recorded
@@ -227,6 +232,7 @@ class Predictor:
                     seed=None if seed is None else seed + first,
                     eta=options.eta,
                     time_ensemble=options.time_ensemble,
+                    self_condition_on=options.self_condition_on,
                 )
             return output.probabilities, output.uncertainty
 
@@ -259,6 +265,7 @@ class Predictor:
             seed=seed,
             eta=options.eta,
             time_ensemble=options.time_ensemble,
+            self_condition_on=options.self_condition_on,
         )
         with self.runtime.autocast():
             if record_process:

@@ -27,6 +27,7 @@ LEGACY_DEFAULTS = {
     "extra_encoder_blocks": (),
     "zero_init_noisy_input": False,
     "zero_init_time_film": False,
+    "perturb_estimate": False,
 }
 
 
@@ -81,6 +82,12 @@ class DiffusionConfig:
     # errors (exposure bias, Ning et al. 2023). Trained on its estimates, it learns to correct them.
     refine_from_estimate: bool = option(
         False, "self-conditioned training also noises the estimate, not the true mask, into x_t"
+    )
+    # With self-conditioning: the estimate handed over in training is first coarsened (moved at
+    # its boundary, made less sure; estimate_perturbation.py), so the network learns to correct an
+    # estimate rather than to copy one that is nearly right on the images it trains on.
+    perturb_estimate: bool = option(
+        False, "self-conditioned training hands over a coarsened estimate (boundary moved, less sure)"
     )
 
     # At input_scale 0.05, x_t is noise at almost every t, and with the default init it makes about

@@ -19,10 +19,13 @@ from torch import nn
 
 from .blocks import ResnetBlock
 from .config import DiffusionConfig
+from .estimate_perturbation import perturb_estimates
 from .gaussian_diffusion import GaussianDiffusion, StepNoise
 from .losses import bce_on_logits, bce_on_probabilities, masked_mean, soft_dice_loss
 from .segmentation import SegmentationOutput, SegmentationRun
 from .unet import UNet
+
+SELF_CONDITION_SOURCES = ("mean", "last")
 
 
 class ReverseStep(NamedTuple):
@@ -218,7 +221,7 @@ class DiffusionSegmentation(nn.Module):
             return None
         with torch.no_grad():
             x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, images), x_t, t)
-        return x0
+        return perturb_estimates(x0) if self.config.perturb_estimate else x0
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -235,26 +238,38 @@ class DiffusionSegmentation(nn.Module):
         eta: float = 0.0,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        self_condition_on: str = "mean",
     ) -> Iterator[ReverseStep]:
         """The reverse process from x_T ~ N(0, I), one ReverseStep per timestep visited.
 
         sampler "ddim" visits `steps` evenly spaced timesteps (eta = 0: deterministic given the
         starting noise; eta = 1: DDPM's posterior noise at every step, DDIM eq. 16); "ddpm" is
         ancestral sampling over all T timesteps and ignores `steps`. `seed` (or a `generator`)
-        makes it reproducible. With self-conditioning each step's x0 estimate is handed to the
-        next step's network call.
+        makes it reproducible.
+
+        With self-conditioning, each network call is handed an estimate of x0: `self_condition_on`
+        "mean", the mean of all estimates so far (the time-ensemble the segmentation is made of),
+        or "last", the newest one. Why the mean is the default: training only ever hands the
+        network an estimate made without one, so a chain of "last" estimates drifts away from what
+        it was trained on, each step firmer than the one before; on images held out of the TRAIN
+        split the mean scores a higher Dice and a lower calibration error at 10 and 50 steps
+        (BENCHMARKS.md, seventh round).
         """
         self.check_images(images)
+        if self_condition_on not in SELF_CONDITION_SOURCES:
+            raise ValueError(f"self_condition_on must be one of {SELF_CONDITION_SOURCES}, got {self_condition_on!r}")
         timesteps = self.sample_timesteps(steps, sampler)
         if generator is None and seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(seed)
         shape = (images.shape[0], self.config.mask_channels, *images.shape[-2:])
         step_noise = StepNoise(shape, generator, images.device)  # forks the generator before x_T is drawn
         x_t = torch.randn(shape, generator=generator, device=images.device)
-        x0 = None
+        estimate, estimate_sum = None, 0.0
         for i, step in enumerate(timesteps):
             t = torch.full((shape[0],), step, device=images.device, dtype=torch.long)
-            x0, eps = self.output_to_x0_eps(self.network_output(x_t, t, images, x0), x_t, t)
+            x0, eps = self.output_to_x0_eps(self.network_output(x_t, t, images, estimate), x_t, t)
+            estimate_sum = estimate_sum + x0
+            estimate = estimate_sum / (i + 1) if self_condition_on == "mean" else x0
             z0 = x0 * self.config.input_scale
             prev_step = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             if sampler == "ddpm":
@@ -273,10 +288,11 @@ class DiffusionSegmentation(nn.Module):
         eta: float = 0.0,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        self_condition_on: str = "mean",
     ) -> torch.Tensor:
         """Run the reverse process to its end: the mask estimate x0, (B, K, H, W) float32 in [-1, 1]."""
         x_t = None
-        for _, x_t, _ in self.reverse_process(images, steps, sampler, eta, seed, generator):
+        for _, x_t, _ in self.reverse_process(images, steps, sampler, eta, seed, generator, self_condition_on):
             pass
         return x_t / self.config.input_scale  # the last step lands on z0 = input_scale * x0
 
@@ -290,6 +306,7 @@ class DiffusionSegmentation(nn.Module):
         sampler: str = "ddim",
         eta: float = 1.0,
         time_ensemble: bool = True,
+        self_condition_on: str = "mean",
     ) -> SegmentationRun:
         """The ensemble's reverse process for `images`, to iterate step by step (figures of the
         process), or to run to its end with `.run()`; see SegmentationRun and segment()."""
@@ -297,7 +314,7 @@ class DiffusionSegmentation(nn.Module):
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         repeated = images.repeat_interleave(ensemble, dim=0)  # all members in one forward pass per step
         return SegmentationRun(
-            self.reverse_process(repeated, steps, sampler, eta, seed),
+            self.reverse_process(repeated, steps, sampler, eta, seed, self_condition_on=self_condition_on),
             batch=images.shape[0],
             ensemble=ensemble,
             to_probabilities=self.x0_to_probabilities,
@@ -317,6 +334,7 @@ class DiffusionSegmentation(nn.Module):
         sampler: str = "ddim",
         eta: float = 1.0,
         time_ensemble: bool = True,
+        self_condition_on: str = "mean",
     ) -> SegmentationOutput:
         """Segment images with an ensemble of `ensemble` samples each (Wolleb et al. 2021).
 
@@ -326,9 +344,12 @@ class DiffusionSegmentation(nn.Module):
         mask (BENCHMARKS.md, "Making the steps refine"). The soft mask is the mean of the samples'
         probabilities, the hard mask its threshold (binary) or argmax (multi-class), the
         uncertainty the soft mask's predictive entropy (also with one sample), and ensemble_std
-        the per-pixel std over the samples (0 when ensemble = 1).
+        the per-pixel std over the samples (0 when ensemble = 1). `self_condition_on`: which
+        estimate each step of a self-conditioned model is handed (see reverse_process).
         """
-        return self.segmentation(images, steps, ensemble, threshold, seed, sampler, eta, time_ensemble).run()
+        return self.segmentation(
+            images, steps, ensemble, threshold, seed, sampler, eta, time_ensemble, self_condition_on
+        ).run()
 
     def check_images(self, images: torch.Tensor) -> None:
         """Raise ValueError unless images are (B, in_channels, H, W) at a size the UNet takes."""

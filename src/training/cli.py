@@ -67,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_flag(model, DiffusionConfig, "prediction_type", choices=PREDICTION_TYPES)
     for name in ("dice_weight", "input_scale", "dropout"):
         config_flag(model, DiffusionConfig, name, type=float)
-    switches = ("bounded_x0", "self_condition", "refine_from_estimate", "zero_init_noisy_input", "zero_init_time_film")
+    switches = (
+        "bounded_x0",
+        "self_condition",
+        "refine_from_estimate",
+        "perturb_estimate",
+        "zero_init_noisy_input",
+        "zero_init_time_film",
+    )
     for name in switches:
         config_flag(model, DiffusionConfig, name, action=argparse.BooleanOptionalAction)
     for name in ("channel_mults", "attention_resolutions", "extra_encoder_blocks"):
