@@ -111,6 +111,9 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     "zero-init x_t input": {"zero_init_noisy_input": True, "zero_init_time_film": False},
     "zero-init x_t input and time FiLM": {"zero_init_noisy_input": True, "zero_init_time_film": True},
     "zero-init off (the fifth round's default)": {"zero_init_noisy_input": False, "zero_init_time_film": False},
+    # Seventh round: the self-conditioned pass copies an estimate that is nearly right on training
+    # images; trained on a coarsened one, does it learn to correct (and the steps to refine)?
+    "perturbed estimate": {"perturb_estimate": True},
 }
 
 

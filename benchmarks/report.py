@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmarks import common
+from src.models.diffusion_model import SELF_CONDITION_SOURCES
 
 IMAGES = common.ROOT / "docs" / "images"
 
@@ -661,6 +662,115 @@ def sampler_table(sampler) -> str:
     return "\n".join(lines)
 
 
+def _source_rows(sampler: dict) -> dict:
+    """{(steps, ensemble): {source: row}} of a sampler_ablation run with several self-condition
+    sources; a one-step row, which hands no estimate on, stands under every source."""
+    rows = {}
+    for row in sampler["rows"]:
+        by_source = rows.setdefault((row["steps"], row["ensemble"]), {})
+        for source in [row["self_condition_on"]] if row.get("self_condition_on") else SELF_CONDITION_SOURCES:
+            by_source[source] = row
+    return rows
+
+
+def _ece_difference(bins_a, bins_b):
+    return common.ece_from_bins(*np.moveaxis(bins_a, -2, 0)) - common.ece_from_bins(*np.moveaxis(bins_b, -2, 0))
+
+
+def sources_table(samplers: list, new: str = "mean", old: str = "last") -> str:
+    """sampler_ablation --settings sources on several checkpoints (seeds) of one split: per setting,
+    Dice and ECE with each step handed the mean of the estimates so far or the last one; the Dice
+    difference per image averaged over the checkpoints with its bootstrap interval, and each
+    checkpoint's ECE difference with an image-bootstrap interval of the pooled ECE."""
+    samplers = [s for s in samplers if s]
+    if not samplers:
+        return "(not run)"
+    per_run = [_source_rows(s) for s in samplers]
+    lines = [
+        f"| DDIM steps x samples | Dice, {new} (per checkpoint) | Dice, {old} | {new} − {old}, Dice, mean over "
+        f"checkpoints [95 % CI] | ECE, {new} | ECE, {old} | {new} − {old}, ECE per checkpoint [95 % CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for setting in per_run[0]:
+        pairs = [rows[setting] for rows in per_run if new in rows.get(setting, {}) and old in rows.get(setting, {})]
+        if not pairs or pairs[0][new] is pairs[0][old]:  # one step: the same row under both
+            continue
+        diffs = [np.asarray(p[new]["per_image_dice"]) - np.asarray(p[old]["per_image_dice"]) for p in pairs]
+        average = averaged_differences({setting: diffs}) if len(diffs) > 1 else []
+        if len(diffs) == 1:
+            mean, low, high = common.paired_bootstrap(diffs[0], np.zeros_like(diffs[0]))
+            average = [(setting, 1, f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")]
+        ece_diffs = []
+        for pair in pairs:
+            bins = [np.asarray(pair[source]["per_image_calibration_bins"], dtype=np.float64) for source in (new, old)]
+            mean, low, high = common.pooled_bootstrap(_ece_difference, bins, n=2000)
+            ece_diffs.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+
+        def joined(source, metric, digits):
+            return " / ".join(f"{p[source][metric]:.{digits}f}" for p in pairs)
+
+        steps, ensemble = setting
+        lines.append(
+            f"| {steps} x {ensemble} | {joined(new, 'dice', 3)} | {joined(old, 'dice', 3)} | "
+            f"{average[0][2] if average else '–'} | {joined(new, 'ece', 4)} | {joined(old, 'ece', 4)} | "
+            f"{' / '.join(ece_diffs)} |"
+        )
+    checkpoints = ", ".join(f"`{s['checkpoint']}`" for s in samplers)
+    return "\n".join(lines) + f"\n\nCheckpoints {checkpoints}, scored on {samplers[0]['scored_on']}."
+
+
+def checkpoints_compared_table(pairs: list, source: str = "mean") -> str:
+    """`pairs` = [(variant, default)]: sampler_ablation runs of two checkpoints per seed on the same
+    images with the same sampling seeds: per setting, both Dice and ECE and the per-image Dice
+    difference averaged over the seeds, with its bootstrap interval."""
+    pairs = [(variant, default) for variant, default in pairs if variant and default]
+    if not pairs:
+        return "(not run)"
+    lines = [
+        "| DDIM steps x samples | Dice variant / default, per seed | ECE variant / default, per seed "
+        "| variant − default, Dice, mean over seeds [95 % CI] |",
+        "|---|---|---|---|",
+    ]
+    rows = [(_source_rows(v), _source_rows(d)) for v, d in pairs]
+    for setting in rows[0][0]:
+        found = [(v[setting][source], d[setting][source]) for v, d in rows if setting in v and setting in d]
+        if not found:
+            continue
+        diffs = [np.asarray(a["per_image_dice"]) - np.asarray(b["per_image_dice"]) for a, b in found]
+        average = averaged_differences({setting: diffs})
+        steps, ensemble = setting
+        dice = "; ".join(f"{a['dice']:.3f} / {b['dice']:.3f}" for a, b in found)
+        ece = "; ".join(f"{a['ece']:.4f} / {b['ece']:.4f}" for a, b in found)
+        lines.append(f"| {steps} x {ensemble} | {dice} | {ece} | {average[0][2] if average else '–'} |")
+    checkpoints = "; ".join(f"`{v['checkpoint']}` vs `{d['checkpoint']}`" for v, d in pairs)
+    return "\n".join(lines) + f"\n\nCheckpoints: {checkpoints}."
+
+
+def sampler_change_table(runs: list, rows=("ddim1_ens1", "ddim10_ens1", "ddim50_ens1", "ddim10_ens5")) -> str:
+    """`runs` = [(seed, new, old)]: the same checkpoints scored by benchmarks/kvasir.py with a new
+    and an old sampler: per row, each seed's Dice and ECE under both and the per-image Dice
+    difference averaged over the seeds, with its bootstrap interval."""
+    runs = [(seed, new, old) for seed, new, old in runs if new and old]
+    if not runs:
+        return "(not run)"
+    lines = [
+        "| row | Dice new / old, per seed | ECE new / old, per seed | new − old, Dice, mean over seeds [95 % CI] |"
+    ]
+    lines.append("|---|---|---|---|")
+    for key in rows:
+        pairs = [(new, old) for _, new, old in runs if _paired(new, key, old, key)]
+        if not pairs:
+            continue
+        diffs = [np.subtract(*_paired(new, key, old, key)) for new, old in pairs]
+        average = averaged_differences({key: diffs})
+        dice = "; ".join(f"{new['rows'][key]['dice']:.3f} / {old['rows'][key]['dice']:.3f}" for new, old in pairs)
+        ece = "; ".join(
+            f"{new['calibration'][key]['ece']:.4f} / {old['calibration'][key]['ece']:.4f}" for new, old in pairs
+        )
+        lines.append(f"| {row_label(key)} | {dice} | {ece} | {average[0][2] if average else '–'} |")
+    return "\n".join(lines)
+
+
 def merged_ablation(pattern: str):
     """All ablation results files matching `pattern` as one, in file-name order; a variant run with
     a learning rate other than the default gets it in its name."""
@@ -705,6 +815,36 @@ def seeds_table(runs) -> str:
     return "\n".join(lines)
 
 
+STEP_PAIRS = (  # (row, row it is compared with) of the steps tables
+    ("ddim5_ens1", "ddim1_ens1"),
+    ("ddim10_ens1", "ddim1_ens1"),
+    ("ddim50_ens1", "ddim10_ens1"),
+    ("ddim10_ens5", "ddim1_ens1"),
+    ("ddim10_ens5", "ddim10_ens1"),
+)
+
+
+def steps_seeds_table(runs: list) -> str:
+    """`runs` = [(seed, ours)] of one budget: per pair of rows in STEP_PAIRS, each seed's paired
+    Dice difference and the per-image difference averaged over the seeds, with its bootstrap interval."""
+    runs = [(seed, ours) for seed, ours in runs if ours]
+    if not runs:
+        return "(not run)"
+    lines = [
+        f"| comparison | {' | '.join(f'seed {seed}' for seed, _ in runs)} | mean over seeds [95 % CI] |",
+        "|---|" + "---|" * len(runs) + "---|",
+    ]
+    for a, b in STEP_PAIRS:
+        pairs = [_paired(ours, a, ours, b) for _, ours in runs]
+        if any(pair is None for pair in pairs):
+            continue
+        diffs = [np.subtract(*pair) for pair in pairs]
+        average = averaged_differences({a: diffs}, digits=4)
+        cells = " | ".join(f"{d.mean():+.4f}" for d in diffs)
+        lines.append(f"| {row_label(a)} − {row_label(b)} | {cells} | {average[0][2] if average else '–'} |")
+    return "\n".join(lines)
+
+
 def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str) -> str:
     """The seeds table of one budget: seed 42's results as given, seed 43's loaded by file name."""
     return f"## Seeds, {title}\n\n" + seeds_table([(42, ours, unet), (43, load(ours_seed43), load(unet_seed43))])
@@ -743,8 +883,13 @@ def main() -> int:
     sixth = [
         (minutes, load(f"kvasir_ours_{size}_r6fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
     ]
+    # the seventh round: the same checkpoints, each sampling step handed the mean of the estimates so far
+    seventh = [
+        (minutes, load(f"kvasir_ours_{size}_r7fair{minutes}.json"), u)
+        for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
+    ]
     fair_sections = []
-    for runs, whose in ((sixth, ", the sixth round's default"), (fair, "")):
+    for runs, whose in ((seventh, ", the seventh round's sampler"), (sixth, ", the sixth round's default"), (fair, "")):
         for minutes, ours_fair, unet_fair in runs:
             if ours_fair:
                 fair_sections += budget_sections(
@@ -773,6 +918,44 @@ def main() -> int:
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
         *budget_sections(f"{size} px, 40 minutes (ours 1.17x the UNet's time)", ours_long, unet_long),
         *budget_sections(f"{size} px, 60 minutes (ours 1.17x the UNet's time)", ours_60, unet_60),
+        seeds_section(
+            f"{size} px, 20 minutes at equal idle-core time, the seventh round's sampler",
+            seventh[0][1],
+            unet,
+            f"kvasir_ours_{size}_r7fair20_seed43.json",
+            f"kvasir_unet_{size}_seed43.json",
+        ),
+        seeds_section(
+            f"{size} px, 40 minutes at equal idle-core time, the seventh round's sampler",
+            seventh[1][1],
+            unet_long,
+            f"kvasir_ours_{size}_r7fair40_seed43.json",
+            f"kvasir_unet_{size}_40min_seed43.json",
+        ),
+        *[
+            f"## Steps, {size} px, {minutes} minutes at equal idle-core time, the seventh round's sampler\n\n"
+            + steps_seeds_table(
+                [
+                    (seed, load(f"kvasir_ours_{size}_r7fair{minutes}{tag}.json"))
+                    for seed, tag in ((42, ""), (43, "_seed43"))
+                ]
+            )
+            for minutes in (20, 40)
+        ],
+        *[
+            f"## The seventh round's sampler against the sixth's, the same checkpoints, {minutes} minutes\n\n"
+            + sampler_change_table(
+                [
+                    (
+                        seed,
+                        load(f"kvasir_ours_{size}_r7fair{minutes}{tag}.json"),
+                        load(f"kvasir_ours_{size}_r6fair{minutes}{tag}.json"),
+                    )
+                    for seed, tag in ((42, ""), (43, "_seed43"))
+                ]
+            )
+            for minutes in (20, 40, 60)
+        ],
         seeds_section(
             f"{size} px, 20 minutes at equal idle-core time, the sixth round's default",
             sixth[0][1],
@@ -831,6 +1014,15 @@ def main() -> int:
         + "\n\nThe new default against the plain UNet of the fifth round (same held-out images, fit split "
         "and idle-core time):\n\n"
         + heldout_unet_table(sixth_round, heldout_unets, variant="zero-init x_t input and time FiLM"),
+        "## Seventh round, held-out TRAIN images: each step handed the mean of the estimates or the last\n\n"
+        + sources_table([load("sampler_sources_round7.json"), load("sampler_sources_round7_seed43.json")]),
+        "## Seventh round, held-out TRAIN images: training on perturbed estimates\n\n"
+        + checkpoints_compared_table(
+            [
+                (load(f"sampler_perturb_round7{tag}.json"), load(f"sampler_sources_round7{tag}.json"))
+                for tag in ("", "_seed43")
+            ]
+        ),
         "## Making the steps refine: sampler settings\n\n" + sampler_table(load("sampler_ablation.json")),
         "## Sampler settings again, the fifth round's default on the CPU (3,626 steps)\n\n"
         + sampler_table(load("sampler_ablation_round5.json")),
@@ -839,8 +1031,9 @@ def main() -> int:
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
-    if sixth[0][1] or sixth[1][1]:  # the curves of today's default
-        (_, main20, _), (_, main40, _) = sixth
+    newest = next((runs for runs in (seventh, sixth) if runs[0][1] or runs[1][1]), None)
+    if newest:  # the curves of today's default
+        (_, main20, _), (_, main40, _), *_ = newest
         dice_vs_steps_plot(
             main20 or main40, unet if main20 else unet_long, peer, longer=[(main40, unet_long)] if main20 else []
         )
@@ -850,8 +1043,9 @@ def main() -> int:
             dice_vs_steps_plot(fair20, unet, peer, longer=[(o, u) for _, o, u in longer])
         else:
             dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
-    # the longest budget that was run, at equal idle-core time where it was
-    candidates = [(o, u) for _, o, u in reversed(sixth)] + [(o, u) for _, o, u in reversed(fair)]
+    # the newest round's longest budget up to 40 minutes (where issue 11's targets are), at equal
+    # idle-core time where it was run
+    candidates = [(o, u) for runs in (seventh[:2], sixth, fair) for _, o, u in reversed(runs)]
     candidates += [(ours_60, unet_60), (ours_long, unet_long)]
     main_ours, main_unet = next(((o, u) for o, u in candidates if o), (ours, unet))
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):

@@ -572,3 +572,77 @@ def test_speed_cuda_without_a_gpu_says_so_and_exits_2(capsys):
 
     assert speed_cuda.main(["--sizes", "128", "--batch-sizes", "8", "32"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def fake_sampler_run(shift_by_source: dict, images: int = 10, checkpoint: str = "c.pth") -> dict:
+    """A sampler_ablation --settings sources result: per source, every row's per-image Dice shifted;
+    each image's calibration bins put all its pixels at p = 0.9, foreground as often as `truth`."""
+    base = np.linspace(0.5, 0.9, images)
+
+    def row(steps, ensemble, source, shift, truth):
+        count, sum_p, sum_y = np.zeros((3, 15))
+        count[13], sum_p[13], sum_y[13] = 100, 90, 100 * truth
+        bins = [[count.tolist(), sum_p.tolist(), sum_y.tolist()]] * images
+        dice = (base + shift).tolist()
+        return {"steps": steps, "eta": 1.0, "time_ensemble": True, "ensemble": ensemble, "self_condition_on": source,
+                "dice": float(np.mean(dice)), "ece": abs(truth - 0.9), "per_image_dice": dice,
+                "per_image_calibration_bins": bins}  # fmt: skip
+
+    rows = [row(1, 1, None, 0.0, 0.9)]
+    for steps, ensemble in ((10, 1), (10, 5)):
+        rows += [row(steps, ensemble, source, shift, truth) for source, (shift, truth) in shift_by_source.items()]
+    return {"checkpoint": checkpoint, "scored_on": f"{images} held-out TRAIN images", "rows": rows}
+
+
+def test_sources_table_pairs_mean_with_last_per_checkpoint_and_averages_dice_over_them():
+    runs = [fake_sampler_run({"mean": (0.02, 0.85), "last": (0.0, 0.80)}) for _ in range(2)]
+    runs[1] = fake_sampler_run({"mean": (0.04, 0.85), "last": (0.0, 0.80)})
+    lines = report.sources_table(runs).splitlines()
+    assert lines[2].startswith("| 10 x 1 |") and lines[3].startswith("| 10 x 5 |")  # no row for one step
+    assert "| +0.030 [+0.030, +0.030] |" in lines[2]  # (0.02 + 0.04) / 2 on every image
+    # ECE 0.05 (mean) against 0.10 (last) on every image: -0.05 for each checkpoint
+    assert "| 0.0500 / 0.0500 | 0.1000 / 0.1000 | -0.0500 [-0.0500, -0.0500] / -0.0500 [-0.0500, -0.0500] |" in lines[2]
+    assert report.sources_table([None]) == "(not run)"
+
+
+def test_checkpoints_compared_table_pairs_a_variant_with_the_default_of_each_seed():
+    pairs = [
+        (fake_sampler_run({"mean": (0.03, 0.9)}), fake_sampler_run({"mean": (0.0, 0.9)})),
+        (fake_sampler_run({"mean": (0.01, 0.9)}), fake_sampler_run({"mean": (0.0, 0.9)})),
+    ]
+    lines = report.checkpoints_compared_table(pairs).splitlines()
+    assert lines[2].startswith("| 1 x 1 |") and lines[2].endswith("| +0.000 [+0.000, +0.000] |")  # one step: same rows
+    assert lines[3].startswith("| 10 x 1 |") and lines[3].endswith("| +0.020 [+0.020, +0.020] |")
+    assert report.checkpoints_compared_table([(None, pairs[0][1])]) == "(not run)"
+
+
+def test_sampler_change_table_compares_the_same_checkpoints_scored_two_ways():
+    runs = []
+    for seed, shift in ((42, 0.01), (43, 0.03)):
+        new, _ = fake_results()
+        old, _ = fake_results()
+        for key in ("ddim10_ens1", "ddim50_ens1"):
+            dice = [d + shift for d in old["rows"][key]["per_image_dice"]]
+            new["rows"][key] = {**new["rows"][key], "per_image_dice": dice, "dice": float(np.mean(dice))}
+        runs.append((seed, new, old))
+    lines = report.sampler_change_table(runs).splitlines()
+    assert len(lines) == 2 + 4  # DDIM 1, 10, 50 and 10 x 5
+    assert lines[3].startswith("| DDIM 10, ensemble 1 |") and lines[3].endswith("| +0.020 [+0.020, +0.020] |")
+    assert lines[2].endswith("| +0.000 [+0.000, +0.000] |")  # DDIM 1 unchanged
+    assert report.sampler_change_table([(42, None, None)]) == "(not run)"
+
+
+def test_steps_seeds_table_gives_each_seeds_step_gain_and_their_average():
+    runs = []
+    for seed, gain in ((42, 0.01), (43, 0.03)):
+        ours, _ = fake_results()
+        base = ours["rows"]["ddim1_ens1"]["per_image_dice"]
+        for key in ("ddim5_ens1", "ddim10_ens1", "ddim50_ens1", "ddim10_ens5"):
+            ours["rows"][key] = {**ours["rows"][key], "per_image_dice": [d + gain for d in base]}
+        runs.append((seed, ours))
+    lines = report.steps_seeds_table(runs + [(44, None)]).splitlines()
+    assert lines[0] == "| comparison | seed 42 | seed 43 | mean over seeds [95 % CI] |"
+    assert lines[3] == "| DDIM 10, ensemble 1 − DDIM 1, ensemble 1 | +0.0100 | +0.0300 | +0.0200 [+0.0200, +0.0200] |"
+    assert lines[4].startswith("| DDIM 50, ensemble 1 − DDIM 10, ensemble 1 | +0.0000 | +0.0000 |")
+    assert len(lines) == 2 + len(report.STEP_PAIRS)
+    assert report.steps_seeds_table([(42, None)]) == "(not run)"
