@@ -635,6 +635,16 @@ def averaged_differences(per_row: dict, digits: int = 3) -> list:
     return averaged
 
 
+def mean_difference(diffs: list, digits: int = 3) -> str:
+    """ "mean [low, high]" of per-image differences over the same images: one run's paired
+    difference, or several runs' averaged (averaged_differences); "–" when there are none."""
+    if len(diffs) == 1:
+        mean, low, high = common.paired_bootstrap(diffs[0], np.zeros_like(diffs[0]))
+        return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    averaged = averaged_differences({"": diffs}, digits)
+    return averaged[0][2] if averaged else "–"
+
+
 def _trained_on(result) -> str:
     machine = result.get("machine", {})
     return machine.get("gpu") or machine.get("cpu") or "?"
@@ -696,10 +706,6 @@ def sources_table(samplers: list, new: str = "mean", old: str = "last") -> str:
         if not pairs or pairs[0][new] is pairs[0][old]:  # one step: the same row under both
             continue
         diffs = [np.asarray(p[new]["per_image_dice"]) - np.asarray(p[old]["per_image_dice"]) for p in pairs]
-        average = averaged_differences({setting: diffs}) if len(diffs) > 1 else []
-        if len(diffs) == 1:
-            mean, low, high = common.paired_bootstrap(diffs[0], np.zeros_like(diffs[0]))
-            average = [(setting, 1, f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")]
         ece_diffs = []
         for pair in pairs:
             bins = [np.asarray(pair[source]["per_image_calibration_bins"], dtype=np.float64) for source in (new, old)]
@@ -712,7 +718,7 @@ def sources_table(samplers: list, new: str = "mean", old: str = "last") -> str:
         steps, ensemble = setting
         lines.append(
             f"| {steps} x {ensemble} | {joined(new, 'dice', 3)} | {joined(old, 'dice', 3)} | "
-            f"{average[0][2] if average else '–'} | {joined(new, 'ece', 4)} | {joined(old, 'ece', 4)} | "
+            f"{mean_difference(diffs)} | {joined(new, 'ece', 4)} | {joined(old, 'ece', 4)} | "
             f"{' / '.join(ece_diffs)} |"
         )
     checkpoints = ", ".join(f"`{s['checkpoint']}`" for s in samplers)
@@ -737,11 +743,10 @@ def checkpoints_compared_table(pairs: list, source: str = "mean") -> str:
         if not found:
             continue
         diffs = [np.asarray(a["per_image_dice"]) - np.asarray(b["per_image_dice"]) for a, b in found]
-        average = averaged_differences({setting: diffs})
         steps, ensemble = setting
         dice = "; ".join(f"{a['dice']:.3f} / {b['dice']:.3f}" for a, b in found)
         ece = "; ".join(f"{a['ece']:.4f} / {b['ece']:.4f}" for a, b in found)
-        lines.append(f"| {steps} x {ensemble} | {dice} | {ece} | {average[0][2] if average else '–'} |")
+        lines.append(f"| {steps} x {ensemble} | {dice} | {ece} | {mean_difference(diffs)} |")
     checkpoints = "; ".join(f"`{v['checkpoint']}` vs `{d['checkpoint']}`" for v, d in pairs)
     return "\n".join(lines) + f"\n\nCheckpoints: {checkpoints}."
 
@@ -762,12 +767,11 @@ def sampler_change_table(runs: list, rows=("ddim1_ens1", "ddim10_ens1", "ddim50_
         if not pairs:
             continue
         diffs = [np.subtract(*_paired(new, key, old, key)) for new, old in pairs]
-        average = averaged_differences({key: diffs})
         dice = "; ".join(f"{new['rows'][key]['dice']:.3f} / {old['rows'][key]['dice']:.3f}" for new, old in pairs)
         ece = "; ".join(
             f"{new['calibration'][key]['ece']:.4f} / {old['calibration'][key]['ece']:.4f}" for new, old in pairs
         )
-        lines.append(f"| {row_label(key)} | {dice} | {ece} | {average[0][2] if average else '–'} |")
+        lines.append(f"| {row_label(key)} | {dice} | {ece} | {mean_difference(diffs)} |")
     return "\n".join(lines)
 
 
@@ -839,15 +843,18 @@ def steps_seeds_table(runs: list) -> str:
         if any(pair is None for pair in pairs):
             continue
         diffs = [np.subtract(*pair) for pair in pairs]
-        average = averaged_differences({a: diffs}, digits=4)
         cells = " | ".join(f"{d.mean():+.4f}" for d in diffs)
-        lines.append(f"| {row_label(a)} − {row_label(b)} | {cells} | {average[0][2] if average else '–'} |")
+        lines.append(f"| {row_label(a)} − {row_label(b)} | {cells} | {mean_difference(diffs, digits=4)} |")
     return "\n".join(lines)
 
 
-def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str) -> str:
-    """The seeds table of one budget: seed 42's results as given, seed 43's loaded by file name."""
-    return f"## Seeds, {title}\n\n" + seeds_table([(42, ours, unet), (43, load(ours_seed43), load(unet_seed43))])
+def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str, more=()) -> str:
+    """The seeds table of one budget: seed 42's results as given, seed 43's loaded by file name, and
+    any `more` seeds as (seed, ours file, UNet file)."""
+    files = [(43, ours_seed43, unet_seed43), *more]
+    return f"## Seeds, {title}\n\n" + seeds_table(
+        [(42, ours, unet), *[(seed, load(ours_file), load(unet_file)) for seed, ours_file, unet_file in files]]
+    )
 
 
 def budget_sections(title: str, ours, unet, peer=None, previous=None) -> list:
@@ -924,6 +931,7 @@ def main() -> int:
             unet,
             f"kvasir_ours_{size}_r7fair20_seed43.json",
             f"kvasir_unet_{size}_seed43.json",
+            more=[(44, f"kvasir_ours_{size}_r7fair20_seed44.json", f"kvasir_unet_{size}_seed44.json")],
         ),
         seeds_section(
             f"{size} px, 40 minutes at equal idle-core time, the seventh round's sampler",
@@ -937,7 +945,7 @@ def main() -> int:
             + steps_seeds_table(
                 [
                     (seed, load(f"kvasir_ours_{size}_r7fair{minutes}{tag}.json"))
-                    for seed, tag in ((42, ""), (43, "_seed43"))
+                    for seed, tag in ((42, ""), (43, "_seed43"), (44, "_seed44"))
                 ]
             )
             for minutes in (20, 40)

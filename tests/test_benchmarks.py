@@ -629,6 +629,8 @@ def test_sampler_change_table_compares_the_same_checkpoints_scored_two_ways():
     assert len(lines) == 2 + 4  # DDIM 1, 10, 50 and 10 x 5
     assert lines[3].startswith("| DDIM 10, ensemble 1 |") and lines[3].endswith("| +0.020 [+0.020, +0.020] |")
     assert lines[2].endswith("| +0.000 [+0.000, +0.000] |")  # DDIM 1 unchanged
+    one_seed = report.sampler_change_table(runs[:1]).splitlines()
+    assert one_seed[3].endswith("| +0.010 [+0.010, +0.010] |")  # one seed: its own paired difference
     assert report.sampler_change_table([(42, None, None)]) == "(not run)"
 
 
