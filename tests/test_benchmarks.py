@@ -648,3 +648,31 @@ def test_steps_seeds_table_gives_each_seeds_step_gain_and_their_average():
     assert lines[4].startswith("| DDIM 50, ensemble 1 − DDIM 10, ensemble 1 | +0.0000 | +0.0000 |")
     assert len(lines) == 2 + len(report.STEP_PAIRS)
     assert report.steps_seeds_table([(42, None)]) == "(not run)"
+
+
+def test_sampler_ablation_scores_dice_and_per_image_calibration_bins_for_each_source(tiny_dataset):
+    from benchmarks import sampler_ablation
+    from src.device import select_runtime
+    from tests.helpers import tiny_model
+    from utils.data_utils import SegmentationDataset
+
+    dataset = SegmentationDataset(tiny_dataset / "images", tiny_dataset / "masks", image_size=(16, 16))
+    model, runtime = tiny_model().eval(), select_runtime("cpu", "fp32")
+    scored = {
+        source: sampler_ablation.score_setting(model, dataset, runtime, (4, 1.0, True, 2), source, seed=0)
+        for source in ("mean", "last")
+    }
+    dice, bins = scored["mean"]
+    assert len(dice) == len(bins) == len(dataset) and all(0 <= d <= 1 for d in dice)
+    truth = dataset.load_original_mask(0)
+    count, sum_p, sum_y = np.asarray(bins[0])
+    assert count.sum() == truth.size and sum_y.sum() == (np.asarray(truth) != 0).sum()  # original resolution
+    assert np.all(sum_p <= count)
+    ece = sampler_ablation.pooled_ece(bins)
+    pooled = common.CalibrationStats()
+    for b in bins:
+        pooled.count, pooled.sum_p, pooled.sum_y = pooled.count + b[0], pooled.sum_p + b[1], pooled.sum_y + b[2]
+    assert ece == pytest.approx(pooled.result()["ece"])
+    assert scored["mean"][1] != scored["last"][1]  # the source reaches the sampler
+    with pytest.raises(SystemExit):
+        sampler_ablation.main(["--checkpoint", "c.pth", "--self-condition-on", "mean,first"])
