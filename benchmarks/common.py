@@ -349,6 +349,13 @@ def ece_from_bins(count, sum_p, sum_y) -> np.ndarray:
     return np.abs(sum_y - sum_p).sum(axis=-1) / np.where(n > 0, n, np.nan)
 
 
+def pooled_ece(per_image_bins) -> float:
+    """ECE of the pixels of all images together, from per-image (count, sum_p, sum_y) bins
+    (shape (images, 3, bins): one CalibrationStats per image)."""
+    count, sum_p, sum_y = np.asarray(per_image_bins, dtype=np.float64).sum(axis=0)
+    return float(ece_from_bins(count, sum_p, sum_y))
+
+
 class QuantileErrorStats:
     """AUROC of an uncertainty score as a detector of error pixels, from per-image histograms over
     bins whose edges are quantiles of the score (`edges`, e.g. from a sample of it at model

@@ -79,12 +79,6 @@ def score_setting(model, dataset, runtime, setting: tuple, source: str, seed: in
     return dice, bins
 
 
-def pooled_ece(bins: list) -> float:
-    """ECE of the pixels of all images together, from score_setting's per-image bins."""
-    count, sum_p, sum_y = np.asarray(bins, dtype=np.float64).sum(axis=0)
-    return float(common.ece_from_bins(count, sum_p, sum_y))
-
-
 @torch.no_grad()
 def trajectory_dice(model, dataset, runtime, steps: int, seed: int) -> dict:
     """Mean Dice of each step's own x0 estimate along deterministic DDIM (eta 0), keyed by t."""
@@ -141,7 +135,7 @@ def main(argv=None) -> int:
                     "ensemble": ensemble,
                     "self_condition_on": source if steps > 1 else None,
                     "dice": float(np.mean(per_image)),
-                    "ece": pooled_ece(bins),
+                    "ece": common.pooled_ece(bins),
                     "per_image_dice": per_image,
                     "per_image_calibration_bins": bins,
                 }

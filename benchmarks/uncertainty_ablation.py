@@ -418,11 +418,10 @@ def score_rows(stats: dict, legacy: dict, prob_keys: dict, calibration: dict, di
     rows = {}
     for name, collector in stats.items():
         label = prob_keys[name]
-        counts = [np.array([c[i] for c in calibration[label]]) for i in range(3)]
         rows[name] = {
             "auroc": collector.auroc(),
             "probability": label,
-            "ece": float(common.ece_from_bins(*(c.sum(axis=0) for c in counts))),
+            "ece": common.pooled_ece(calibration[label]),
             "dice": float(np.mean(dice[label])),
             "error_pixel_share": float(
                 collector.per_image()[0].sum() / (collector.per_image()[0].sum() + collector.per_image()[1].sum())

@@ -668,7 +668,7 @@ def test_sampler_ablation_scores_dice_and_per_image_calibration_bins_for_each_so
     count, sum_p, sum_y = np.asarray(bins[0])
     assert count.sum() == truth.size and sum_y.sum() == (np.asarray(truth) != 0).sum()  # original resolution
     assert np.all(sum_p <= count)
-    ece = sampler_ablation.pooled_ece(bins)
+    ece = common.pooled_ece(bins)
     pooled = common.CalibrationStats()
     for b in bins:
         pooled.count, pooled.sum_p, pooled.sum_y = pooled.count + b[0], pooled.sum_p + b[1], pooled.sum_y + b[2]
