@@ -73,16 +73,19 @@ class _EchoModel:
         )
 
 
-@pytest.mark.parametrize("resize, tile", [("pad", False), ("stretch", True), ("stretch", None)])
+@pytest.mark.parametrize("resize, tile", [("pad", False), ("stretch", True), ("pad", None)])
 def test_letterboxed_and_tiled_predictions_land_on_the_original_pixels(resize, tile):
-    predictor = Predictor(tiny_model(), select_runtime("cpu", "fp32"), PredictorOptions(resize=resize, tile=tile))
+    # tile None: the options' default, which must not tile an image of over 5x the 16 px model:
+    # train.py's models see whole images resized, and a window would show them objects at another scale
+    tiling = {} if tile is None else {"tile": tile}
+    predictor = Predictor(tiny_model(), select_runtime("cpu", "fp32"), PredictorOptions(resize=resize, **tiling))
     echo = _EchoModel(predictor.model)
     predictor.model.segment = echo
-    image = np.zeros((40, 90, 3), dtype=np.uint8)  # 90 wide: over 2x the 16 px model, tiled when tile is None
+    image = np.zeros((40, 90, 3), dtype=np.uint8)
     image[:, 30:60] = 255
     prediction = predictor.predict([image])[0]
     assert prediction.mask.shape == (40, 90)
-    if tile is not False:
+    if tile:
         assert all(shape[-2:] == (16, 16) for shape in echo.calls) and sum(s[0] for s in echo.calls) > 1
         np.testing.assert_allclose(prediction.probabilities[0], image[..., 0] / 255, atol=1e-6)
     else:  # one letterboxed call; cropped and resized back, the bright band is where it was
@@ -94,7 +97,7 @@ def test_letterboxed_and_tiled_predictions_land_on_the_original_pixels(resize, t
 
 def test_tile_through_inference_py_for_a_multiclass_ensemble(tmp_path):
     checkpoint = write_checkpoint(tiny_model(num_classes=3), tmp_path / "three.pth")
-    source = write_image(tmp_path / "big.png", (70, 45))  # (W, H): over 2x the 16 px model, so tiled unasked
+    source = write_image(tmp_path / "big.png", (70, 45))  # (W, H)
     result = subprocess.run(
         [
             sys.executable,
@@ -109,6 +112,7 @@ def test_tile_through_inference_py_for_a_multiclass_ensemble(tmp_path):
             "2",
             "--ensemble",
             "2",
+            "--tile",
             "--tile-overlap",
             "0.5",
         ],

@@ -4,9 +4,10 @@ The model works at one size (its config's `image_size`, or an override): each im
 to it (bilinear, antialiased; with resize "pad" fitted inside it keeping its aspect ratio and
 letterboxed, as in training), segmented, and the probabilities are cropped to the content and
 resized back to the image's ORIGINAL size (bilinear) before thresholding / argmax, so masks
-match the input pixel for pixel. Images more than TILE_FACTOR times the model's size in a
-dimension (or every image with `tile=True`) are segmented window by window at the model's own
-resolution instead (src/inference/tiling.py), so their detail is not shrunk away.
+match the input pixel for pixel. With `tile=True` every image is segmented window by window at
+the model's own resolution instead (src/inference/tiling.py), for models trained on crops at the
+images' own scale. Never by default: train.py resizes whole images to the model size, and a model
+trained so misreads a window, which shows its objects several times larger (Kvasir-SEG, README).
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ from src.masks import crop_box, probabilities_to_mask, resize_maps
 from src.models import DiffusionSegmentation, SegmentationOutput, SegmentationRun
 from utils.image_io import as_size, load_image
 from utils.resize import RESIZE_MODES, fit_image, letterbox_box
-
-# An image more than this many times the model's input size (in height or width) is tiled
-TILE_FACTOR = 2
 
 
 class InferenceError(ValueError):
@@ -94,10 +92,10 @@ class PredictorOptions:
         None,
         "stretch to the model size, or pad: keep the aspect ratio, letterbox (default: as the checkpoint was trained)",
     )
-    tile: bool | None = option(
-        None,
-        f"segment window by window at the model's size, blended with Gaussian weights (default: only images "
-        f"over {TILE_FACTOR}x the model size; --no-tile: never)",
+    tile: bool = option(
+        False,
+        "segment window by window at the model's size, blended with Gaussian weights: for models "
+        "trained on crops at the images' own scale (train.py's resize whole images: leave it off)",
     )
     tile_overlap: float = option(0.25, "overlap of neighbouring windows, a fraction of the window")
     tile_batch: int = 8  # windows per forward pass
@@ -189,15 +187,6 @@ class Predictor:
             / 255
         )
 
-    def tiles(self, image: np.ndarray, record_process: bool = False) -> bool:
-        """Whether `image` is segmented window by window (see TILE_FACTOR and options.tile). A
-        process figure needs the whole image in one pass, so asking for it turns automatic tiling off."""
-        if self.options.tile is not None:
-            return self.options.tile
-        if record_process:
-            return False
-        return any(size > TILE_FACTOR * model_size for size, model_size in zip(image.shape[:2], self.image_size))
-
     @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks tensor versions)
     def predict(
         self, images: Sequence[np.ndarray], record_process: bool = False, seed: int | None = None
@@ -206,16 +195,15 @@ class Predictor:
 
         The batch (times the ensemble) is sampled together. With DDIM (eta = 0) an image's result
         depends only on the seed and its position in the batch. `seed` overrides options.seed
-        for this call. Tiled images are segmented one by one (no process figure for them: with
-        `record_process` only an explicit options.tile = True tiles).
+        for this call. With options.tile the images are segmented one by one, window by window
+        (no process figure for them).
         """
         if not images:
             return []
         seed = self.options.seed if seed is None else seed
-        tiled = [self.tiles(np.asarray(image), record_process) for image in images]
-        whole = [image for image, tile in zip(images, tiled) if not tile]
-        results = iter(self._predict_resized(whole, record_process, seed) if whole else [])
-        return [self._predict_tiled(image, seed) if tile else next(results) for image, tile in zip(images, tiled)]
+        if self.options.tile:
+            return [self._predict_tiled(np.asarray(image), seed) for image in images]
+        return self._predict_resized(images, record_process, seed)
 
     def _predict_tiled(self, image: np.ndarray, seed: int | None) -> Prediction:
         """One image, window by window at the model's resolution, blended (src/inference/tiling.py)."""
