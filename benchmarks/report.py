@@ -551,10 +551,11 @@ def seeded_ablation_table(runs: list) -> str:
     return "\n".join(lines)
 
 
-def seed_averaged_ablation_table(runs: list) -> str:
+def seed_averaged_ablation_table(runs: list, by_device: bool = True) -> str:
     """Per variant and device with more than one seed: at each DDIM row, the per-image difference
     from the `default` of the same seed and device, averaged over the seeds, with its bootstrap
-    interval over the images (so the seed-to-seed variation of both is in the average)."""
+    interval over the images (so the seed-to-seed variation of both is in the average). With
+    `by_device` False the pairs of every device are averaged together (each still paired on its own)."""
     runs = list(filter(None, runs))
     defaults = {
         (int(r.get("seed", 42)), _trained_on(r)): r["variants"]["default"]["scores"]["rows"]
@@ -569,7 +570,8 @@ def seed_averaged_ablation_table(runs: list) -> str:
                 continue
             scores = row["scores"]["rows"]
             keys = keys or list(scores)
-            by_key = diffs.setdefault((variant_name(name, result), _trained_on(result)), {})
+            device = _trained_on(result) if by_device else "each paired on its own device"
+            by_key = diffs.setdefault((variant_name(name, result), device), {})
             for key in keys:
                 pair = np.asarray(scores[key]["per_image_dice"]) - np.asarray(default[key]["per_image_dice"])
                 by_key.setdefault(key, []).append(pair)
@@ -920,7 +922,51 @@ def main() -> int:
         for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round[56]_*.json"))
         if "_round6_" in p.name or p.name.startswith("kvasir_ablation_128_round5_default_cpu")
     ]
+    # the eighth round: twice the ablation budget on the held-out images (H100, and seed 44 on the CPU)
+    eighth_round = [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round8_*.json"))]
+    heldout_steps = [
+        (budget, [(int(r.get("seed", 42)), r["variants"][variant]["scores"]) for r in runs if r])
+        for budget, variant, runs in (
+            (
+                "3,626 steps (the sixth round's runs of today's default, H200)",
+                "zero-init x_t input and time FiLM",
+                [load(f"kvasir_ablation_128_round6_zeroboth{tag}.json") for tag in ("", "_seed43", "_seed44")],
+            ),
+            (
+                "7,252 steps (the eighth round, H100)",
+                "default",
+                [load(f"kvasir_ablation_128_round8_default{tag}.json") for tag in ("", "_seed43", "_seed44")],
+            ),
+        )
+    ]
+    sixty = [(42, seventh[2][1]), (43, load(f"kvasir_ours_{size}_r8fair60_seed43.json"))]
     sections = [
+        "## Eighth round, held-out TRAIN images, twice the ablation budget (7,252 steps): dropout\n\n"
+        + seeded_ablation_table(eighth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(eighth_round)
+        + "\n\nAll seeds, each variant paired with the default of its seed on its own device:\n\n"
+        + seed_averaged_ablation_table(eighth_round, by_device=False),
+        *[
+            f"## Steps on held-out TRAIN images, today's default, {budget}\n\n" + steps_seeds_table(runs)
+            for budget, runs in heldout_steps
+        ],
+        seeds_section(
+            f"{size} px, 60 minutes at equal idle-core time, the seventh round's sampler",
+            seventh[2][1],
+            unet_60,
+            f"kvasir_ours_{size}_r8fair60_seed43.json",
+            f"kvasir_unet_{size}_60min_seed43.json",
+        ),
+        f"## Steps, {size} px, 60 minutes at equal idle-core time, the seventh round's sampler\n\n"
+        + steps_seeds_table(sixty),
+        "## 60 minutes against 40 minutes, the same seeds, the seventh round's sampler (new = 60, old = 40)\n\n"
+        + sampler_change_table(
+            [
+                (seed, run, load(f"kvasir_ours_{size}_r7fair40{'' if seed == 42 else f'_seed{seed}'}.json"))
+                for seed, run in sixty
+            ]
+        ),
         *fair_sections,
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
         *budget_sections(f"{size} px, 40 minutes (ours 1.17x the UNet's time)", ours_long, unet_long),

@@ -395,6 +395,13 @@ def test_seed_averaged_ablation_table_averages_each_variants_paired_differences_
     lines = report.seed_averaged_ablation_table(runs + on_gpu).splitlines()
     assert lines[3] == "| wider | G | 2 | +0.020 [+0.020, +0.020] | +0.020 [+0.020, +0.020] |"  # (0.0 + 0.04) / 2
     assert report.seed_averaged_ablation_table([result(42, "default", 0.0)]) == "(no variant with two seeds)"
+    # pooled over devices: a third seed run only on the GPU joins the CPU's two, each against its own default
+    seed44 = [{**r, "machine": {"gpu": "G"}} for r in (result(44, "default", 0.0), result(44, "wider", 0.08))]
+    assert len(report.seed_averaged_ablation_table(runs + seed44).splitlines()) == 3  # by device: G has one seed
+    lines = report.seed_averaged_ablation_table(runs + seed44, by_device=False).splitlines()
+    assert (
+        lines[2] == "| wider | each paired on its own device | 3 | +0.040 [+0.040, +0.040] | +0.040 [+0.040, +0.040] |"
+    )
 
 
 def test_heldout_unet_table_pairs_each_default_with_the_unet_of_its_seed():
