@@ -117,6 +117,10 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     # Eighth round: ours falls from 40 to 60 minutes while the plain UNet rises (it sees each image
     # 170 times): does dropout pay at twice the ablation budget?
     "dropout 0.2": {"dropout": 0.2},
+    # Ninth round: encode the image once, denoise with a light head (DDP): does the image branch,
+    # free of noise and time, segment as well, and do the head's steps refine?
+    "mask head 2 blocks": {"mask_head_blocks": 2},
+    "mask head 1 block": {"mask_head_blocks": 1},
 }
 
 

@@ -4,6 +4,9 @@
 over alternated rounds; the weights do not matter for the time, so both models are fresh.
 
     benchmarks/.peer-venv/bin/python -m benchmarks.sampling_cost
+    benchmarks/.peer-venv/bin/python -m benchmarks.sampling_cost --variants "mask head 2 blocks"
+
+`--variants` also times ours with each named kvasir.ABLATIONS override, in the same rounds.
 
 --latency times one image instead, as a user segmenting photos one at a time would run it: 256 px,
 batch 1, 10 DDIM steps, 2 torch threads, ours only, with today's inference path (the runtime's
@@ -170,6 +173,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None, help="default 128; 256 with --latency")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=[],
+        help="also time ours with these kvasir.ABLATIONS overrides, comma-separated names",
+    )
     p.add_argument("--latency", action="store_true", help="batch 1, ours only, before/after (see above)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps of --latency")
     p.add_argument("--threads", type=int, default=2, help="torch threads of --latency")
@@ -180,6 +189,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="--latency in seconds: tiny model, 32 px, 2 steps, 1 round")
     args = p.parse_args(argv)
+    unknown = set(args.variants) - set(kvasir.ABLATIONS)
+    if unknown:
+        p.error(f"unknown --variants {sorted(unknown)}; choose from {list(kvasir.ABLATIONS)}")
     if args.smoke:
         args.image_size, args.steps, args.rounds = 32, 2, 1
     args.image_size = args.image_size or (256 if args.latency else 128)
@@ -191,17 +203,23 @@ def sampling_cost(args) -> None:
     args.out = args.out or str(common.RESULTS / "sampling_cost.json")
     torch.set_num_threads(1)
     runtime = select_runtime()
-    ours = runtime.prepare_model(DiffusionSegmentation(kvasir.model_config(args))).eval()
+    models = {"ours": {}} | {f"ours, {name}": kvasir.ABLATIONS[name] for name in args.variants}
+    models = {
+        name: runtime.prepare_model(DiffusionSegmentation(kvasir.model_config(args, **overrides))).eval()
+        for name, overrides in models.items()
+    }
     unet = runtime.prepare_model(kvasir.plain_unet()).eval()
     images = runtime.to_device(torch.rand(args.batch_size, 3, args.image_size, args.image_size))
 
-    def ours_run(steps, ensemble):
-        return lambda: ours.segment(images, steps=steps, ensemble=ensemble, seed=0)
+    def ours_run(model, steps, ensemble):
+        return lambda: model.segment(images, steps=steps, ensemble=ensemble, seed=0)
 
     def unet_run():
         return torch.sigmoid(unet(images * 2 - 1).float())
 
-    runs = {f"ours DDIM {s}, ensemble {e}": ours_run(s, e) for s, e in SETTINGS}
+    runs = {
+        f"{name} DDIM {s}, ensemble {e}": ours_run(model, s, e) for name, model in models.items() for s, e in SETTINGS
+    }
     runs["plain UNet forward"] = unet_run
     times = {name: [] for name in runs}
     with torch.no_grad(), runtime.autocast():

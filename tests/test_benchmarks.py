@@ -523,10 +523,11 @@ def test_kvasir_smoke_ours(tmp_path):
     assert all(len(row["per_image_dice"]) == 2 for row in result["rows"].values())
 
 
-def run_kvasir_in_peer_venv(out, *arguments) -> dict:
-    """benchmarks.kvasir with `arguments` under benchmarks/.peer-venv (the anchors live there): its JSON."""
+def run_kvasir_in_peer_venv(out, *arguments, module: str = "kvasir") -> dict:
+    """benchmarks.kvasir (or another `module`) with `arguments` under benchmarks/.peer-venv (the
+    anchors live there): its JSON."""
     done = subprocess.run(
-        common.module_command(common.PEER_PYTHON, "kvasir", *arguments, "--out", out),
+        common.module_command(common.PEER_PYTHON, module, *arguments, "--out", out),
         capture_output=True,
         text=True,
         timeout=120,
@@ -551,6 +552,15 @@ def test_kvasir_smoke_anchors(tmp_path, model):
         assert len(result["scored_stems"]) == 2
     else:
         assert "calibration" not in result
+
+
+@needs_peer_venv
+def test_sampling_cost_times_each_variant_beside_the_default_and_the_unet(tmp_path):
+    arguments = ("--smoke", "--batch-size", "2", "--variants", "mask head 1 block")
+    seconds = run_kvasir_in_peer_venv(tmp_path / "cost.json", *arguments, module="sampling_cost")["seconds_per_image"]
+    for model in ("ours", "ours, mask head 1 block"):
+        assert {f"{model} DDIM {s}, ensemble {e}" for s, e in sampling_cost.SETTINGS} <= set(seconds)
+    assert "plain UNet forward" in seconds and all(value > 0 for value in seconds.values())
 
 
 @needs_kvasir

@@ -322,25 +322,30 @@ def test_old_checkpoint_config_has_no_extra_blocks_and_its_init_was_not_zeroed()
 # -- zero-initialised diffusion inputs (the default since the sixth ablation round) ---------------
 
 
-def test_a_new_model_starts_deaf_to_the_noise_in_x_t_and_to_the_timestep():
+@pytest.mark.parametrize("mask_head_blocks", [0, 2])
+def test_a_new_model_starts_deaf_to_the_noise_in_x_t_and_to_the_timestep(mask_head_blocks):
     """At input_scale 0.05 x_t is noise at almost every t: a new model's output must not move with
     it (or with t) until training finds it useful, while the image and the estimate still count."""
-    model = tiny_model(patch_size=2)
+    model = tiny_model(patch_size=2, mask_head_blocks=mask_head_blocks)
     images, t = torch.rand(2, 3, 16, 16), torch.tensor([10, 900])
     with torch.no_grad():
-        out = model.network_output(torch.randn(2, 1, 16, 16), t, images)
-        torch.testing.assert_close(model.network_output(torch.randn(2, 1, 16, 16), t, images), out)
-        torch.testing.assert_close(model.network_output(torch.randn(2, 1, 16, 16), t.flip(0), images), out)
-        assert not torch.allclose(model.network_output(torch.randn(2, 1, 16, 16), t, torch.rand(2, 3, 16, 16)), out)
+        images_in = model.image_conditioning(images)
+        out = model.network_output(torch.randn(2, 1, 16, 16), t, images_in)
+        torch.testing.assert_close(model.network_output(torch.randn(2, 1, 16, 16), t, images_in), out)
+        torch.testing.assert_close(model.network_output(torch.randn(2, 1, 16, 16), t.flip(0), images_in), out)
+        other_images = model.image_conditioning(torch.rand(2, 3, 16, 16))
+        assert not torch.allclose(model.network_output(torch.randn(2, 1, 16, 16), t, other_images), out)
         estimate = torch.ones(2, 1, 16, 16)
-        assert not torch.allclose(model.network_output(torch.randn(2, 1, 16, 16), t, images, estimate), out)
-    for block in (m for m in model.unet.modules() if hasattr(m, "time_proj")):
+        assert not torch.allclose(model.network_output(torch.randn(2, 1, 16, 16), t, images_in, estimate), out)
+    for block in (m for m in model.modules() if hasattr(m, "time_proj")):
         assert block.time_proj[-1].weight.abs().sum() == 0
     # the old init heard both: x_t's noise moved the output
-    old = tiny_model(patch_size=2, zero_init_noisy_input=False, zero_init_time_film=False)
+    old_init = dict(zero_init_noisy_input=False, zero_init_time_film=False)
+    old = tiny_model(patch_size=2, mask_head_blocks=mask_head_blocks, **old_init)
     with torch.no_grad():
-        a = old.network_output(torch.randn(2, 1, 16, 16), t, images)
-        assert not torch.allclose(old.network_output(torch.randn(2, 1, 16, 16), t, images), a)
+        images_in = old.image_conditioning(images)
+        a = old.network_output(torch.randn(2, 1, 16, 16), t, images_in)
+        assert not torch.allclose(old.network_output(torch.randn(2, 1, 16, 16), t, images_in), a)
 
 
 def test_zeroed_x_t_weights_still_learn():

@@ -39,6 +39,13 @@ class SinusoidalTimeEmbedding(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def time_embedding_mlp(dim: int, time_dim: int) -> nn.Sequential:
+    """timesteps (B,) -> (B, time_dim): the sinusoidal encoding of width `dim`, then a 2-layer MLP."""
+    return nn.Sequential(
+        SinusoidalTimeEmbedding(dim), nn.Linear(dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+    )
+
+
 class ResnetBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, twice, with the time embedding as a per-channel scale and shift
     (FiLM, as in improved-diffusion's `use_scale_shift_norm`) and a 1x1 skip when widths differ.

@@ -28,6 +28,7 @@ LEGACY_DEFAULTS = {
     "zero_init_noisy_input": False,
     "zero_init_time_film": False,
     "perturb_estimate": False,
+    "mask_head_blocks": 0,
 }
 
 
@@ -57,6 +58,11 @@ class DiffusionConfig:
     # Beside the fold, stride-2 convolutions from full resolution give the first features a
     # nonlinear look at detail finer than a patch (src/models/blocks.ConvStem).
     stem_channels: int = option(0, "width of a conv stem beside the patch fold (0: none; patch size a power of 2)")
+    # DDP (Ji et al. 2023): the UNet encodes the image once and a light head denoises the mask at
+    # every step (mask_head.py), so steps and ensemble members cost a fraction of a UNet pass.
+    mask_head_blocks: int = option(
+        0, "0: the whole UNet runs at every step; N > 0: it encodes the image once, a head of N blocks runs per step"
+    )
     timesteps: int = option(1000, "diffusion timesteps T")
     # linear spends more of its steps at low SNR than cosine, where the image, not x_t, must carry the mask
     schedule: str = option("linear", "noise schedule")
@@ -105,6 +111,8 @@ class DiffusionConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.num_classes < 1 or self.in_channels < 1 or self.timesteps < 1 or self.patch_size < 1:
             raise ValueError("num_classes, in_channels, timesteps and patch_size must be positive")
+        if self.mask_head_blocks < 0:
+            raise ValueError(f"mask_head_blocks must be >= 0, got {self.mask_head_blocks}")
         check_stem(self.stem_channels, self.patch_size)
         if not 0 < self.input_scale <= 1:
             raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")

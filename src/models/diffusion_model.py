@@ -3,7 +3,8 @@
 The mask x0 lives in [-1, 1] (one channel for a binary mask, one one-hot channel per class
 otherwise). Training noises it (times input_scale) to x_t with the Gaussian process
 (gaussian_diffusion.py) and teaches the UNet, fed [x_t, previous estimate, image], to predict
-eps, x0 or v. Sampling runs the reverse process from pure noise, one step at a time
+eps, x0 or v (or, with a mask head, the UNet fed the image once and the head fed the rest, see
+mask_head.py). Sampling runs the reverse process from pure noise, one step at a time
 (`reverse_process`, a generator); `sample()` and `segment()` consume it.
 
 Shapes: images (B, C, H, W) float in [0, 1]; binary masks (B, 1, H, W) float in {0, 1};
@@ -22,6 +23,7 @@ from .config import DiffusionConfig
 from .estimate_perturbation import perturb_estimates
 from .gaussian_diffusion import GaussianDiffusion, StepNoise
 from .losses import bce_on_logits, bce_on_probabilities, masked_mean, soft_dice_loss
+from .mask_head import MaskHead
 from .segmentation import SegmentationOutput, SegmentationRun
 from .unet import UNet
 
@@ -53,9 +55,11 @@ class DiffusionSegmentation(nn.Module):
         elif overrides:
             config = DiffusionConfig(**{**config.to_dict(), **overrides})
         self.config = config
+        mask_inputs = config.mask_channels * (2 if config.self_condition else 1)  # x_t (and the estimate)
+        encodes_once = config.mask_head_blocks > 0
         self.unet = UNet(
-            in_channels=config.mask_channels * (2 if config.self_condition else 1) + config.in_channels,
-            out_channels=config.mask_channels,
+            in_channels=config.in_channels if encodes_once else mask_inputs + config.in_channels,
+            out_channels=None if encodes_once else config.mask_channels,
             base_channels=config.base_channels,
             channel_mults=config.channel_mults,
             num_res_blocks=config.num_res_blocks,
@@ -66,6 +70,16 @@ class DiffusionSegmentation(nn.Module):
             stem_channels=config.stem_channels,
             extra_encoder_blocks=config.extra_encoder_blocks,
         )
+        self.mask_head = None
+        if encodes_once:
+            self.mask_head = MaskHead(
+                mask_inputs,
+                config.mask_channels,
+                self.unet.feature_channels,
+                config.mask_head_blocks,
+                config.patch_size,
+                config.dropout,
+            )
         self.process = GaussianDiffusion(config.schedule, config.timesteps)
         self._zero_init_inputs()
 
@@ -74,11 +88,12 @@ class DiffusionSegmentation(nn.Module):
         """The config's zero_init_* choices for a new model (a checkpoint's weights replace them)."""
         if self.config.zero_init_noisy_input:
             noisy = self.config.mask_channels  # x_t comes first in network_output's input
-            self.unet.input_conv.weight[:, : noisy * self.config.patch_size**2].zero_()  # unshuffle keeps channel order
-            if self.unet.stem is not None:
+            first = self.unet.input_conv if self.mask_head is None else self.mask_head.input_conv
+            first.weight[:, : noisy * self.config.patch_size**2].zero_()  # unshuffle keeps channel order
+            if self.mask_head is None and self.unet.stem is not None:
                 self.unet.stem.layers[0].weight[:, :noisy].zero_()
         if self.config.zero_init_time_film:
-            for module in self.unet.modules():
+            for module in self.modules():
                 if isinstance(module, ResnetBlock):
                     nn.init.zeros_(module.time_proj[-1].weight)
                     nn.init.zeros_(module.time_proj[-1].bias)
@@ -110,10 +125,23 @@ class DiffusionSegmentation(nn.Module):
 
     # -- network --------------------------------------------------------------------------------
 
+    def image_conditioning(self, images: torch.Tensor) -> torch.Tensor:
+        """What every network call on `images` (in [0, 1]) shares, made once per batch: the images in
+        [-1, 1], which the UNet reads beside the mask at every step, or with a mask head the UNet's
+        features of them (B, feature channels, H / patch_size, W / patch_size)."""
+        scaled = images * 2 - 1
+        if self.mask_head is None:
+            return scaled
+        # The image branch sees no timestep (it runs once for all of them): at t = 0 for every
+        # image, its time scale and shift are learned constants.
+        t = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+        return self.unet(scaled.to(memory_format=torch.channels_last) if _is_channels_last(self) else scaled, t)
+
     def network_output(
-        self, x_t: torch.Tensor, t: torch.Tensor, images: torch.Tensor, x0_estimate: torch.Tensor | None = None
+        self, x_t: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor, x0_estimate: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Raw UNet output for noisy masks x_t given images in [0, 1], in float32.
+        """Raw network output for noisy masks x_t, in float32; `conditioning` is
+        image_conditioning(images) of the images they belong to.
 
         With self-conditioning, `x0_estimate` is the previous estimate of the mask in [-1, 1]
         (None: no estimate yet, given to the network as zeros).
@@ -121,7 +149,9 @@ class DiffusionSegmentation(nn.Module):
         parts = [x_t]
         if self.config.self_condition:
             parts.append(torch.zeros_like(x_t) if x0_estimate is None else x0_estimate.to(x_t.dtype))
-        x_in = torch.cat([*parts, images * 2 - 1], dim=1)
+        if self.mask_head is not None:
+            return self.mask_head(torch.cat(parts, dim=1), conditioning, t).float()
+        x_in = torch.cat([*parts, conditioning], dim=1)
         return self.unet(x_in.to(memory_format=torch.channels_last) if _is_channels_last(self) else x_in, t).float()
 
     def output_to_x0_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: bool = True):
@@ -178,10 +208,12 @@ class DiffusionSegmentation(nn.Module):
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.process.q_sample(z0, t, noise)
-        estimate = self._self_condition_estimate(x_t, t, images, self_condition)
+        # once per batch: with a mask head, the estimate pass below re-runs the head only
+        conditioning = self.image_conditioning(images)
+        estimate = self._self_condition_estimate(x_t, t, conditioning, self_condition)
         if estimate is not None and self.config.refine_from_estimate:
             x_t = self.process.q_sample(estimate * self.config.input_scale, t, noise)
-        output = self.network_output(x_t, t, images, estimate)
+        output = self.network_output(x_t, t, conditioning, estimate)
         return self._losses(output, x0, z0, x_t, t, noise, valid)
 
     def _losses(self, output, x0, z0, x_t, t, noise, valid) -> dict:
@@ -208,7 +240,7 @@ class DiffusionSegmentation(nn.Module):
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 
-    def _self_condition_estimate(self, x_t, t, images, use: bool | None = None) -> torch.Tensor | None:
+    def _self_condition_estimate(self, x_t, t, conditioning, use: bool | None = None) -> torch.Tensor | None:
         """Analog Bits' training rule: on half of the batches, first estimate x0 with no estimate
         given, and feed that (without gradient) back in; on the other half, give none. The network
         so learns both to segment from scratch (the first sampling step) and to refine an estimate
@@ -220,7 +252,7 @@ class DiffusionSegmentation(nn.Module):
         if not use:
             return None
         with torch.no_grad():
-            x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, images), x_t, t)
+            x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, conditioning), x_t, t)
         return perturb_estimates(x0) if self.config.perturb_estimate else x0
 
     # -- sampling -------------------------------------------------------------------------------
@@ -239,6 +271,7 @@ class DiffusionSegmentation(nn.Module):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         self_condition_on: str = "mean",
+        ensemble: int = 1,
     ) -> Iterator[ReverseStep]:
         """The reverse process from x_T ~ N(0, I), one ReverseStep per timestep visited.
 
@@ -254,6 +287,9 @@ class DiffusionSegmentation(nn.Module):
         it was trained on, each step firmer than the one before. On images held out of the TRAIN
         split, one sample with the mean scored a higher Dice at 10 and 50 steps and a calibration
         error no higher at any step count (BENCHMARKS.md, seventh round).
+
+        `ensemble` samples each image that many times, rows image-major (row b * ensemble + k is
+        sample k of image b); the images are conditioned on once for all of their samples.
         """
         self.check_images(images)
         if self_condition_on not in SELF_CONDITION_SOURCES:
@@ -261,13 +297,14 @@ class DiffusionSegmentation(nn.Module):
         timesteps = self.sample_timesteps(steps, sampler)
         if generator is None and seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(seed)
-        shape = (images.shape[0], self.config.mask_channels, *images.shape[-2:])
+        conditioning = self.image_conditioning(images).repeat_interleave(ensemble, dim=0)
+        shape = (images.shape[0] * ensemble, self.config.mask_channels, *images.shape[-2:])
         step_noise = StepNoise(shape, generator, images.device)  # forks the generator before x_T is drawn
         x_t = torch.randn(shape, generator=generator, device=images.device)
         estimate, estimate_sum = None, 0.0
         for i, step in enumerate(timesteps):
             t = torch.full((shape[0],), step, device=images.device, dtype=torch.long)
-            x0, eps = self.output_to_x0_eps(self.network_output(x_t, t, images, estimate), x_t, t)
+            x0, eps = self.output_to_x0_eps(self.network_output(x_t, t, conditioning, estimate), x_t, t)
             estimate_sum = estimate_sum + x0
             estimate = estimate_sum / (i + 1) if self_condition_on == "mean" else x0
             z0 = x0 * self.config.input_scale
@@ -312,9 +349,10 @@ class DiffusionSegmentation(nn.Module):
         process), or to run to its end with `.run()`; see SegmentationRun and segment()."""
         if ensemble < 1:
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
-        repeated = images.repeat_interleave(ensemble, dim=0)  # all members in one forward pass per step
-        return SegmentationRun(
-            self.reverse_process(repeated, steps, sampler, eta, seed, self_condition_on=self_condition_on),
+        return SegmentationRun(  # all members in one network pass per step
+            self.reverse_process(
+                images, steps, sampler, eta, seed, self_condition_on=self_condition_on, ensemble=ensemble
+            ),
             batch=images.shape[0],
             ensemble=ensemble,
             to_probabilities=self.x0_to_probabilities,

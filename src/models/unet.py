@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvStem, Downsample, ResnetBlock, SelfAttention, SinusoidalTimeEmbedding, Upsample, group_norm
+from .blocks import ConvStem, Downsample, ResnetBlock, SelfAttention, Upsample, group_norm, time_embedding_mlp
 
 
 def size_multiple(patch_size: int, num_levels: int) -> int:
@@ -46,7 +46,9 @@ class UNet(nn.Module):
 
     Args:
         in_channels: channels of the input (noisy mask channels + conditioning image channels).
-        out_channels: channels of the output (the mask channels).
+        out_channels: channels of the output (the mask channels). None: no output layer; forward
+            returns the finest level's features (base_channels * channel_mults[0] channels at
+            1/patch_size of the input), which a MaskHead turns into a mask (mask_head.py).
         base_channels: width of the first level; level i has base_channels * channel_mults[i].
         channel_mults: one entry per level; there are len(channel_mults) - 1 downsamplings.
         num_res_blocks: ResNet blocks per level on the way down (the way up mirrors it).
@@ -64,13 +66,13 @@ class UNet(nn.Module):
             run before the level's skip blocks (the deepest level last; see per_level_counts).
 
     forward(x: (B, in_channels, H, W), timesteps: (B,)) -> (B, out_channels, H, W), with H and W
-    divisible by patch_size * 2 ** (len(channel_mults) - 1).
+    divisible by patch_size * 2 ** (len(channel_mults) - 1) (features, see out_channels, when None).
     """
 
     def __init__(
         self,
         in_channels: int,
-        out_channels: int,
+        out_channels: int | None,
         base_channels: int = 32,
         channel_mults: Sequence[int] = (1, 2, 4, 8),
         num_res_blocks: int = 2,
@@ -87,12 +89,7 @@ class UNet(nn.Module):
         self.patch_size = patch_size
         self.size_multiple = size_multiple(patch_size, len(channel_mults))
         time_dim = base_channels * 4
-        self.time_embedding = nn.Sequential(
-            SinusoidalTimeEmbedding(base_channels),
-            nn.Linear(base_channels, time_dim),
-            nn.SiLU(),
-            nn.Linear(time_dim, time_dim),
-        )
+        self.time_embedding = time_embedding_mlp(base_channels, time_dim)
         self.input_conv = nn.Conv2d(in_channels * patch_size**2, base_channels, 3, padding=1)
         self.stem = ConvStem(in_channels, base_channels, stem_channels, patch_size) if stem_channels else None
 
@@ -111,11 +108,14 @@ class UNet(nn.Module):
         self.mid_attention = SelfAttention(width, num_heads)
         self.mid_block2 = ResnetBlock(width, width, time_dim, dropout)
         self.up_levels = self._up_levels(widths, skip_widths, **blocks)
-        self.output = nn.Sequential(
-            group_norm(base_channels * channel_mults[0]),
-            nn.SiLU(),
-            nn.Conv2d(base_channels * channel_mults[0], out_channels * patch_size**2, 3, padding=1),
-        )
+        self.feature_channels = base_channels * channel_mults[0]
+        self.output = None
+        if out_channels is not None:
+            self.output = nn.Sequential(
+                group_norm(self.feature_channels),
+                nn.SiLU(),
+                nn.Conv2d(self.feature_channels, out_channels * patch_size**2, 3, padding=1),
+            )
 
     def _down_levels(
         self,
@@ -209,5 +209,7 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), time_emb)
             h = level["attention"](h)
             h = level["upsample"](h)
+        if self.output is None:
+            return h
         out = self.output(h)
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "patch_size",
     ):
         config_flag(model, DiffusionConfig, name, type=positive_int)
-    config_flag(model, DiffusionConfig, "stem_channels", type=int)
+    for name in ("stem_channels", "mask_head_blocks"):
+        config_flag(model, DiffusionConfig, name, type=int)
     config_flag(model, DiffusionConfig, "schedule", choices=SCHEDULES)
     config_flag(model, DiffusionConfig, "prediction_type", choices=PREDICTION_TYPES)
     for name in ("dice_weight", "input_scale", "dropout"):

@@ -1,0 +1,50 @@
+"""The per-step part of a model that encodes its image once (DDP, Ji et al. 2023).
+
+With `DiffusionConfig.mask_head_blocks` > 0 the UNet sees only the image, once per image, and
+leaves features at its own resolution (1/patch_size); at every reverse step only this head runs:
+the noisy mask and the previous estimate, folded into patches the way the UNet folds its input,
+are added to those features and pass `num_blocks` time-conditioned ResNet blocks. Ten steps of an
+ensemble of five then cost one UNet pass and fifty head passes, and in training the
+self-conditioning pass re-runs only the head.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ResnetBlock, group_norm, time_embedding_mlp
+
+
+class MaskHead(nn.Module):
+    """(masks (B, mask_in_channels, H, W), features (B, width, H/p, W/p), timesteps (B,)) ->
+    (B, out_channels, H, W), p = patch_size."""
+
+    def __init__(
+        self,
+        mask_in_channels: int,
+        out_channels: int,
+        width: int,
+        num_blocks: int,
+        patch_size: int,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"a mask head needs at least one block, got {num_blocks}")
+        self.patch_size = patch_size
+        time_dim = width * 4
+        self.time_embedding = time_embedding_mlp(width, time_dim)
+        self.input_conv = nn.Conv2d(mask_in_channels * patch_size**2, width, 3, padding=1)
+        self.blocks = nn.ModuleList(ResnetBlock(width, width, time_dim, dropout) for _ in range(num_blocks))
+        self.output = nn.Sequential(
+            group_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels * patch_size**2, 3, padding=1)
+        )
+
+    def forward(self, masks: torch.Tensor, features: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        folded = F.pixel_unshuffle(masks, self.patch_size) if self.patch_size > 1 else masks
+        h = features + self.input_conv(folded)
+        time_emb = self.time_embedding(timesteps)
+        for block in self.blocks:
+            h = block(h, time_emb)
+        out = self.output(h)
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out

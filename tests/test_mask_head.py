@@ -1,0 +1,104 @@
+"""Encode the image once, denoise with a light head (DiffusionConfig.mask_head_blocks, DDP)."""
+
+import pytest
+import torch
+
+from src.checkpoint import load_model, save_checkpoint
+from src.models import DiffusionConfig, DiffusionSegmentation
+from src.models.config import LEGACY_DEFAULTS
+
+TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2)
+
+
+def tiny_model(**overrides) -> DiffusionSegmentation:
+    torch.manual_seed(0)
+    return DiffusionSegmentation(DiffusionConfig(**{**TINY, "patch_size": 2, **overrides}))
+
+
+def count_calls(module: torch.nn.Module) -> list:
+    """A list that grows by one entry (the batch size) at each forward call of `module`."""
+    calls = []
+    module.register_forward_hook(lambda _module, inputs, _output: calls.append(inputs[0].shape[0]))
+    return calls
+
+
+def test_sampling_encodes_each_image_once_whatever_the_steps_and_samples():
+    model = tiny_model(mask_head_blocks=2).eval()
+    unet_calls, head_calls = count_calls(model.unet), count_calls(model.mask_head)
+    out = model.segment(torch.rand(3, 3, 16, 16), steps=4, ensemble=5, seed=0)
+    assert unet_calls == [3]  # one pass over the three images, not one per step or sample
+    assert head_calls == [15] * 4  # every step runs the head on all 3 x 5 samples
+    assert out.probabilities.shape == (3, 1, 16, 16) and out.mask.shape == (3, 16, 16)
+    assert 0 <= out.probabilities.min() and out.probabilities.max() <= 1
+    assert out.ensemble_std.shape == (3, 16, 16)
+
+
+def test_without_a_head_the_unet_runs_at_every_step():
+    model = tiny_model().eval()
+    assert model.mask_head is None
+    unet_calls = count_calls(model.unet)
+    model.segment(torch.rand(2, 3, 16, 16), steps=3, ensemble=2, seed=0)
+    assert unet_calls == [4] * 3
+
+
+@pytest.mark.parametrize("mask_head_blocks", [0, 2])
+def test_an_ensemble_samples_as_the_repeated_images_would(mask_head_blocks):
+    """Conditioning once per image changes no sample: the same seed gives the same estimates as
+    sampling each image repeated ensemble times, so old results stay reproducible."""
+    model = tiny_model(mask_head_blocks=mask_head_blocks).eval()
+    images = torch.rand(2, 3, 16, 16)
+    together = [step.x0 for step in model.reverse_process(images, steps=3, eta=1.0, seed=7, ensemble=3)]
+    repeated = images.repeat_interleave(3, dim=0)
+    apart = [step.x0 for step in model.reverse_process(repeated, steps=3, eta=1.0, seed=7)]
+    for a, b in zip(together, apart):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_estimate_pass_of_training_reruns_the_head_only():
+    model = tiny_model(mask_head_blocks=1)
+    unet_calls, head_calls = count_calls(model.unet), count_calls(model.mask_head)
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    model.training_losses(images, masks, self_condition=True)["loss"].backward()
+    assert unet_calls == [2] and head_calls == [2, 2]
+    for part in (model.unet, model.mask_head):  # the loss reaches both the image branch and the head
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert model.unet.output is None  # the image branch ends in features, no unused output layer
+
+
+def test_a_head_model_learns_a_batch(tmp_path):
+    """Trained on two images, a head model segments them, and its checkpoint rebuilds the same model."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 16, 16)
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, :, 2:9, 3:12], masks[1, :, 8:15, 1:7] = 1, 1
+    images = images * 0.3 + masks * 0.7  # the mask is visible in the image
+    model = tiny_model(mask_head_blocks=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(images, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    out = model.segment(images, steps=5, seed=0)
+    assert (out.mask == masks[:, 0].long()).float().mean() > 0.95
+    path = save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict()}, tmp_path / "m.pth")
+    loaded = load_model(path)
+    assert loaded.config.mask_head_blocks == 2
+    torch.testing.assert_close(loaded.segment(images, steps=5, seed=0).probabilities, out.probabilities)
+
+
+def test_old_checkpoints_have_no_head_and_bad_counts_are_refused():
+    assert DiffusionConfig().mask_head_blocks == 0 and LEGACY_DEFAULTS["mask_head_blocks"] == 0
+    legacy = {k: v for k, v in DiffusionConfig(**TINY).to_dict().items() if k != "mask_head_blocks"}
+    assert DiffusionConfig.from_dict(legacy).mask_head_blocks == 0
+    with pytest.raises(ValueError, match="mask_head_blocks"):
+        DiffusionConfig(mask_head_blocks=-1)
+
+
+def test_train_flag_sets_the_head():
+    from src.training.cli import build_parser, configs_from_args
+
+    parser = build_parser()
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--mask-head-blocks", "2"]))
+    assert config.mask_head_blocks == 2
