@@ -119,8 +119,11 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     "dropout 0.2": {"dropout": 0.2},
     # Ninth round: encode the image once, denoise with a light head (DDP): does the image branch,
     # free of noise and time, segment as well, and do the head's steps refine?
+    # The round ran against the eighth round's default; the winner is today's default, so its
+    # "default" rows are what "no mask head" now names.
     "mask head 2 blocks": {"mask_head_blocks": 2},
     "mask head 1 block": {"mask_head_blocks": 1},
+    "no mask head (the eighth round's default)": {"mask_head_blocks": 0},
 }
 
 

@@ -897,8 +897,17 @@ def main() -> int:
         (minutes, load(f"kvasir_ours_{size}_r7fair{minutes}.json"), u)
         for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
     ]
+    # the ninth round's default: the UNet encodes the image once, a light head denoises per step
+    ninth = [
+        (minutes, load(f"kvasir_ours_{size}_r9fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
+    ]
     fair_sections = []
-    for runs, whose in ((seventh, ", the seventh round's sampler"), (sixth, ", the sixth round's default"), (fair, "")):
+    for runs, whose in (
+        (ninth, ", the ninth round's default (mask head)"),
+        (seventh, ", the seventh round's sampler"),
+        (sixth, ", the sixth round's default"),
+        (fair, ""),
+    ):
         for minutes, ours_fair, unet_fair in runs:
             if ours_fair:
                 fair_sections += budget_sections(
@@ -940,7 +949,48 @@ def main() -> int:
         )
     ]
     sixty = [(42, seventh[2][1]), (43, load(f"kvasir_ours_{size}_r8fair60_seed43.json"))]
+    seed_tags = ((42, ""), (43, "_seed43"), (44, "_seed44"))
+    # the ninth round's held-out pairs: the mask head against the CPU default of its seed, both
+    # rescored by sampler_ablation with the same sampling seeds
+    head_pairs = [
+        (load("sampler_head2_round9.json"), load("sampler_sources_round7.json")),
+        (load("sampler_head2_round9_seed43.json"), load("sampler_sources_round7_seed43.json")),
+        (load("sampler_head2_round9_seed44.json"), load("sampler_sources_round9_seed44.json")),
+    ]
+    ninth_round = [
+        load(f"kvasir_ablation_128_round9_{name}.json") for name in ("head2", "head2_seed43", "head2_seed44")
+    ]
     sections = [
+        "## Ninth round, held-out TRAIN images: encode the image once, a light head per step "
+        "(variant = mask head 2 blocks, 3,582 steps; default = the eighth round's, 3,626 steps; CPU)\n\n"
+        + checkpoints_compared_table(head_pairs)
+        + "\n\nThe plain UNet on the same held-out images, fit split and idle-core time (1,322 steps):\n\n"
+        + heldout_unet_table(ninth_round, heldout_unets, variant="mask head 2 blocks"),
+        seeds_section(
+            f"{size} px, 20 minutes at equal idle-core time, the ninth round's default (mask head)",
+            ninth[0][1],
+            unet,
+            f"kvasir_ours_{size}_r9fair20_seed43.json",
+            f"kvasir_unet_{size}_seed43.json",
+            more=[(44, f"kvasir_ours_{size}_r9fair20_seed44.json", f"kvasir_unet_{size}_seed44.json")],
+        ),
+        f"## Steps, {size} px, 20 minutes at equal idle-core time, the ninth round's default (mask head)\n\n"
+        + steps_seeds_table([(seed, load(f"kvasir_ours_{size}_r9fair20{tag}.json")) for seed, tag in seed_tags]),
+        *[
+            f"## The mask head against the seventh round's default, val, {minutes} minutes, the same seeds "
+            "(new = mask head, old = the seventh round's default)\n\n"
+            + sampler_change_table(
+                [
+                    (
+                        seed,
+                        load(f"kvasir_ours_{size}_r9fair{minutes}{tag}.json"),
+                        load(f"kvasir_ours_{size}_r7fair{minutes}{tag}.json"),
+                    )
+                    for seed, tag in seed_tags
+                ]
+            )
+            for minutes in (20, 40)
+        ],
         "## Eighth round, held-out TRAIN images, twice the ablation budget (7,252 steps): dropout\n\n"
         + seeded_ablation_table(eighth_round)
         + "\n\n"
@@ -1090,7 +1140,7 @@ def main() -> int:
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
-    newest = next((runs for runs in (seventh, sixth) if runs[0][1] or runs[1][1]), None)
+    newest = next((runs for runs in (ninth, seventh, sixth) if runs[0][1] or runs[1][1]), None)
     if newest:  # the curves of today's default
         (_, main20, _), (_, main40, _), *_ = newest
         dice_vs_steps_plot(
@@ -1104,7 +1154,7 @@ def main() -> int:
             dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
     # the newest round's longest budget up to 40 minutes (where issue 11's targets are), at equal
     # idle-core time where it was run
-    candidates = [(o, u) for runs in (seventh[:2], sixth, fair) for _, o, u in reversed(runs)]
+    candidates = [(o, u) for runs in (ninth, seventh[:2], sixth, fair) for _, o, u in reversed(runs)]
     candidates += [(ours_60, unet_60), (ours_long, unet_long)]
     main_ours, main_unet = next(((o, u) for o, u in candidates if o), (ours, unet))
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):

@@ -348,14 +348,16 @@ def test_a_new_model_starts_deaf_to_the_noise_in_x_t_and_to_the_timestep(mask_he
         assert not torch.allclose(old.network_output(torch.randn(2, 1, 16, 16), t, images_in), a)
 
 
-def test_zeroed_x_t_weights_still_learn():
+@pytest.mark.parametrize("mask_head_blocks", [0, 2])
+def test_zeroed_x_t_weights_still_learn(mask_head_blocks):
     """Zero weights, not a cut connection: a training step gives them a gradient."""
-    model = tiny_model(patch_size=2)
+    model = tiny_model(patch_size=2, mask_head_blocks=mask_head_blocks)
     patch_inputs = model.config.patch_size**2  # x_t's channels after the patch fold
+    assert model.noisy_input_conv.weight[:, :patch_inputs].abs().sum() == 0
     model.training_losses(torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float(), t=torch.tensor([0, 1]))[
         "loss"
     ].backward()
-    assert model.unet.input_conv.weight.grad[:, :patch_inputs].abs().sum() > 0
+    assert model.noisy_input_conv.weight.grad[:, :patch_inputs].abs().sum() > 0
 
 
 def test_train_flags_set_the_extra_blocks_and_the_old_init():

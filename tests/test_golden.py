@@ -11,6 +11,9 @@ TINY = dict(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), n
 # The numbers pin the process's math, which a network that hears x_t and t exercises fully: the
 # model keeps the init they were made with, from before zero-initialised inputs became the default.
 TINY.update(zero_init_noisy_input=False, zero_init_time_film=False)
+# ... and the whole UNet at every step, as before the ninth round; the mask head (the default
+# since) has its own numbers below.
+TINY.update(mask_head_blocks=0)
 # The numbers were made when each sampling step was handed the last estimate; the mean of the
 # estimates so far (the default since the seventh round) has its own numbers below.
 LAST = dict(self_condition_on="last")
@@ -72,4 +75,21 @@ def test_training_losses(images):
     torch.manual_seed(7)  # the noise and the self-conditioning coin
     losses = model.training_losses(images, masks, t=torch.tensor([10, 900]))
     expected = {"bce": 0.720907, "dice": 0.506158, "loss": 2.278052, "mse": 1.050987}
+    assert {name: value.item() for name, value in losses.items()} == pytest.approx(expected, **CLOSE)
+
+
+def test_mask_head_sample_segment_and_loss(images):
+    """The default since the ninth round: the UNet encodes the image once, a head runs per step."""
+    x = tiny(mask_head_blocks=2).sample(images, steps=5, seed=3)
+    assert x.sum().item() == pytest.approx(-21.964325, **CLOSE)
+    assert x[0, 0, 3, :4].tolist() == pytest.approx([0.094694, 0.078624, 0.004513, -0.041650], **CLOSE)
+    out = tiny(mask_head_blocks=2).segment(images, steps=4, ensemble=2, seed=4)
+    assert out.probabilities.sum().item() == pytest.approx(245.676880, **CLOSE)
+    assert out.ensemble_std.sum().item() == pytest.approx(19.355589, **CLOSE)
+    assert out.mask.sum().item() == 216
+    model = tiny(mask_head_blocks=2).train()
+    masks = (torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    torch.manual_seed(7)
+    losses = model.training_losses(images, masks, t=torch.tensor([10, 900]))
+    expected = {"bce": 0.726696, "dice": 0.513094, "loss": 2.296553, "mse": 1.056763}
     assert {name: value.item() for name, value in losses.items()} == pytest.approx(expected, **CLOSE)

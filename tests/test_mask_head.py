@@ -34,7 +34,7 @@ def test_sampling_encodes_each_image_once_whatever_the_steps_and_samples():
 
 
 def test_without_a_head_the_unet_runs_at_every_step():
-    model = tiny_model().eval()
+    model = tiny_model(mask_head_blocks=0).eval()
     assert model.mask_head is None
     unet_calls = count_calls(model.unet)
     model.segment(torch.rand(2, 3, 16, 16), steps=3, ensemble=2, seed=0)
@@ -88,8 +88,8 @@ def test_a_head_model_learns_a_batch(tmp_path):
     torch.testing.assert_close(loaded.segment(images, steps=5, seed=0).probabilities, out.probabilities)
 
 
-def test_old_checkpoints_have_no_head_and_bad_counts_are_refused():
-    assert DiffusionConfig().mask_head_blocks == 0 and LEGACY_DEFAULTS["mask_head_blocks"] == 0
+def test_new_models_have_a_head_old_checkpoints_none_and_bad_counts_are_refused():
+    assert DiffusionConfig().mask_head_blocks == 2 and LEGACY_DEFAULTS["mask_head_blocks"] == 0
     legacy = {k: v for k, v in DiffusionConfig(**TINY).to_dict().items() if k != "mask_head_blocks"}
     assert DiffusionConfig.from_dict(legacy).mask_head_blocks == 0
     with pytest.raises(ValueError, match="mask_head_blocks"):

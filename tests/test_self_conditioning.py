@@ -18,10 +18,14 @@ class RecordingNetwork:
         return self.original(x_t, t, images, x0_estimate)
 
 
-def test_unet_takes_the_estimate_as_extra_mask_channels():
-    with_estimate, without = tiny_model(num_classes=3), tiny_model(num_classes=3, self_condition=False)
-    assert with_estimate.unet.input_conv.in_channels == (3 + 3 + 3) * 4**2  # x_t, estimate, image; patch 4
-    assert without.unet.input_conv.in_channels == (3 + 3) * 4**2
+@pytest.mark.parametrize("mask_head_blocks, image_channels", [(0, 3), (2, 0)])
+def test_the_network_takes_the_estimate_as_extra_mask_channels(mask_head_blocks, image_channels):
+    """Beside x_t and (without a head) the image; with a head the UNet reads the image alone."""
+    with_estimate = tiny_model(num_classes=3, mask_head_blocks=mask_head_blocks)
+    without = tiny_model(num_classes=3, self_condition=False, mask_head_blocks=mask_head_blocks)
+    assert with_estimate.noisy_input_conv.in_channels == (3 + 3 + image_channels) * 4**2  # x_t, estimate; patch 4
+    assert without.noisy_input_conv.in_channels == (3 + image_channels) * 4**2
+    assert with_estimate.unet.input_conv.in_channels == (3 if mask_head_blocks else 9) * 4**2
 
 
 def test_each_sampling_step_receives_the_mean_of_the_estimates_so_far_by_default():
@@ -88,8 +92,9 @@ def test_inference_self_condition_flag_reaches_the_sampler():
 
 def test_the_estimate_changes_the_output():
     model = tiny_model().eval()
-    x_t, t, images = torch.randn(1, 1, 16, 16), torch.tensor([500]), torch.rand(1, 3, 16, 16)
+    x_t, t = torch.randn(1, 1, 16, 16), torch.tensor([500])
     with torch.no_grad():
+        images = model.image_conditioning(torch.rand(1, 3, 16, 16))
         none = model.network_output(x_t, t, images)
         zeros = model.network_output(x_t, t, images, torch.zeros_like(x_t))
         ones = model.network_output(x_t, t, images, torch.ones_like(x_t))

@@ -66,9 +66,11 @@ def test_inference_flags_reach_the_sampler():
     assert defaults.eta == 1.0 and defaults.time_ensemble is True
 
 
-def test_an_ensemble_is_one_batched_network_call_per_step():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("mask_head_blocks", [0, 2])
+def test_an_ensemble_is_one_batched_network_call_per_step(mask_head_blocks):
+    model = tiny_model(mask_head_blocks=mask_head_blocks).eval()
     calls = []
-    model.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    per_step = model.mask_head if mask_head_blocks else model.unet  # what runs at every step
+    per_step.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     model.segment(torch.rand(2, 3, 16, 16), steps=3, ensemble=4, seed=0)
     assert calls == [2 * 4] * 3

@@ -61,7 +61,7 @@ class DiffusionConfig:
     # DDP (Ji et al. 2023): the UNet encodes the image once and a light head denoises the mask at
     # every step (mask_head.py), so steps and ensemble members cost a fraction of a UNet pass.
     mask_head_blocks: int = option(
-        0, "0: the whole UNet runs at every step; N > 0: it encodes the image once, a head of N blocks runs per step"
+        2, "0: the whole UNet runs at every step; N > 0: it encodes the image once, a head of N blocks runs per step"
     )
     timesteps: int = option(1000, "diffusion timesteps T")
     # linear spends more of its steps at low SNR than cosine, where the image, not x_t, must carry the mask

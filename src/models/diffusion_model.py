@@ -88,8 +88,7 @@ class DiffusionSegmentation(nn.Module):
         """The config's zero_init_* choices for a new model (a checkpoint's weights replace them)."""
         if self.config.zero_init_noisy_input:
             noisy = self.config.mask_channels  # x_t comes first in network_output's input
-            first = self.unet.input_conv if self.mask_head is None else self.mask_head.input_conv
-            first.weight[:, : noisy * self.config.patch_size**2].zero_()  # unshuffle keeps channel order
+            self.noisy_input_conv.weight[:, : noisy * self.config.patch_size**2].zero_()  # unshuffle keeps channel order
             if self.mask_head is None and self.unet.stem is not None:
                 self.unet.stem.layers[0].weight[:, :noisy].zero_()
         if self.config.zero_init_time_film:
@@ -97,6 +96,11 @@ class DiffusionSegmentation(nn.Module):
                 if isinstance(module, ResnetBlock):
                     nn.init.zeros_(module.time_proj[-1].weight)
                     nn.init.zeros_(module.time_proj[-1].bias)
+
+    @property
+    def noisy_input_conv(self) -> nn.Conv2d:
+        """The convolution that reads x_t: its first mask_channels x patch_size^2 input channels."""
+        return self.unet.input_conv if self.mask_head is None else self.mask_head.input_conv
 
     @property
     def num_timesteps(self) -> int:
