@@ -88,7 +88,8 @@ class DiffusionSegmentation(nn.Module):
         """The config's zero_init_* choices for a new model (a checkpoint's weights replace them)."""
         if self.config.zero_init_noisy_input:
             noisy = self.config.mask_channels  # x_t comes first in network_output's input
-            self.noisy_input_conv.weight[:, : noisy * self.config.patch_size**2].zero_()  # unshuffle keeps channel order
+            # pixel unshuffle keeps the channel order: x_t's channels fold into the first ones
+            self.noisy_input_conv.weight[:, : noisy * self.config.patch_size**2].zero_()
             if self.mask_head is None and self.unet.stem is not None:
                 self.unet.stem.layers[0].weight[:, :noisy].zero_()
         if self.config.zero_init_time_film:
