@@ -974,8 +974,20 @@ def main() -> int:
             f"kvasir_unet_{size}_seed43.json",
             more=[(44, f"kvasir_ours_{size}_r9fair20_seed44.json", f"kvasir_unet_{size}_seed44.json")],
         ),
-        f"## Steps, {size} px, 20 minutes at equal idle-core time, the ninth round's default (mask head)\n\n"
-        + steps_seeds_table([(seed, load(f"kvasir_ours_{size}_r9fair20{tag}.json")) for seed, tag in seed_tags]),
+        seeds_section(
+            f"{size} px, 40 minutes at equal idle-core time, the ninth round's default (mask head)",
+            ninth[1][1],
+            unet_long,
+            f"kvasir_ours_{size}_r9fair40_seed43.json",
+            f"kvasir_unet_{size}_40min_seed43.json",
+        ),
+        *[
+            f"## Steps, {size} px, {minutes} minutes at equal idle-core time, the ninth round's default (mask head)\n\n"
+            + steps_seeds_table(
+                [(seed, load(f"kvasir_ours_{size}_r9fair{minutes}{tag}.json")) for seed, tag in seed_tags]
+            )
+            for minutes in (20, 40)
+        ],
         *[
             f"## The mask head against the seventh round's default, val, {minutes} minutes, the same seeds "
             "(new = mask head, old = the seventh round's default)\n\n"
