@@ -901,8 +901,13 @@ def main() -> int:
     ninth = [
         (minutes, load(f"kvasir_ours_{size}_r9fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
     ]
+    # the tenth round's default: the mask head with the mask scaled by 0.2 before noising
+    tenth = [
+        (minutes, load(f"kvasir_ours_{size}_r10fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
+    ]
     fair_sections = []
     for runs, whose in (
+        (tenth, ", the tenth round's default (input scale 0.2)"),
         (ninth, ", the ninth round's default (mask head)"),
         (seventh, ", the seventh round's sampler"),
         (sixth, ", the sixth round's default"),
@@ -960,7 +965,56 @@ def main() -> int:
     ninth_round = [
         load(f"kvasir_ablation_128_round9_{name}.json") for name in ("head2", "head2_seed43", "head2_seed44")
     ]
+    # the tenth round: the head's input scale and training on its own noised estimate (H100)
+    tenth_round = [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round10_*.json"))]
     sections = [
+        "## Tenth round, held-out TRAIN images: the mask head's input scale, and refining its own "
+        "noised estimate (3,582 steps each, H100)\n\n"
+        + seeded_ablation_table(tenth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(tenth_round)
+        + "\n\nThe plain UNet on the same held-out images (fit split, 1,322 steps, trained on the CPU), "
+        "against the default and the input scale 0.2 of the round:\n\n"
+        + heldout_unet_table(tenth_round, heldout_unets)
+        + "\n\n"
+        + heldout_unet_table(tenth_round, heldout_unets, variant="mask head + input scale 0.2"),
+        seeds_section(
+            f"{size} px, 20 minutes at equal idle-core time, the tenth round's default (input scale 0.2)",
+            tenth[0][1],
+            unet,
+            f"kvasir_ours_{size}_r10fair20_seed43.json",
+            f"kvasir_unet_{size}_seed43.json",
+            more=[(44, f"kvasir_ours_{size}_r10fair20_seed44.json", f"kvasir_unet_{size}_seed44.json")],
+        ),
+        seeds_section(
+            f"{size} px, 40 minutes at equal idle-core time, the tenth round's default (input scale 0.2)",
+            tenth[1][1],
+            unet_long,
+            f"kvasir_ours_{size}_r10fair40_seed43.json",
+            f"kvasir_unet_{size}_40min_seed43.json",
+        ),
+        *[
+            f"## Steps, {size} px, {minutes} minutes at equal idle-core time, the tenth round's default\n\n"
+            + steps_seeds_table(
+                [(seed, load(f"kvasir_ours_{size}_r10fair{minutes}{tag}.json")) for seed, tag in seed_tags]
+            )
+            for minutes in (20, 40)
+        ],
+        *[
+            f"## Input scale 0.2 against the ninth round's default, val, {minutes} minutes, the same seeds "
+            "(new = input scale 0.2, old = 0.05)\n\n"
+            + sampler_change_table(
+                [
+                    (
+                        seed,
+                        load(f"kvasir_ours_{size}_r10fair{minutes}{tag}.json"),
+                        load(f"kvasir_ours_{size}_r9fair{minutes}{tag}.json"),
+                    )
+                    for seed, tag in seed_tags
+                ]
+            )
+            for minutes in (20, 40)
+        ],
         "## Ninth round, held-out TRAIN images: encode the image once, a light head per step "
         "(variant = mask head 2 blocks, 3,582 steps; default = the eighth round's, 3,626 steps; CPU)\n\n"
         + checkpoints_compared_table(head_pairs)
@@ -1152,7 +1206,7 @@ def main() -> int:
     text = "\n\n".join(sections) + "\n"
     (common.RESULTS / "tables.md").write_text(text)
     print(text)
-    newest = next((runs for runs in (ninth, seventh, sixth) if runs[0][1] or runs[1][1]), None)
+    newest = next((runs for runs in (tenth, ninth, seventh, sixth) if runs[0][1] or runs[1][1]), None)
     if newest:  # the curves of today's default
         (_, main20, _), (_, main40, _), *_ = newest
         dice_vs_steps_plot(
@@ -1166,7 +1220,7 @@ def main() -> int:
             dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
     # the newest round's longest budget up to 40 minutes (where issue 11's targets are), at equal
     # idle-core time where it was run
-    candidates = [(o, u) for runs in (ninth, seventh[:2], sixth, fair) for _, o, u in reversed(runs)]
+    candidates = [(o, u) for runs in (tenth, ninth, seventh[:2], sixth, fair) for _, o, u in reversed(runs)]
     candidates += [(ours_60, unet_60), (ours_long, unet_long)]
     main_ours, main_unet = next(((o, u) for o, u in candidates if o), (ours, unet))
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):

@@ -173,12 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None, help="default 128; 256 with --latency")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument(
-        "--variants",
-        type=lambda s: s.split(","),
-        default=[],
-        help="also time ours with these kvasir.ABLATIONS overrides, comma-separated names",
-    )
+    kvasir.add_variants_argument(p, "also time ours with these kvasir.ABLATIONS overrides, comma-separated names", [])
     p.add_argument("--latency", action="store_true", help="batch 1, ours only, before/after (see above)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps of --latency")
     p.add_argument("--threads", type=int, default=2, help="torch threads of --latency")
@@ -189,9 +184,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="--latency in seconds: tiny model, 32 px, 2 steps, 1 round")
     args = p.parse_args(argv)
-    unknown = set(args.variants) - set(kvasir.ABLATIONS)
-    if unknown:
-        p.error(f"unknown --variants {sorted(unknown)}; choose from {list(kvasir.ABLATIONS)}")
     if args.smoke:
         args.image_size, args.steps, args.rounds = 32, 2, 1
     args.image_size = args.image_size or (256 if args.latency else 128)

@@ -77,18 +77,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--models", nargs="+", choices=tuple(PROBES), default=["ours", "unet"])
-    p.add_argument(
-        "--variants",
-        type=lambda s: s.split(","),
-        default=[],
-        help="also time ours with these kvasir.ABLATIONS overrides, comma-separated names",
-    )
+    kvasir.add_variants_argument(p, "also time ours with these kvasir.ABLATIONS overrides, comma-separated names", [])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=None, help="default results/step_budget.json, or step_budget_<models>.json")
     args = p.parse_args(argv)
-    unknown = set(args.variants) - set(kvasir.ABLATIONS)
-    if unknown:
-        p.error(f"unknown --variants {sorted(unknown)}; choose from {list(kvasir.ABLATIONS)}")
     args.out = args.out or str(default_out(args.models, args.variants))
     args.smoke = False
     torch.set_num_threads(1)

@@ -464,6 +464,15 @@ def test_step_budget_of_other_models_never_overwrites_the_quality_budgets():
     assert step_budget.default_out(["ours"], ["base 48"]).name == "step_budget_variants.json"
 
 
+def test_unknown_ablation_variants_are_a_usage_error_naming_them(capsys):
+    for parse in (step_budget.main, sampling_cost.parse_args, lambda a: kvasir.parse_args(["--model", "ablation", *a])):
+        with pytest.raises(SystemExit) as stopped:
+            parse(["--variants", "mask head 1 block,no such variant"])
+        assert stopped.value.code == 2
+        assert "unknown ['no such variant']" in capsys.readouterr().err
+    assert kvasir.parse_args(["--variants", "default,mask head 1 block"]).variants == ["default", "mask head 1 block"]
+
+
 def test_holdout_split_is_disjoint_and_seeded():
     stems = [f"s{i}" for i in range(20)]
     fit, held = common.holdout_split(stems, 5)

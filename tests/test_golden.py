@@ -14,6 +14,8 @@ TINY.update(zero_init_noisy_input=False, zero_init_time_film=False)
 # ... and the whole UNet at every step, as before the ninth round; the mask head (the default
 # since) has its own numbers below.
 TINY.update(mask_head_blocks=0)
+# All of them were made at input scale 0.05, the default before the tenth round.
+TINY.update(input_scale=0.05)
 # The numbers were made when each sampling step was handed the last estimate; the mean of the
 # estimates so far (the default since the seventh round) has its own numbers below.
 LAST = dict(self_condition_on="last")
