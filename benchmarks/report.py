@@ -859,6 +859,50 @@ def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str, mo
     )
 
 
+def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, unet, unet_long, size=128) -> list:
+    """A round's val sections at 20 (seeds 42-44) and 40 minutes (42-43) of equal idle-core time,
+    from its kvasir_ours_<size>_<slug>fair<minutes>[_seed<N>].json runs: against the UNet of each
+    seed, its steps, and against the `old_slug` round's runs of the same seeds (`change_title`, a
+    format string of {minutes})."""
+    tags = ((42, ""), (43, "_seed43"), (44, "_seed44"))
+
+    def run(minutes, tag=""):
+        return f"kvasir_ours_{size}_{slug}fair{minutes}{tag}.json"
+
+    return [
+        seeds_section(
+            f"{size} px, 20 minutes at equal idle-core time, {whose}",
+            load(run(20)),
+            unet,
+            run(20, "_seed43"),
+            f"kvasir_unet_{size}_seed43.json",
+            more=[(44, run(20, "_seed44"), f"kvasir_unet_{size}_seed44.json")],
+        ),
+        seeds_section(
+            f"{size} px, 40 minutes at equal idle-core time, {whose}",
+            load(run(40)),
+            unet_long,
+            run(40, "_seed43"),
+            f"kvasir_unet_{size}_40min_seed43.json",
+        ),
+        *[
+            f"## Steps, {size} px, {minutes} minutes at equal idle-core time, {whose}\n\n"
+            + steps_seeds_table([(seed, load(run(minutes, tag))) for seed, tag in tags])
+            for minutes in (20, 40)
+        ],
+        *[
+            f"## {change_title.format(minutes=minutes)}\n\n"
+            + sampler_change_table(
+                [
+                    (seed, load(run(minutes, tag)), load(f"kvasir_ours_{size}_{old_slug}fair{minutes}{tag}.json"))
+                    for seed, tag in tags
+                ]
+            )
+            for minutes in (20, 40)
+        ],
+    ]
+
+
 def budget_sections(title: str, ours, unet, peer=None, previous=None) -> list:
     """Quality, calibration and paired-difference tables of one training budget."""
     return [
@@ -954,7 +998,6 @@ def main() -> int:
         )
     ]
     sixty = [(42, seventh[2][1]), (43, load(f"kvasir_ours_{size}_r8fair60_seed43.json"))]
-    seed_tags = ((42, ""), (43, "_seed43"), (44, "_seed44"))
     # the ninth round's held-out pairs: the mask head against the CPU default of its seed, both
     # rescored by sampler_ablation with the same sampling seeds
     head_pairs = [
@@ -978,85 +1021,29 @@ def main() -> int:
         + heldout_unet_table(tenth_round, heldout_unets)
         + "\n\n"
         + heldout_unet_table(tenth_round, heldout_unets, variant="mask head + input scale 0.2"),
-        seeds_section(
-            f"{size} px, 20 minutes at equal idle-core time, the tenth round's default (input scale 0.2)",
-            tenth[0][1],
+        *round_val_sections(
+            "r10",
+            "the tenth round's default (input scale 0.2)",
+            "r9",
+            "Input scale 0.2 against the ninth round's "
+            "default, val, {minutes} minutes, the same seeds (new = input scale 0.2, old = 0.05)",
             unet,
-            f"kvasir_ours_{size}_r10fair20_seed43.json",
-            f"kvasir_unet_{size}_seed43.json",
-            more=[(44, f"kvasir_ours_{size}_r10fair20_seed44.json", f"kvasir_unet_{size}_seed44.json")],
-        ),
-        seeds_section(
-            f"{size} px, 40 minutes at equal idle-core time, the tenth round's default (input scale 0.2)",
-            tenth[1][1],
             unet_long,
-            f"kvasir_ours_{size}_r10fair40_seed43.json",
-            f"kvasir_unet_{size}_40min_seed43.json",
         ),
-        *[
-            f"## Steps, {size} px, {minutes} minutes at equal idle-core time, the tenth round's default\n\n"
-            + steps_seeds_table(
-                [(seed, load(f"kvasir_ours_{size}_r10fair{minutes}{tag}.json")) for seed, tag in seed_tags]
-            )
-            for minutes in (20, 40)
-        ],
-        *[
-            f"## Input scale 0.2 against the ninth round's default, val, {minutes} minutes, the same seeds "
-            "(new = input scale 0.2, old = 0.05)\n\n"
-            + sampler_change_table(
-                [
-                    (
-                        seed,
-                        load(f"kvasir_ours_{size}_r10fair{minutes}{tag}.json"),
-                        load(f"kvasir_ours_{size}_r9fair{minutes}{tag}.json"),
-                    )
-                    for seed, tag in seed_tags
-                ]
-            )
-            for minutes in (20, 40)
-        ],
         "## Ninth round, held-out TRAIN images: encode the image once, a light head per step "
         "(variant = mask head 2 blocks, 3,582 steps; default = the eighth round's, 3,626 steps; CPU)\n\n"
         + checkpoints_compared_table(head_pairs)
         + "\n\nThe plain UNet on the same held-out images, fit split and idle-core time (1,322 steps):\n\n"
         + heldout_unet_table(ninth_round, heldout_unets, variant="mask head 2 blocks"),
-        seeds_section(
-            f"{size} px, 20 minutes at equal idle-core time, the ninth round's default (mask head)",
-            ninth[0][1],
+        *round_val_sections(
+            "r9",
+            "the ninth round's default (mask head)",
+            "r7",
+            "The mask head against the seventh round's "
+            "default, val, {minutes} minutes, the same seeds (new = mask head, old = the seventh round's default)",
             unet,
-            f"kvasir_ours_{size}_r9fair20_seed43.json",
-            f"kvasir_unet_{size}_seed43.json",
-            more=[(44, f"kvasir_ours_{size}_r9fair20_seed44.json", f"kvasir_unet_{size}_seed44.json")],
-        ),
-        seeds_section(
-            f"{size} px, 40 minutes at equal idle-core time, the ninth round's default (mask head)",
-            ninth[1][1],
             unet_long,
-            f"kvasir_ours_{size}_r9fair40_seed43.json",
-            f"kvasir_unet_{size}_40min_seed43.json",
         ),
-        *[
-            f"## Steps, {size} px, {minutes} minutes at equal idle-core time, the ninth round's default (mask head)\n\n"
-            + steps_seeds_table(
-                [(seed, load(f"kvasir_ours_{size}_r9fair{minutes}{tag}.json")) for seed, tag in seed_tags]
-            )
-            for minutes in (20, 40)
-        ],
-        *[
-            f"## The mask head against the seventh round's default, val, {minutes} minutes, the same seeds "
-            "(new = mask head, old = the seventh round's default)\n\n"
-            + sampler_change_table(
-                [
-                    (
-                        seed,
-                        load(f"kvasir_ours_{size}_r9fair{minutes}{tag}.json"),
-                        load(f"kvasir_ours_{size}_r7fair{minutes}{tag}.json"),
-                    )
-                    for seed, tag in seed_tags
-                ]
-            )
-            for minutes in (20, 40)
-        ],
         "## Eighth round, held-out TRAIN images, twice the ablation budget (7,252 steps): dropout\n\n"
         + seeded_ablation_table(eighth_round)
         + "\n\n"
