@@ -464,7 +464,8 @@ def test_train_flags_are_the_config_fields_and_only_typed_ones_are_set():
         for spec in fields(config_class):
             flag = "--no-progress" if spec.name == "progress" else "--" + spec.name.replace("_", "-")
             assert flag in help_text, flag
-    assert "(default: 0.0001)" in help_text and "(default: 0.05)" in help_text  # defaults shown from the fields
+    # defaults shown from the fields
+    assert "(default: 0.0001)" in help_text and f"(default: {DiffusionConfig().input_scale})" in help_text
     args = parser.parse_args(["--synthetic", "--lr", "0.01", "--no-self-condition"])
     assert vars(args) == {"synthetic": True, "lr": 0.01, "self_condition": False}
     train_config, model_config = configs_from_args(parser, args)
