@@ -132,7 +132,8 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     "mask head + input scale 0.5": {"input_scale": 0.5},
     "mask head + refine from estimate": {"refine_from_estimate": True},
     # The round ran against the ninth round's default (input scale 0.05); the winner, 0.2, is
-    # today's default, so its "default" rows are what this now names.
+    # today's default ("mask head + input scale 0.2" now equals "default"), so the round's
+    # "default" rows are what this now names.
     "input scale 0.05 (the ninth round's default)": {"input_scale": 0.05},
 }
 
