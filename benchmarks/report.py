@@ -859,48 +859,38 @@ def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str, mo
     )
 
 
-def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, unet, unet_long, size=128) -> list:
-    """A round's val sections at 20 (seeds 42-44) and 40 minutes (42-43) of equal idle-core time,
-    from its kvasir_ours_<size>_<slug>fair<minutes>[_seed<N>].json runs: against the UNet of each
-    seed, its steps, and against the `old_slug` round's runs of the same seeds (`change_title`, a
-    format string of {minutes})."""
+def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, unets: dict, size=128) -> list:
+    """A round's val sections at each budget of equal idle-core time that it ran, from its
+    kvasir_ours_<size>_<slug>fair<minutes>[_seed<N>].json runs (seeds 42-44, whichever exist):
+    against the UNet of each seed, its steps, and against the `old_slug` round's runs of the same
+    seeds where those exist (`change_title`, a format string of {minutes}). `unets` = {minutes:
+    seed 42's UNet result}; the other seeds' UNets are kvasir_unet_<size>[_<minutes>min]_seed<N>.json."""
     tags = ((42, ""), (43, "_seed43"), (44, "_seed44"))
 
     def run(minutes, tag=""):
         return f"kvasir_ours_{size}_{slug}fair{minutes}{tag}.json"
 
-    return [
-        seeds_section(
-            f"{size} px, 20 minutes at equal idle-core time, {whose}",
-            load(run(20)),
-            unet,
-            run(20, "_seed43"),
-            f"kvasir_unet_{size}_seed43.json",
-            more=[(44, run(20, "_seed44"), f"kvasir_unet_{size}_seed44.json")],
-        ),
-        seeds_section(
-            f"{size} px, 40 minutes at equal idle-core time, {whose}",
-            load(run(40)),
-            unet_long,
-            run(40, "_seed43"),
-            f"kvasir_unet_{size}_40min_seed43.json",
-        ),
-        *[
-            f"## Steps, {size} px, {minutes} minutes at equal idle-core time, {whose}\n\n"
-            + steps_seeds_table([(seed, load(run(minutes, tag))) for seed, tag in tags])
-            for minutes in (20, 40)
-        ],
-        *[
-            f"## {change_title.format(minutes=minutes)}\n\n"
-            + sampler_change_table(
-                [
-                    (seed, load(run(minutes, tag)), load(f"kvasir_ours_{size}_{old_slug}fair{minutes}{tag}.json"))
-                    for seed, tag in tags
-                ]
-            )
-            for minutes in (20, 40)
-        ],
-    ]
+    def unet_of(minutes, seed):
+        budget = "" if minutes == 20 else f"_{minutes}min"
+        return unets[minutes] if seed == 42 else load(f"kvasir_unet_{size}{budget}_seed{seed}.json")
+
+    sections = []
+    for minutes in unets:
+        runs = [(seed, load(run(minutes, tag))) for seed, tag in tags]
+        if not any(ours for _, ours in runs):
+            continue
+        title = f"{size} px, {minutes} minutes at equal idle-core time, {whose}"
+        sections.append(
+            f"## Seeds, {title}\n\n" + seeds_table([(seed, ours, unet_of(minutes, seed)) for seed, ours in runs])
+        )
+        sections.append(f"## Steps, {title}\n\n" + steps_seeds_table(runs))
+        old = [
+            (seed, ours, load(f"kvasir_ours_{size}_{old_slug}fair{minutes}{tag}.json"))
+            for (seed, ours), (_, tag) in zip(runs, tags)
+        ]
+        if any(previous for _, _, previous in old):
+            sections.append(f"## {change_title.format(minutes=minutes)}\n\n" + sampler_change_table(old))
+    return sections
 
 
 def budget_sections(title: str, ours, unet, peer=None, previous=None) -> list:
@@ -947,7 +937,8 @@ def main() -> int:
     ]
     # the tenth round's default: the mask head with the mask scaled by 0.2 before noising
     tenth = [
-        (minutes, load(f"kvasir_ours_{size}_r10fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
+        (minutes, load(f"kvasir_ours_{size}_r10fair{minutes}.json"), u)
+        for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
     ]
     fair_sections = []
     for runs, whose in (
@@ -1030,8 +1021,14 @@ def main() -> int:
             "r9",
             "Input scale 0.2 against the ninth round's "
             "default, val, {minutes} minutes, the same seeds (new = input scale 0.2, old = 0.05)",
-            unet,
-            unet_long,
+            {20: unet, 40: unet_long, 60: unet_60},
+        ),
+        "## 60 minutes against 40 minutes, the same seeds, the tenth round's default (new = 60, old = 40)\n\n"
+        + sampler_change_table(
+            [
+                (seed, load(f"kvasir_ours_{size}_r10fair60{tag}.json"), load(f"kvasir_ours_{size}_r10fair40{tag}.json"))
+                for seed, tag in ((42, ""), (43, "_seed43"))
+            ]
         ),
         "## Ninth round, held-out TRAIN images: encode the image once, a light head per step "
         "(variant = mask head 2 blocks, 3,582 steps; default = the eighth round's, 3,626 steps; CPU)\n\n"
@@ -1044,8 +1041,7 @@ def main() -> int:
             "r7",
             "The mask head against the seventh round's "
             "default, val, {minutes} minutes, the same seeds (new = mask head, old = the seventh round's default)",
-            unet,
-            unet_long,
+            {20: unet, 40: unet_long, 60: unet_60},
         ),
         "## Eighth round, held-out TRAIN images, twice the ablation budget (7,252 steps): dropout\n\n"
         + seeded_ablation_table(eighth_round)
@@ -1198,9 +1194,12 @@ def main() -> int:
     print(text)
     newest = next((runs for runs in (tenth, ninth, seventh, sixth) if runs[0][1] or runs[1][1]), None)
     if newest:  # the curves of today's default
-        (_, main20, _), (_, main40, _), *_ = newest
+        (_, main20, _), (_, main40, _), *longer = newest
         dice_vs_steps_plot(
-            main20 or main40, unet if main20 else unet_long, peer, longer=[(main40, unet_long)] if main20 else []
+            main20 or main40,
+            unet if main20 else unet_long,
+            peer,
+            longer=[(main40, unet_long), *[(o, u) for _, o, u in longer]] if main20 else [],
         )
     elif ours:
         (_, fair20, _), *longer = fair
@@ -1210,7 +1209,7 @@ def main() -> int:
             dice_vs_steps_plot(ours, unet, peer, longer=[(ours_long, unet_long), (ours_60, unet_60)])
     # the newest round's longest budget up to 40 minutes (where issue 11's targets are), at equal
     # idle-core time where it was run
-    candidates = [(o, u) for runs in (tenth, ninth, seventh[:2], sixth, fair) for _, o, u in reversed(runs)]
+    candidates = [(o, u) for runs in (tenth[:2], ninth, seventh[:2], sixth, fair) for _, o, u in reversed(runs)]
     candidates += [(ours_60, unet_60), (ours_long, unet_long)]
     main_ours, main_unet = next(((o, u) for o, u in candidates if o), (ours, unet))
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):
