@@ -859,16 +859,21 @@ def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str, mo
     )
 
 
+ROUND_SEEDS = (42, 43, 44)
+
+
+def round_run(slug: str, minutes: int, seed: int, size=128):
+    """A round's val run of one budget and seed: kvasir_ours_<size>_<slug>fair<minutes>[_seed<N>].json,
+    loaded (None if it was not run)."""
+    return load(f"kvasir_ours_{size}_{slug}fair{minutes}{'' if seed == 42 else f'_seed{seed}'}.json")
+
+
 def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, unets: dict, size=128) -> list:
     """A round's val sections at each budget of equal idle-core time that it ran, from its
-    kvasir_ours_<size>_<slug>fair<minutes>[_seed<N>].json runs (seeds 42-44, whichever exist):
-    against the UNet of each seed, its steps, and against the `old_slug` round's runs of the same
-    seeds where those exist (`change_title`, a format string of {minutes}). `unets` = {minutes:
-    seed 42's UNet result}; the other seeds' UNets are kvasir_unet_<size>[_<minutes>min]_seed<N>.json."""
-    tags = ((42, ""), (43, "_seed43"), (44, "_seed44"))
-
-    def run(minutes, tag=""):
-        return f"kvasir_ours_{size}_{slug}fair{minutes}{tag}.json"
+    round_run files (seeds ROUND_SEEDS, whichever exist): against the UNet of each seed, its steps,
+    and against the `old_slug` round's runs of the same seeds where those exist (`change_title`, a
+    format string of {minutes}). `unets` = {minutes: seed 42's UNet result}; the other seeds' UNets
+    are kvasir_unet_<size>[_<minutes>min]_seed<N>.json."""
 
     def unet_of(minutes, seed):
         budget = "" if minutes == 20 else f"_{minutes}min"
@@ -876,7 +881,7 @@ def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, 
 
     sections = []
     for minutes in unets:
-        runs = [(seed, load(run(minutes, tag))) for seed, tag in tags]
+        runs = [(seed, round_run(slug, minutes, seed, size)) for seed in ROUND_SEEDS]
         if not any(ours for _, ours in runs):
             continue
         title = f"{size} px, {minutes} minutes at equal idle-core time, {whose}"
@@ -884,10 +889,7 @@ def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, 
             f"## Seeds, {title}\n\n" + seeds_table([(seed, ours, unet_of(minutes, seed)) for seed, ours in runs])
         )
         sections.append(f"## Steps, {title}\n\n" + steps_seeds_table(runs))
-        old = [
-            (seed, ours, load(f"kvasir_ours_{size}_{old_slug}fair{minutes}{tag}.json"))
-            for (seed, ours), (_, tag) in zip(runs, tags)
-        ]
+        old = [(seed, ours, round_run(old_slug, minutes, seed, size)) for seed, ours in runs]
         if any(previous for _, _, previous in old):
             sections.append(f"## {change_title.format(minutes=minutes)}\n\n" + sampler_change_table(old))
     return sections
@@ -1025,10 +1027,7 @@ def main() -> int:
         ),
         "## 60 minutes against 40 minutes, the same seeds, the tenth round's default (new = 60, old = 40)\n\n"
         + sampler_change_table(
-            [
-                (seed, load(f"kvasir_ours_{size}_r10fair60{tag}.json"), load(f"kvasir_ours_{size}_r10fair40{tag}.json"))
-                for seed, tag in ((42, ""), (43, "_seed43"))
-            ]
+            [(seed, round_run("r10", 60, seed, size), round_run("r10", 40, seed, size)) for seed in ROUND_SEEDS]
         ),
         "## Ninth round, held-out TRAIN images: encode the image once, a light head per step "
         "(variant = mask head 2 blocks, 3,582 steps; default = the eighth round's, 3,626 steps; CPU)\n\n"
