@@ -117,6 +117,9 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     # Eighth round: ours falls from 40 to 60 minutes while the plain UNet rises (it sees each image
     # 170 times): does dropout pay at twice the ablation budget?
     "dropout 0.2": {"dropout": 0.2},
+    # Twelfth round: "dropout 0.1" (above) on today's default at twice the head's ablation budget,
+    # its ensembles also scored with MC dropout in the image branch (evaluate_ours' "_mcdropout"
+    # row): do samples that each encode the image afresh disagree where the model errs?
     # Ninth round: encode the image once, denoise with a light head (DDP): does the image branch,
     # free of noise and time, segment as well, and do the head's steps refine?
     # The round ran against the eighth round's default; the winner is today's default, so its
@@ -390,22 +393,27 @@ def evaluate_ours(
     keep_examples: int = 6,
 ) -> dict:
     """Dice/IoU at every DDIM step count (ensemble 1), and at ENSEMBLE_STEPS with `ensemble`
-    samples plus the uncertainty-error statistics of its uncertainty map, scored by the trainer's
+    samples plus the uncertainty-error statistics of its uncertainty map (for a model trained
+    with dropout also that ensemble with MC dropout, "..._mcdropout"), scored by the trainer's
     validation loop (src/training/validation.scored_batches). Sampling time is recorded too. For
     every row also the calibration of its (mean) probability ("calibration") and p(1-p) of it as
     an error detector ("uncertainty_error_pq_rows"; the ensemble row's alone is
-    "uncertainty_error_pq"), as run_unet records them for the plain UNet."""
+    "uncertainty_error_pq"), as run_unet records them for the plain UNet, and for each ensemble
+    row the samples' std as one ("uncertainty_error_std_rows")."""
     model.eval()
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     ens_key = f"ddim{ENSEMBLE_STEPS}_ens{ensemble}"
-    runs = {f"ddim{s}_ens1": (s, 1) for s in steps_list}
-    runs.setdefault(ens_key, (ENSEMBLE_STEPS, ensemble))  # ensemble 1 at ENSEMBLE_STEPS may already be a row
+    runs = {f"ddim{s}_ens1": (s, 1, False) for s in steps_list}
+    runs.setdefault(ens_key, (ENSEMBLE_STEPS, ensemble, False))  # ensemble 1 at ENSEMBLE_STEPS may already be a row
+    if model.config.dropout > 0 and model.config.mask_head_blocks > 0 and ensemble > 1:
+        runs[f"{ens_key}_mcdropout"] = (ENSEMBLE_STEPS, ensemble, True)  # each sample its own dropout draw
     results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats(upper=1.0)  # entropy: [0, 1]
+    std = {key: common.UncertaintyErrorStats() for key, (_, size, _) in runs.items() if size > 1}
     examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}
-    for key, (steps, size) in runs.items():
+    for key, (steps, size, mc_dropout) in runs.items():
 
-        def segment(images, first, steps=steps, size=size):
-            return model.segment(images, steps=steps, ensemble=size, seed=seed + first)
+        def segment(images, first, steps=steps, size=size, mc_dropout=mc_dropout):
+            return model.segment(images, steps=steps, ensemble=size, seed=seed + first, mc_dropout=mc_dropout)
 
         calibration[key] = common.CalibrationStats()
         pq[key] = common.UncertaintyErrorStats(upper=common.UncertaintyErrorStats.PQ_UPPER)
@@ -417,6 +425,8 @@ def evaluate_ours(
                 probabilities = batch.output.probabilities[offset]
                 calibration[key].add(probabilities, truth)
                 pq[key].add_pq(probabilities, truth)
+                if key in std:
+                    std[key].add(batch.output.ensemble_std[offset], probabilities, truth)
                 if key == ens_key:
                     stats.add(batch.output.uncertainty[offset], probabilities, truth)
                     if len(examples["images"]) < keep_examples:
@@ -434,6 +444,7 @@ def evaluate_ours(
         "ensemble_key": ens_key,
         "uncertainty_error_pq": pq[ens_key].result(),
         "uncertainty_error_pq_rows": {k: v.result() for k, v in pq.items()},
+        "uncertainty_error_std_rows": {k: v.result() for k, v in std.items()},  # the ensemble rows' std
         "calibration": {key: c.result() for key, c in calibration.items()},
         "scored_stems": dataset.stems[:count],  # the order of every row's per_image_dice
         "examples": {k: torch.stack(v) for k, v in examples.items() if v},

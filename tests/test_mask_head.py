@@ -102,3 +102,42 @@ def test_train_flag_sets_the_head():
     parser = build_parser()
     _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--mask-head-blocks", "2"]))
     assert config.mask_head_blocks == 2
+
+
+def test_mc_dropout_gives_each_sample_its_own_encoding_and_repeats_with_its_seed():
+    model = tiny_model(mask_head_blocks=2, dropout=0.3).eval()
+    with torch.no_grad():  # a new block's last convolution starts at zero, which would hide its dropout
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    images = torch.rand(2, 3, 16, 16)
+    unet_calls = count_calls(model.unet)
+    shared = model.member_conditioning(images, ensemble=3)
+    torch.testing.assert_close(shared[0], shared[2])  # without MC dropout the samples share one encoding
+    generator = torch.Generator().manual_seed(5)
+    drawn = model.member_conditioning(images, 3, mc_dropout=True, generator=generator)
+    assert unet_calls == [2, 6]  # one pass over the images, then one over each image's 3 samples
+    assert drawn.shape == shared.shape
+    assert not torch.allclose(drawn[0], drawn[1])  # two samples of image 0: two dropout draws
+    assert all(not m.training for m in model.modules())  # dropout is off again afterwards
+    again = model.member_conditioning(images, 3, mc_dropout=True, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(drawn, again)
+    out = model.segment(images, steps=2, ensemble=3, seed=0, mc_dropout=True)
+    torch.testing.assert_close(out.probabilities, model.segment(images, 2, 3, seed=0, mc_dropout=True).probabilities)
+    assert out.ensemble_std.shape == (2, 16, 16)
+
+
+def test_mc_dropout_leaves_the_callers_random_state_alone():
+    model = tiny_model(mask_head_blocks=1, dropout=0.2).eval()
+    images = torch.rand(1, 3, 16, 16)
+    torch.manual_seed(3)
+    model.member_conditioning(images, 2, mc_dropout=True, generator=torch.Generator().manual_seed(0))
+    after = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(torch.rand(4), after)  # dropout drew from its own seed, not the caller's stream
+
+
+@pytest.mark.parametrize("overrides", [dict(mask_head_blocks=2, dropout=0.0), dict(mask_head_blocks=0, dropout=0.1)])
+def test_mc_dropout_is_refused_without_dropout_or_without_a_head(overrides):
+    model = tiny_model(**overrides).eval()
+    with pytest.raises(ValueError, match="mc_dropout needs"):
+        model.segment(torch.rand(1, 3, 16, 16), steps=2, ensemble=2, seed=0, mc_dropout=True)

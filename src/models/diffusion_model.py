@@ -142,6 +142,40 @@ class DiffusionSegmentation(nn.Module):
         t = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
         return self.unet(scaled.to(memory_format=torch.channels_last) if _is_channels_last(self) else scaled, t)
 
+    def member_conditioning(
+        self, images: torch.Tensor, ensemble: int, mc_dropout: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """image_conditioning for each of `ensemble` samples per image, rows image-major.
+
+        Without `mc_dropout` every sample of an image shares one encoding. With it (MC dropout, Gal
+        & Ghahramani 2016), each sample's features come from the image branch with its dropout
+        active, a draw from an approximate posterior over that branch: the samples then disagree
+        where the model itself is unsure, not only through the diffusion's noise. The dropout masks
+        are drawn from a seed taken from `generator`, so a seeded run repeats.
+        """
+        if not mc_dropout:
+            return self.image_conditioning(images).repeat_interleave(ensemble, dim=0)
+        if self.mask_head is None or self.config.dropout <= 0:
+            raise ValueError(
+                "mc_dropout needs a model that encodes its image once and was trained with dropout "
+                f"(mask_head_blocks > 0, dropout > 0); this one has mask_head_blocks "
+                f"{self.config.mask_head_blocks}, dropout {self.config.dropout}"
+            )
+        dropouts = [m for m in self.unet.modules() if isinstance(m, nn.Dropout)]
+        modes = [m.training for m in dropouts]
+        dropout_seed = int(torch.randint(2**62, (), generator=generator, device=images.device))
+        # the caller's random state is left as it was (manual_seed reseeds every device)
+        devices = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(dropout_seed)
+                for module in dropouts:
+                    module.train()
+                return self.image_conditioning(images.repeat_interleave(ensemble, dim=0))
+        finally:
+            for module, mode in zip(dropouts, modes):
+                module.train(mode)
+
     def network_output(
         self, x_t: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor, x0_estimate: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -277,6 +311,7 @@ class DiffusionSegmentation(nn.Module):
         generator: torch.Generator | None = None,
         self_condition_on: str = "mean",
         ensemble: int = 1,
+        mc_dropout: bool = False,
     ) -> Iterator[ReverseStep]:
         """The reverse process from x_T ~ N(0, I), one ReverseStep per timestep visited.
 
@@ -294,7 +329,8 @@ class DiffusionSegmentation(nn.Module):
         error no higher at any step count (BENCHMARKS.md, seventh round).
 
         `ensemble` samples each image that many times, rows image-major (row b * ensemble + k is
-        sample k of image b); the images are conditioned on once for all of their samples.
+        sample k of image b); the images are conditioned on once for all of their samples, or with
+        `mc_dropout` once per sample (see member_conditioning).
         """
         self.check_images(images)
         if self_condition_on not in SELF_CONDITION_SOURCES:
@@ -302,7 +338,7 @@ class DiffusionSegmentation(nn.Module):
         timesteps = self.sample_timesteps(steps, sampler)
         if generator is None and seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(seed)
-        conditioning = self.image_conditioning(images).repeat_interleave(ensemble, dim=0)
+        conditioning = self.member_conditioning(images, ensemble, mc_dropout, generator)
         shape = (images.shape[0] * ensemble, self.config.mask_channels, *images.shape[-2:])
         step_noise = StepNoise(shape, generator, images.device)  # forks the generator before x_T is drawn
         x_t = torch.randn(shape, generator=generator, device=images.device)
@@ -349,6 +385,7 @@ class DiffusionSegmentation(nn.Module):
         eta: float = 1.0,
         time_ensemble: bool = True,
         self_condition_on: str = "mean",
+        mc_dropout: bool = False,
     ) -> SegmentationRun:
         """The ensemble's reverse process for `images`, to iterate step by step (figures of the
         process), or to run to its end with `.run()`; see SegmentationRun and segment()."""
@@ -356,7 +393,14 @@ class DiffusionSegmentation(nn.Module):
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         return SegmentationRun(  # all members in one network pass per step
             self.reverse_process(
-                images, steps, sampler, eta, seed, self_condition_on=self_condition_on, ensemble=ensemble
+                images,
+                steps,
+                sampler,
+                eta,
+                seed,
+                self_condition_on=self_condition_on,
+                ensemble=ensemble,
+                mc_dropout=mc_dropout,
             ),
             batch=images.shape[0],
             ensemble=ensemble,
@@ -378,6 +422,7 @@ class DiffusionSegmentation(nn.Module):
         eta: float = 1.0,
         time_ensemble: bool = True,
         self_condition_on: str = "mean",
+        mc_dropout: bool = False,
     ) -> SegmentationOutput:
         """Segment images with an ensemble of `ensemble` samples each (Wolleb et al. 2021).
 
@@ -389,9 +434,10 @@ class DiffusionSegmentation(nn.Module):
         uncertainty the soft mask's predictive entropy (also with one sample), and ensemble_std
         the per-pixel std over the samples (0 when ensemble = 1). `self_condition_on`: which
         estimate each step of a self-conditioned model is handed (see reverse_process).
+        `mc_dropout`: each sample encodes the image with dropout active (see member_conditioning).
         """
         return self.segmentation(
-            images, steps, ensemble, threshold, seed, sampler, eta, time_ensemble, self_condition_on
+            images, steps, ensemble, threshold, seed, sampler, eta, time_ensemble, self_condition_on, mc_dropout
         ).run()
 
     def check_images(self, images: torch.Tensor) -> None:
