@@ -212,7 +212,12 @@ def parse_args(argv=None):
         help="unet: train on train minus the ablation's held-out images and score those, not val "
         "(a recipe change binds every model, so the UNet's side of it is chosen on TRAIN images too)",
     )
-    add_variants_argument(p, "ablation variants to run, comma-separated names of ABLATIONS (default: all)", None)
+    add_variants_argument(
+        p,
+        "ablation variants to run, comma-separated names of ABLATIONS (default: all); with --model ours, "
+        "the one variant to train instead of today's default",
+        None,
+    )
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kvasir_<model>_<size>.json)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run: tiny models, 4 images, 2 steps")
     return _settle(p.parse_args(argv))
@@ -250,6 +255,16 @@ def model_config(args, **overrides):
     if args.smoke:
         size.update(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=1)
     return DiffusionConfig(**size, **overrides)
+
+
+def ours_overrides(variants) -> dict:
+    """--model ours trains today's default, or with --variants the one ablation variant named (a
+    variant chosen on held-out TRAIN images, confirmed on val)."""
+    if not variants:
+        return {}
+    if len(variants) > 1:
+        raise SystemExit(f"error: --model ours trains one variant, got --variants {', '.join(variants)}")
+    return ABLATIONS[variants[0]]
 
 
 def parameter_count(module) -> int:
@@ -461,7 +476,7 @@ def _keep_example(examples: dict, batch, offset: int, truth) -> None:
 
 def run_ours(args) -> dict:
     train_stems, val_stems = splits(args)
-    config = model_config(args)
+    config = model_config(args, **ours_overrides(args.variants))
     if args.ours_checkpoint:  # score a finished run again, e.g. with another protocol
         from src.checkpoint import load_checkpoint, load_model
 

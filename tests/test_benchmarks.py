@@ -530,6 +530,24 @@ def test_kvasir_smoke_ours(tmp_path):
     # per-image Dice of every row, in the order of scored_stems (the val split's first 2)
     assert len(result["scored_stems"]) == 2
     assert all(len(row["per_image_dice"]) == 2 for row in result["rows"].values())
+    assert set(result["uncertainty_error_std_rows"]) == {"ddim10_ens2"}  # the ensemble's std, too
+
+
+@needs_kvasir
+def test_kvasir_smoke_ours_trains_the_variant_named_and_scores_its_mc_dropout_ensemble(tmp_path):
+    out = tmp_path / "ours.json"
+    assert kvasir.main(["--smoke", "--model", "ours", "--variants", "dropout 0.1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["dropout"] == 0.1
+    assert set(result["rows"]) == {"ddim1_ens1", "ddim2_ens1", "ddim10_ens2", "ddim10_ens2_mcdropout"}
+    assert set(result["uncertainty_error_std_rows"]) == {"ddim10_ens2", "ddim10_ens2_mcdropout"}
+    assert 0 <= result["uncertainty_error_std_rows"]["ddim10_ens2_mcdropout"]["auroc"] <= 1
+
+
+def test_ours_trains_one_variant_at_most():
+    assert kvasir.ours_overrides(None) == {} and kvasir.ours_overrides(["dropout 0.1"]) == {"dropout": 0.1}
+    with pytest.raises(SystemExit, match="trains one variant"):
+        kvasir.ours_overrides(["default", "dropout 0.1"])
 
 
 def run_kvasir_in_peer_venv(out, *arguments, module: str = "kvasir") -> dict:
