@@ -120,6 +120,9 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     # Twelfth round: "dropout 0.1" (above) on today's default at twice the head's ablation budget,
     # its ensembles also scored with MC dropout in the image branch (evaluate_ours' "_mcdropout"
     # row): do samples that each encode the image afresh disagree where the model errs?
+    # The winner is today's default (dropout 0.1, MC dropout for ensembles), so the round's
+    # "default" rows are what this now names.
+    "no dropout (the eleventh round's default)": {"dropout": 0.0},
     # Ninth round: encode the image once, denoise with a light head (DDP): does the image branch,
     # free of noise and time, segment as well, and do the head's steps refine?
     # The round ran against the eighth round's default; the winner is today's default, so its

@@ -36,7 +36,8 @@ def step_rows(ours: dict) -> list:
     rows = []
     for key, row in ours["rows"].items():
         steps, ensemble = key.removeprefix("ddim").split("_ens")
-        rows.append((int(steps), int(ensemble), row))
+        if ensemble.isdigit():  # not the rows of another sampling mode (MC_DROPOUT)
+            rows.append((int(steps), int(ensemble), row))
     return sorted(rows, key=lambda r: (r[1], r[0]))
 
 
@@ -274,12 +275,16 @@ def speed_plot(speed) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+MC_DROPOUT = "_mcdropout"  # suffix of an ensemble row whose samples each encode the image with dropout
+
+
 def row_label(key: str) -> str:
-    """'ddim10_ens5' -> 'DDIM 10, ensemble 5'; other keys as they are."""
+    """'ddim10_ens5' -> 'DDIM 10, ensemble 5' ('..., MC dropout' for MC_DROPOUT rows); other keys as they are."""
     if not key.startswith("ddim") or "_ens" not in key:
         return key
-    steps, ensemble = key.removeprefix("ddim").split("_ens")
-    return f"DDIM {steps}, ensemble {ensemble}"
+    mc_dropout = key.endswith(MC_DROPOUT)
+    steps, ensemble = key.removesuffix(MC_DROPOUT).removeprefix("ddim").split("_ens")
+    return f"DDIM {steps}, ensemble {ensemble}" + (", MC dropout" if mc_dropout else "")
 
 
 def reliability_rows(ours, unet) -> list:
@@ -287,7 +292,7 @@ def reliability_rows(ours, unet) -> list:
     plain UNet, those that the results hold."""
     curves = []
     if ours and ours.get("calibration"):
-        keys = [ours.get("ensemble_key"), "ddim10_ens1"]
+        keys = [f"{ours.get('ensemble_key')}{MC_DROPOUT}", ours.get("ensemble_key"), "ddim10_ens1"]
         for key in dict.fromkeys(k for k in keys if k in ours["calibration"]):
             curves.append((f"ours, {row_label(key)}", ours["calibration"][key]))
     if unet and unet.get("calibration", {}).get("unet"):
@@ -455,6 +460,8 @@ def calibration_table(ours, unet) -> str:
         cal = ours["calibration"].get(key)
         add(f"ours, {row_label(key)}", cal, ours.get("uncertainty_map", "ensemble std"), ours.get("uncertainty_error"))
         add(f"ours, {row_label(key)}", cal, "p(1-p) of the mean probability", ours.get("uncertainty_error_pq"))
+        for other, unc in ours.get("uncertainty_error_std_rows", {}).items():
+            add(f"ours, {row_label(other)}", ours["calibration"].get(other), "ensemble std", unc)
         for other, unc in ours.get("uncertainty_error_pq_rows", {}).items():
             if other != key:
                 add(f"ours, {row_label(other)}", ours["calibration"].get(other), "p(1-p)", unc)
@@ -573,7 +580,9 @@ def seed_averaged_ablation_table(runs: list, by_device: bool = True) -> str:
             device = _trained_on(result) if by_device else "each paired on its own device"
             by_key = diffs.setdefault((variant_name(name, result), device), {})
             for key in keys:
-                pair = np.asarray(scores[key]["per_image_dice"]) - np.asarray(default[key]["per_image_dice"])
+                # a variant's MC dropout row against the default's ensemble (which has none)
+                base = default.get(key) or default[key.removesuffix(MC_DROPOUT)]
+                pair = np.asarray(scores[key]["per_image_dice"]) - np.asarray(base["per_image_dice"])
                 by_key.setdefault(key, []).append(pair)
     rows = {variant: by_key for variant, by_key in diffs.items() if len(next(iter(by_key.values()))) > 1}
     if not rows:
@@ -622,6 +631,33 @@ def heldout_unet_table(runs: list, unets: list, variant: str = "default") -> str
     for key, runs_averaged, text in averaged_differences(per_row):
         lines.append(f"| mean of {runs_averaged} runs | | {row_label(key)} | | | | **{text}** |")
     return "\n".join(lines)
+
+
+def heldout_uncertainty_table(runs: list, unets: list) -> str:
+    """Per seed and variant of an ablation round, each ensemble row's Dice, ECE and AUROC as an
+    error detector of p(1-p) of its mean and of its samples' std (the rounds that record it),
+    beside the plain UNets on the same held-out images (p(1-p) of the sigmoid)."""
+    lines = [
+        "| model, seed | row | Dice | ECE (15 bins) | AUROC, p(1-p) of the mean | AUROC, ensemble std | trained on |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in filter(None, runs):
+        seed = int(result.get("seed", 42))
+        for name, variant in result["variants"].items():
+            scores = variant.get("scores", {})
+            for key, unc in scores.get("uncertainty_error_std_rows", {}).items():
+                lines.append(
+                    f"| {variant_name(name, result)}, {seed} | {row_label(key)} | {scores['rows'][key]['dice']:.3f} | "
+                    f"{scores['calibration'][key]['ece']:.4f} | {scores['uncertainty_error_pq_rows'][key]['auroc']:.3f} | "
+                    f"{unc['auroc']:.3f} | {_trained_on(result)} |"
+                )
+    for unet in filter(None, unets):
+        lines.append(
+            f"| smp.Unet (plain), {unet.get('seed', 42)} | sigmoid | {unet['rows']['unet']['dice']:.3f} | "
+            f"{unet['calibration']['unet']['ece']:.4f} | {unet['uncertainty_error_pq']['auroc']:.3f} | – | "
+            f"{_trained_on(unet)} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else "(not run)"
 
 
 def averaged_differences(per_row: dict, digits: int = 3) -> list:
@@ -792,7 +828,7 @@ def merged_ablation(pattern: str):
     return merged
 
 
-SEED_ROWS = ("ddim10_ens1", "ddim10_ens5")  # ours' rows the seeds table compares with the UNet
+SEED_ROWS = ("ddim10_ens1", "ddim10_ens5", "ddim10_ens5" + MC_DROPOUT)  # ours' rows set beside the UNet
 
 
 def seeds_table(runs) -> str:
@@ -827,6 +863,7 @@ STEP_PAIRS = (  # (row, row it is compared with) of the steps tables
     ("ddim50_ens1", "ddim10_ens1"),
     ("ddim10_ens5", "ddim1_ens1"),
     ("ddim10_ens5", "ddim10_ens1"),
+    ("ddim10_ens5" + MC_DROPOUT, "ddim10_ens5"),
 )
 
 
@@ -942,8 +979,13 @@ def main() -> int:
         (minutes, load(f"kvasir_ours_{size}_r10fair{minutes}.json"), u)
         for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
     ]
+    # the twelfth round's default: dropout 0.1, and MC dropout for the ensemble
+    twelfth = [
+        (minutes, load(f"kvasir_ours_{size}_r12fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
+    ]
     fair_sections = []
     for runs, whose in (
+        (twelfth, ", the twelfth round's default (dropout 0.1, MC dropout)"),
         (tenth, ", the tenth round's default (input scale 0.2)"),
         (ninth, ", the ninth round's default (mask head)"),
         (seventh, ", the seventh round's sampler"),
@@ -979,6 +1021,11 @@ def main() -> int:
         (budget, [(int(r.get("seed", 42)), r["variants"][variant]["scores"]) for r in runs if r])
         for budget, variant, runs in (
             (
+                "7,164 steps (the twelfth round's dropout 0.1, H200)",
+                "dropout 0.1",
+                [load(f"kvasir_ablation_128_round12_dropout01{tag}.json") for tag in ("", "_seed43", "_seed44")],
+            ),
+            (
                 "3,626 steps (the sixth round's runs of today's default, H200)",
                 "zero-init x_t input and time FiLM",
                 [load(f"kvasir_ablation_128_round6_zeroboth{tag}.json") for tag in ("", "_seed43", "_seed44")],
@@ -1001,12 +1048,33 @@ def main() -> int:
     ninth_round = [
         load(f"kvasir_ablation_128_round9_{name}.json") for name in ("head2", "head2_seed43", "head2_seed44")
     ]
+    # the twelfth round: dropout 0.1 and MC dropout at twice the head's ablation budget (H200)
+    twelfth_round = [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round12_*.json"))]
+    doubled_unets = [load(f"kvasir_unet_{size}_heldout_round8_seed{seed}.json") for seed in (42, 44)]
     # the tenth round: the head's input scale and training on its own noised estimate (H100)
     # (the H100 runs; the CPU repeat of today's default, round10_cpu_*, is quoted in BENCHMARKS.md)
     tenth_round = [
         load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round10_*.json")) if "_cpu_" not in p.name
     ]
     sections = [
+        "## Twelfth round, held-out TRAIN images: dropout 0.1, and MC dropout for the ensemble "
+        "(7,164 steps each, H200; `default` = the eleventh round's, no dropout)\n\n"
+        + seeded_ablation_table(twelfth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(twelfth_round)
+        + "\n\nUncertainty of each ensemble row, and the plain UNet on the same held-out images (fit split, "
+        "twice its idle-core budget, 2,644 steps, the eighth round's CPU runs):\n\n"
+        + heldout_uncertainty_table(twelfth_round, doubled_unets)
+        + "\n\n"
+        + heldout_unet_table(twelfth_round, doubled_unets, variant="dropout 0.1"),
+        *round_val_sections(
+            "r12",
+            "the twelfth round's default (dropout 0.1, MC dropout)",
+            "r10",
+            "Dropout 0.1 against the tenth round's default, val, {minutes} minutes, the same seeds "
+            "(new = dropout 0.1, old = no dropout)",
+            {20: unet, 40: unet_long, 60: unet_60},
+        ),
         "## Tenth round, held-out TRAIN images: the mask head's input scale, and refining its own "
         "noised estimate (3,582 steps each, H100)\n\n"
         + seeded_ablation_table(tenth_round)

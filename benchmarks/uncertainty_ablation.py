@@ -238,7 +238,9 @@ def sample_step_probs(
         repeated = flip_members(repeated, members)
     estimates = []
     with runtime.autocast():
-        for _, _, x0 in model.reverse_process(repeated, steps, "ddim", eta, seed):
+        # one row per member, each its own dropout draw where segment() would draw one
+        mc_dropout = model.uses_mc_dropout(members)
+        for _, _, x0 in model.reverse_process(repeated, steps, "ddim", eta, seed, mc_dropout=mc_dropout):
             if flips:
                 x0 = flip_members(x0, members)
             estimates.append(model.x0_to_probabilities(x0.float())[:, 0].cpu())

@@ -14,8 +14,9 @@ TINY.update(zero_init_noisy_input=False, zero_init_time_film=False)
 # ... and the whole UNet at every step, as before the ninth round; the mask head (the default
 # since) has its own numbers below.
 TINY.update(mask_head_blocks=0)
-# All of them were made at input scale 0.05, the default before the tenth round.
-TINY.update(input_scale=0.05)
+# All of them were made at input scale 0.05, the default before the tenth round, and without
+# dropout, the default before the twelfth (MC dropout for ensembles has its own numbers below).
+TINY.update(input_scale=0.05, dropout=0.0)
 # The numbers were made when each sampling step was handed the last estimate; the mean of the
 # estimates so far (the default since the seventh round) has its own numbers below.
 LAST = dict(self_condition_on="last")
@@ -95,3 +96,15 @@ def test_mask_head_sample_segment_and_loss(images):
     losses = model.training_losses(images, masks, t=torch.tensor([10, 900]))
     expected = {"bce": 0.726696, "dice": 0.513094, "loss": 2.296553, "mse": 1.056763}
     assert {name: value.item() for name, value in losses.items()} == pytest.approx(expected, **CLOSE)
+
+
+def test_mc_dropout_ensemble(images):
+    """The default since the twelfth round: dropout 0.1, each ensemble sample its own dropout draw
+    of the image features (the draw's seed comes from the sampling generator, before x_T)."""
+    model = tiny(mask_head_blocks=2, dropout=0.1)
+    with torch.no_grad():  # a new block's last convolution starts at zero, which would hide its dropout
+        for index, parameter in enumerate(model.parameters()):
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(index)))
+    out = model.segment(images, steps=4, ensemble=2, seed=4)
+    assert out.probabilities.sum().item() == pytest.approx(250.676682, **CLOSE)
+    assert out.ensemble_std.sum().item() == pytest.approx(19.299747, **CLOSE)

@@ -235,6 +235,18 @@ def test_predictor_uses_ema_weights_and_resizes_back(workspace, tmp_path):
     assert predictions[0].uncertainty.max() > 0  # three different samples
 
 
+@pytest.mark.parametrize("mc_dropout", [True, False])
+def test_an_ensemble_of_a_dropout_model_encodes_each_sample_unless_mc_dropout_is_off(tmp_path, mc_dropout):
+    model = tiny_model(dropout=0.1, mask_head_blocks=1)
+    checkpoint = write_checkpoint(model, tmp_path / "dropout.pth")
+    options = PredictorOptions(steps=2, ensemble=3, mc_dropout=mc_dropout)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", options=options)
+    rows = []
+    predictor.model.unet.register_forward_hook(lambda _module, inputs, _output: rows.append(inputs[0].shape[0]))
+    predictor.predict([np.zeros((20, 20, 3), np.uint8), np.full((20, 20, 3), 90, np.uint8)])
+    assert rows == ([6] if mc_dropout else [2])  # 2 images x 3 samples, each its own dropout draw; or shared
+
+
 def test_image_size_not_divisible_is_a_clean_error(workspace, capsys):
     code = main(
         [
@@ -492,7 +504,9 @@ def test_sampling_flags_take_their_defaults_and_help_from_predictor_options():
     parser = build_parser()
     args = parser.parse_args(["--checkpoint", "c.pth", "--input", "x.png"])
     defaults = PredictorOptions()
-    for name in ("steps", "ensemble", "eta", "time_ensemble", "threshold", "seed", "resize", "tile", "tile_overlap"):
+    names = ("steps", "ensemble", "eta", "time_ensemble", "mc_dropout", "threshold", "seed", "resize", "tile")
+    for name in (*names, "tile_overlap"):
         assert getattr(args, name) == getattr(defaults, name), name
+    assert parser.parse_args(["--checkpoint", "c.pth", "--no-mc-dropout"]).mc_dropout is False
     assert "DDIM steps (default: 50)" in " ".join(parser.format_help().split())
     assert parser.parse_args(["--checkpoint", "c.pth", "--steps", "7", "--no-tile"]).steps == 7

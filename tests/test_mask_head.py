@@ -23,7 +23,7 @@ def count_calls(module: torch.nn.Module) -> list:
 
 
 def test_sampling_encodes_each_image_once_whatever_the_steps_and_samples():
-    model = tiny_model(mask_head_blocks=2).eval()
+    model = tiny_model(mask_head_blocks=2, dropout=0.0).eval()
     unet_calls, head_calls = count_calls(model.unet), count_calls(model.mask_head)
     out = model.segment(torch.rand(3, 3, 16, 16), steps=4, ensemble=5, seed=0)
     assert unet_calls == [3]  # one pass over the three images, not one per step or sample
@@ -47,7 +47,9 @@ def test_an_ensemble_samples_as_the_repeated_images_would(mask_head_blocks):
     sampling each image repeated ensemble times, so old results stay reproducible."""
     model = tiny_model(mask_head_blocks=mask_head_blocks).eval()
     images = torch.rand(2, 3, 16, 16)
-    together = [step.x0 for step in model.reverse_process(images, steps=3, eta=1.0, seed=7, ensemble=3)]
+    together = [
+        step.x0 for step in model.reverse_process(images, steps=3, eta=1.0, seed=7, ensemble=3, mc_dropout=False)
+    ]
     repeated = images.repeat_interleave(3, dim=0)
     apart = [step.x0 for step in model.reverse_process(repeated, steps=3, eta=1.0, seed=7)]
     for a, b in zip(together, apart):
@@ -102,6 +104,18 @@ def test_train_flag_sets_the_head():
     parser = build_parser()
     _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--mask-head-blocks", "2"]))
     assert config.mask_head_blocks == 2
+
+
+def test_an_ensemble_of_a_model_with_dropout_encodes_each_sample_once_by_default():
+    model = tiny_model(mask_head_blocks=2, dropout=0.1).eval()
+    unet_calls, head_calls = count_calls(model.unet), count_calls(model.mask_head)
+    model.segment(torch.rand(3, 3, 16, 16), steps=4, ensemble=5, seed=0)
+    assert unet_calls == [15] and head_calls == [15] * 4  # one pass over the 3 x 5 samples, still once
+    model.segment(torch.rand(3, 3, 16, 16), steps=4, ensemble=1, seed=0)
+    assert unet_calls[1:] == [3]  # one sample: the deterministic encoding
+    assert model.uses_mc_dropout(5) and not model.uses_mc_dropout(1) and not model.uses_mc_dropout(5, False)
+    assert not tiny_model(mask_head_blocks=2, dropout=0.0).uses_mc_dropout(5)
+    assert not tiny_model(mask_head_blocks=0, dropout=0.1).uses_mc_dropout(5)
 
 
 def test_mc_dropout_gives_each_sample_its_own_encoding_and_repeats_with_its_seed():

@@ -67,7 +67,7 @@ def _add_sampling_flags(sampling) -> None:
     for name in ("steps", "ensemble"):
         config_flag(sampling, PredictorOptions, name, type=positive_int, typed_only=False)
     config_flag(sampling, PredictorOptions, "eta", type=number_in(0, 1), typed_only=False)
-    for name in ("time_ensemble", "tile"):
+    for name in ("time_ensemble", "mc_dropout", "tile"):
         config_flag(sampling, PredictorOptions, name, action=argparse.BooleanOptionalAction, typed_only=False)
     config_flag(sampling, PredictorOptions, "self_condition_on", choices=SELF_CONDITION_SOURCES, typed_only=False)
     probability = number_in(0, 1, low_inclusive=False, high_inclusive=False)
@@ -167,6 +167,7 @@ def run(args) -> int:
         eta=args.eta,
         time_ensemble=args.time_ensemble,
         self_condition_on=args.self_condition_on,
+        mc_dropout=args.mc_dropout,
     )
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=args.device, precision=args.precision, options=options, image_size=image_size

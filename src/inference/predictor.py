@@ -85,6 +85,12 @@ class PredictorOptions:
         "mean",
         "the estimate each step of a self-conditioned model is handed: the mean of the estimates so far, or the last",
     )
+    mc_dropout: bool = option(
+        True,
+        "with an ensemble, each sample encodes the image with its own dropout draw (MC dropout; models "
+        "trained with dropout and a mask head, the default since the twelfth round), so the samples "
+        "disagree where the model is unsure",
+    )
     threshold: float = option(0.5, "foreground probability threshold for binary models")
     seed: int | None = option(0, "sampling seed: same seed, same masks")
     process_frames: int = 8  # frames kept per image when the process is recorded
@@ -100,6 +106,11 @@ class PredictorOptions:
     tile_overlap: float = option(0.25, "overlap of neighbouring windows, a fraction of the window")
     tile_batch: int = 8  # windows per forward pass
     progress: bool = False  # a bar over the windows of a tiled image
+
+    @property
+    def model_mc_dropout(self) -> bool | None:
+        """segment()'s mc_dropout: None (the model's default: on where it can) or off."""
+        return None if self.mc_dropout else False
 
 
 class Predictor:
@@ -221,6 +232,7 @@ class Predictor:
                     eta=options.eta,
                     time_ensemble=options.time_ensemble,
                     self_condition_on=options.self_condition_on,
+                    mc_dropout=options.model_mc_dropout,
                 )
             return output.probabilities, output.uncertainty
 
@@ -254,6 +266,7 @@ class Predictor:
             eta=options.eta,
             time_ensemble=options.time_ensemble,
             self_condition_on=options.self_condition_on,
+            mc_dropout=options.model_mc_dropout,
         )
         with self.runtime.autocast():
             if record_process:
