@@ -94,6 +94,8 @@ def test_single_image_end_to_end_keeps_size_and_stem(workspace, tmp_path):
         assert gif.n_frames == 3  # one per DDIM step (fewer steps than the 8 frames asked)
     assert (tmp_path / "img_0_process.png").stat().st_size > 0
     assert str(tmp_path / "img_0.png") in result.stdout
+    # the banner says how the ensemble samples: today's models with dropout, each sample its own draw
+    assert tiny_model().can_mc_dropout and "ensemble 2 (MC dropout), seed 0" in result.stdout
 
 
 def test_overlay_is_default_and_can_be_turned_off(workspace, tmp_path):

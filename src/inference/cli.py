@@ -181,7 +181,9 @@ def run(args) -> int:
         f"model: {config.num_classes} class(es), {config.in_channels} channel(s), runs at "
         f"{predictor.image_size[0]}x{predictor.image_size[1]} ({predictor.options.resize}) "
         f"on {predictor.runtime.describe()}; "
-        f"{args.steps} DDIM steps, ensemble {args.ensemble}, seed {args.seed}"
+        f"{args.steps} DDIM steps, ensemble {args.ensemble}"
+        f"{' (MC dropout)' if predictor.model.uses_mc_dropout(args.ensemble, options.model_mc_dropout) else ''}, "
+        f"seed {args.seed}"
     )
 
     if mode == "interactive":
