@@ -4,8 +4,8 @@ With `DiffusionConfig.mask_head_blocks` > 0 the UNet sees only the image, once p
 leaves features at its own resolution (1/patch_size); at every reverse step only this head runs:
 the noisy mask and the previous estimate, folded into patches the way the UNet folds its input,
 are added to those features and pass `num_blocks` time-conditioned ResNet blocks. Ten steps of an
-ensemble of five then cost one UNet pass and fifty head passes, and in training the
-self-conditioning pass re-runs only the head.
+ensemble of five then cost one UNet pass (five with MC dropout, DiffusionSegmentation.member_conditioning)
+and fifty head passes, and in training the self-conditioning pass re-runs only the head.
 """
 
 import torch
