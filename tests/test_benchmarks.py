@@ -332,6 +332,23 @@ def test_report_tables_from_fake_results():
     assert report.paired_table(None, unet) == "(not run)" and "predates" in report.calibration_table({"rows": {}}, None)
 
 
+def test_heldout_uncertainty_table_lists_each_ensemble_row_beside_the_unets():
+    ours, unet = fake_results()
+    mc_key = "ddim10_ens5" + report.MC_DROPOUT
+    ours["rows"][mc_key] = ours["rows"]["ddim10_ens5"]
+    ours["calibration"][mc_key] = ours["calibration"]["ddim10_ens5"]
+    ours["uncertainty_error_pq_rows"][mc_key] = {**ours["uncertainty_error_pq"], "auroc": 0.9}
+    ours["uncertainty_error_std_rows"] = {"ddim10_ens5": {"auroc": 0.81}, mc_key: {"auroc": 0.85}}
+    run = {"seed": 43, "variants": {"dropout 0.1": {"scores": ours}}, "machine": {"gpu": "G"}}
+    table = report.heldout_uncertainty_table([run, None], [{**unet, "seed": 44, "machine": {"cpu": "C"}}])
+    lines = table.splitlines()
+    assert len(lines) == 2 + 2 + 1  # header, the two ensemble rows, the UNet
+    assert lines[3].startswith("| dropout 0.1, 43 | DDIM 10, ensemble 5, MC dropout |")
+    assert lines[3].endswith("| 0.900 | 0.850 | G |")
+    assert lines[4].startswith("| smp.Unet (plain), 44 | sigmoid |") and lines[4].endswith("| – | C |")
+    assert report.heldout_uncertainty_table([], []) == "(not run)"
+
+
 def test_seeds_table_averages_the_per_image_differences_over_seeds():
     runs = []
     for seed, shift in ((42, 0.02), (43, 0.04)):
