@@ -542,7 +542,8 @@ def run_heldout(args) -> dict:
 def run_val(args) -> dict:
     val = common.read_stems(args.data, "val")
     result, store = score(args, val, f"{len(val)} val images")
-    result["bootstrap"] = bootstrap_against_unet(store, [n for n in result["rows"] if n != UNET], args.bootstrap)
+    if UNET in store["stats"]:  # without --unet-weights: ours' rows alone
+        result["bootstrap"] = bootstrap_against_unet(store, [n for n in result["rows"] if n != UNET], args.bootstrap)
     result["scored_stems"] = val[: result["images"]]
     _print_rows(result)
     return {"mode": "val", **result}

@@ -494,6 +494,23 @@ def test_unknown_ablation_variants_are_a_usage_error_naming_them(capsys):
     assert kvasir.parse_args(["--variants", "default,mask head 1 block"]).variants == ["default", "mask head 1 block"]
 
 
+@needs_kvasir
+def test_uncertainty_ablation_val_without_unet_weights_scores_ours_alone(tmp_path):
+    from src.checkpoint import save_checkpoint
+    from tests.helpers import tiny_model
+
+    model = tiny_model(image_size=(32, 32))
+    state = {"model_config": model.config.to_dict(), "model": model.state_dict(), "ema": None, "step": 3}
+    checkpoint = save_checkpoint(state, tmp_path / "tiny.pth")
+    out = tmp_path / "uncertainty.json"
+    arguments = ["val", "--ours-checkpoint", str(checkpoint), "--image-size", "32", "--steps", "2", "--ensemble", "2"]
+    arguments += ["--ensembles", "2", "--eval-images", "2", "--candidates", "K=2: ens std (current)", "--out", str(out)]
+    assert uncertainty_ablation.main(arguments) == 0
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"K=2: ens std (current)"} and "bootstrap" not in result
+    assert 0 <= result["rows"]["K=2: ens std (current)"]["auroc"] <= 1
+
+
 def test_holdout_split_is_disjoint_and_seeded():
     stems = [f"s{i}" for i in range(20)]
     fit, held = common.holdout_split(stems, 5)
