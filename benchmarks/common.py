@@ -29,6 +29,9 @@ CHECKPOINTS = RESULTS / "checkpoints"
 PEER_VENV = ROOT / "benchmarks" / ".peer-venv"
 PEER_PYTHON = PEER_VENV / "bin" / "python"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kvasir-seg"
+# suffix of a results row (kvasir.evaluate_ours writes it, report.py reads it) whose ensemble
+# samples each encode the image with their own dropout draw
+MC_DROPOUT = "_mcdropout"
 
 
 def module_command(python, module: str, *args) -> list:

@@ -424,7 +424,7 @@ def evaluate_ours(
     runs = {f"ddim{s}_ens1": (s, 1, False) for s in steps_list}
     runs.setdefault(ens_key, (ENSEMBLE_STEPS, ensemble, False))  # ensemble 1 at ENSEMBLE_STEPS may already be a row
     if model.can_mc_dropout and ensemble > 1:
-        runs[f"{ens_key}_mcdropout"] = (ENSEMBLE_STEPS, ensemble, True)  # each sample its own dropout draw
+        runs[ens_key + common.MC_DROPOUT] = (ENSEMBLE_STEPS, ensemble, True)  # each sample its own dropout draw
     results, calibration, pq, stats = {}, {}, {}, common.UncertaintyErrorStats(upper=1.0)  # entropy: [0, 1]
     std = {key: common.UncertaintyErrorStats() for key, (_, size, _) in runs.items() if size > 1}
     examples = {"images": [], "truths": [], "preds": [], "uncertainty": []}

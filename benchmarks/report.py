@@ -36,7 +36,7 @@ def step_rows(ours: dict) -> list:
     rows = []
     for key, row in ours["rows"].items():
         steps, ensemble = key.removeprefix("ddim").split("_ens")
-        if ensemble.isdigit():  # not the rows of another sampling mode (MC_DROPOUT)
+        if ensemble.isdigit():  # not the rows of another sampling mode (common.MC_DROPOUT)
             rows.append((int(steps), int(ensemble), row))
     return sorted(rows, key=lambda r: (r[1], r[0]))
 
@@ -275,15 +275,12 @@ def speed_plot(speed) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-MC_DROPOUT = "_mcdropout"  # suffix of an ensemble row whose samples each encode the image with dropout
-
-
 def row_label(key: str) -> str:
-    """'ddim10_ens5' -> 'DDIM 10, ensemble 5' ('..., MC dropout' for MC_DROPOUT rows); other keys as they are."""
+    """'ddim10_ens5' -> 'DDIM 10, ensemble 5' ('..., MC dropout' for common.MC_DROPOUT rows); other keys as they are."""
     if not key.startswith("ddim") or "_ens" not in key:
         return key
-    mc_dropout = key.endswith(MC_DROPOUT)
-    steps, ensemble = key.removesuffix(MC_DROPOUT).removeprefix("ddim").split("_ens")
+    mc_dropout = key.endswith(common.MC_DROPOUT)
+    steps, ensemble = key.removesuffix(common.MC_DROPOUT).removeprefix("ddim").split("_ens")
     return f"DDIM {steps}, ensemble {ensemble}" + (", MC dropout" if mc_dropout else "")
 
 
@@ -292,7 +289,7 @@ def reliability_rows(ours, unet) -> list:
     plain UNet, those that the results hold."""
     curves = []
     if ours and ours.get("calibration"):
-        keys = [f"{ours.get('ensemble_key')}{MC_DROPOUT}", ours.get("ensemble_key"), "ddim10_ens1"]
+        keys = [f"{ours.get('ensemble_key')}{common.MC_DROPOUT}", ours.get("ensemble_key"), "ddim10_ens1"]
         for key in dict.fromkeys(k for k in keys if k in ours["calibration"]):
             curves.append((f"ours, {row_label(key)}", ours["calibration"][key]))
     if unet and unet.get("calibration", {}).get("unet"):
@@ -581,7 +578,7 @@ def seed_averaged_ablation_table(runs: list, by_device: bool = True) -> str:
             by_key = diffs.setdefault((variant_name(name, result), device), {})
             for key in keys:
                 # a variant's MC dropout row against the default's ensemble (which has none)
-                base = default.get(key) or default[key.removesuffix(MC_DROPOUT)]
+                base = default.get(key) or default[key.removesuffix(common.MC_DROPOUT)]
                 pair = np.asarray(scores[key]["per_image_dice"]) - np.asarray(base["per_image_dice"])
                 by_key.setdefault(key, []).append(pair)
     rows = {variant: by_key for variant, by_key in diffs.items() if len(next(iter(by_key.values()))) > 1}
@@ -828,7 +825,7 @@ def merged_ablation(pattern: str):
     return merged
 
 
-SEED_ROWS = ("ddim10_ens1", "ddim10_ens5", "ddim10_ens5" + MC_DROPOUT)  # ours' rows set beside the UNet
+SEED_ROWS = ("ddim10_ens1", "ddim10_ens5", "ddim10_ens5" + common.MC_DROPOUT)  # ours' rows set beside the UNet
 
 
 def seeds_table(runs) -> str:
@@ -863,7 +860,7 @@ STEP_PAIRS = (  # (row, row it is compared with) of the steps tables
     ("ddim50_ens1", "ddim10_ens1"),
     ("ddim10_ens5", "ddim1_ens1"),
     ("ddim10_ens5", "ddim10_ens1"),
-    ("ddim10_ens5" + MC_DROPOUT, "ddim10_ens5"),
+    ("ddim10_ens5" + common.MC_DROPOUT, "ddim10_ens5"),
 )
 
 

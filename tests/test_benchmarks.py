@@ -334,7 +334,7 @@ def test_report_tables_from_fake_results():
 
 def test_heldout_uncertainty_table_lists_each_ensemble_row_beside_the_unets():
     ours, unet = fake_results()
-    mc_key = "ddim10_ens5" + report.MC_DROPOUT
+    mc_key = "ddim10_ens5" + common.MC_DROPOUT
     ours["rows"][mc_key] = ours["rows"]["ddim10_ens5"]
     ours["calibration"][mc_key] = ours["calibration"]["ddim10_ens5"]
     ours["uncertainty_error_pq_rows"][mc_key] = {**ours["uncertainty_error_pq"], "auroc": 0.9}
@@ -361,7 +361,7 @@ def test_seeds_table_averages_the_per_image_differences_over_seeds():
     assert table.count("\n") == 1 + 2 * 2 + 2  # ours has no MC dropout row: that row is left out
     assert "| 42 | DDIM 10, ensemble 1 |" in table and "+0.0400 [+0.0400, +0.0400]" in table
     assert table.count("| mean of 2 seeds |") == 2 and "**+0.0300 [+0.0300, +0.0300]**" in table
-    mc_key = "ddim10_ens5" + report.MC_DROPOUT
+    mc_key = "ddim10_ens5" + common.MC_DROPOUT
     for _, ours, _ in runs:
         ours["rows"][mc_key] = ours["rows"]["ddim10_ens5"]
     assert "| 43 | DDIM 10, ensemble 5, MC dropout |" in report.seeds_table(runs)
