@@ -977,8 +977,10 @@ def main() -> int:
         for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
     ]
     # the twelfth round's default: dropout 0.1, and MC dropout for the ensemble
+    # (60 minutes: the thirteenth round's runs of the same default)
     twelfth = [
-        (minutes, load(f"kvasir_ours_{size}_r12fair{minutes}.json"), u) for minutes, u in ((20, unet), (40, unet_long))
+        (minutes, load(f"kvasir_ours_{size}_r12fair{minutes}.json"), u)
+        for minutes, u in ((20, unet), (40, unet_long), (60, unet_60))
     ]
     fair_sections = []
     for runs, whose in (
@@ -1014,22 +1016,24 @@ def main() -> int:
     ]
     # the eighth round: twice the ablation budget on the held-out images (H100, and seed 44 on the CPU)
     eighth_round = [load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round8_*.json"))]
+    # the twelfth round's dropout runs and the thirteenth round's two more seeds of the same default (CPU)
+    dropout_runs = [load(f"kvasir_ablation_128_round12_dropout01{tag}.json") for tag in ("", "_seed43", "_seed44")]
+    thirteenth_round = [load(f"kvasir_ablation_128_round13_default_seed{seed}.json") for seed in (45, 46)]
     heldout_steps = [
-        (budget, [(int(r.get("seed", 42)), r["variants"][variant]["scores"]) for r in runs if r])
-        for budget, variant, runs in (
+        (budget, [(int(r.get("seed", 42)), next(iter(r["variants"].values()))["scores"]) for r in runs if r])
+        # (each of these files holds one variant)
+        for budget, runs in (
             (
-                "7,164 steps (the twelfth round's dropout 0.1, H200)",
-                "dropout 0.1",
-                [load(f"kvasir_ablation_128_round12_dropout01{tag}.json") for tag in ("", "_seed43", "_seed44")],
+                "today's default, 7,164 steps (the twelfth round's dropout 0.1 runs, H200, and the "
+                "thirteenth round's seeds 45 and 46, CPU)",
+                dropout_runs + thirteenth_round,
             ),
             (
-                "3,626 steps (the sixth round's runs of today's default, H200)",
-                "zero-init x_t input and time FiLM",
+                "the sixth round's default, 3,626 steps (H200)",
                 [load(f"kvasir_ablation_128_round6_zeroboth{tag}.json") for tag in ("", "_seed43", "_seed44")],
             ),
             (
-                "7,252 steps (the eighth round, H100)",
-                "default",
+                "the eighth round's default, 7,252 steps (H100)",
                 [load(f"kvasir_ablation_128_round8_default{tag}.json") for tag in ("", "_seed43", "_seed44")],
             ),
         )
@@ -1054,6 +1058,9 @@ def main() -> int:
         load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round10_*.json")) if "_cpu_" not in p.name
     ]
     sections = [
+        "## Thirteenth round, held-out TRAIN images: MC dropout re-tested, today's default "
+        "(7,164 steps each; seeds 42-44 the twelfth round's dropout 0.1 runs on the H200, 45 and 46 on the CPU)\n\n"
+        + heldout_uncertainty_table(dropout_runs + thirteenth_round, doubled_unets),
         "## Twelfth round, held-out TRAIN images: dropout 0.1, and MC dropout for the ensemble "
         "(7,164 steps each, H200; `default` = the eleventh round's, no dropout)\n\n"
         + seeded_ablation_table(twelfth_round)
@@ -1071,6 +1078,10 @@ def main() -> int:
             "Dropout 0.1 against the tenth round's default, val, {minutes} minutes, the same seeds "
             "(new = dropout 0.1, old = no dropout)",
             {20: unet, 40: unet_long, 60: unet_60},
+        ),
+        "## 60 minutes against 40 minutes, the same seeds, the twelfth round's default (new = 60, old = 40)\n\n"
+        + sampler_change_table(
+            [(seed, round_run("r12", 60, seed, size), round_run("r12", 40, seed, size)) for seed in ROUND_SEEDS]
         ),
         "## Tenth round, held-out TRAIN images: the mask head's input scale, and refining its own "
         "noised estimate (3,582 steps each, H100)\n\n"
@@ -1119,7 +1130,7 @@ def main() -> int:
             eighth_round, [load(f"kvasir_unet_{size}_heldout_round8_seed{seed}.json") for seed in (42, 44)]
         ),
         *[
-            f"## Steps on held-out TRAIN images, today's default, {budget}\n\n" + steps_seeds_table(runs)
+            f"## Steps on held-out TRAIN images, {budget}\n\n" + steps_seeds_table(runs)
             for budget, runs in heldout_steps
         ],
         seeds_section(
@@ -1274,7 +1285,7 @@ def main() -> int:
     # the newest round's longest budget up to 40 minutes (where issue 11's targets are), at equal
     # idle-core time where it was run
     candidates = [
-        (o, u) for runs in (twelfth, tenth[:2], ninth, seventh[:2], sixth, fair) for _, o, u in reversed(runs)
+        (o, u) for runs in (twelfth[:2], tenth[:2], ninth, seventh[:2], sixth, fair) for _, o, u in reversed(runs)
     ]
     candidates += [(ours_60, unet_60), (ours_long, unet_long)]
     main_ours, main_unet = next(((o, u) for o, u in candidates if o), (ours, unet))

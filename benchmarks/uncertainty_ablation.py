@@ -67,6 +67,12 @@ def parse_args(argv=None):
         help="member k sees the image flipped by benchmarks.flips.MEMBER_FLIPS[k %% 4] (test-time augmentation)",
     )
     p.add_argument("--unet-flips", action="store_true", help="the UNet's probability: its mean over the 4 flips")
+    p.add_argument(
+        "--mc-dropout",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="each member encodes the image with its own dropout draw (segment(..., mc_dropout=True))",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--holdout", type=int, default=100)
     p.add_argument(
@@ -227,19 +233,26 @@ UNET = "plain UNet: p(1-p) of its sigmoid"
 
 
 def sample_step_probs(
-    model, images: torch.Tensor, runtime, steps: int, members: int, eta: float, seed: int, flips: bool = False
+    model,
+    images: torch.Tensor,
+    runtime,
+    steps: int,
+    members: int,
+    eta: float,
+    seed: int,
+    flips: bool = False,
+    mc_dropout: bool = False,
 ) -> torch.Tensor:
     """(B, K, S, h, w): the foreground probability of every step's x0 estimate of `members`
     samples per image, consumed from model.reverse_process (rows ordered as segment() orders them,
     image-major, so member k of image b is row b * K + k; one seed for the whole batch). With
-    `flips`, member k sees the image flipped by MEMBER_FLIPS[k % 4], its estimates flipped back."""
+    `flips`, member k sees the image flipped by MEMBER_FLIPS[k % 4], its estimates flipped back;
+    with `mc_dropout`, each member encodes the image with its own dropout draw, as segment() does."""
     repeated = runtime.to_device(images.repeat_interleave(members, dim=0))
     if flips:
         repeated = flip_members(repeated, members)
     estimates = []
     with runtime.autocast():
-        # one row per member, each its own dropout draw where segment() would draw one
-        mc_dropout = model.uses_mc_dropout(members)
         for _, _, x0 in model.reverse_process(repeated, steps, "ddim", eta, seed, mc_dropout=mc_dropout):
             if flips:
                 x0 = flip_members(x0, members)
@@ -323,7 +336,15 @@ def sample_maps(args, model, unet, runtime, dataset, count: int, ensembles: list
             images = torch.stack([dataset[i][0] for i in indices])
             clock = time.perf_counter()
             step_probs = sample_step_probs(
-                model, images, runtime, args.steps, args.ensemble, args.eta, args.seed + start, args.member_flips
+                model,
+                images,
+                runtime,
+                args.steps,
+                args.ensemble,
+                args.eta,
+                args.seed + start,
+                args.member_flips,
+                args.mc_dropout,
             )
             sampling_seconds += time.perf_counter() - clock
             unet_p = unet_probs(unet, images, runtime, args.unet_flips) if unet is not None else None
@@ -466,6 +487,7 @@ def score(args, stems: list, scored_on: str) -> dict:
         "eta": args.eta,
         "member_flips": args.member_flips,
         "unet_flips": args.unet_flips,
+        "mc_dropout": args.mc_dropout,
         "seed": args.seed,
         "models": info,
         "rows": rows,
@@ -590,7 +612,17 @@ def run_bin_check(args) -> dict:
             indices = list(range(start, min(start + 8, count)))
             images = torch.stack([dataset[i][0] for i in indices])
             maps = component_maps(
-                sample_step_probs(model, images, runtime, args.steps, args.ensemble, args.eta, args.seed + start), k
+                sample_step_probs(
+                    model,
+                    images,
+                    runtime,
+                    args.steps,
+                    args.ensemble,
+                    args.eta,
+                    args.seed + start,
+                    mc_dropout=args.mc_dropout,
+                ),
+                k,
             )
             for offset, index in enumerate(indices):
                 truth = dataset.load_original_mask(index)

@@ -99,12 +99,13 @@ def test_mask_head_sample_segment_and_loss(images):
 
 
 def test_mc_dropout_ensemble(images):
-    """The default since the twelfth round: dropout 0.1, each ensemble sample its own dropout draw
-    of the image features (the draw's seed comes from the sampling generator, before x_T)."""
+    """Dropout 0.1 (the default since the twelfth round) and MC dropout (asked for since the
+    thirteenth): each ensemble sample its own dropout draw of the image features (the draw's seed
+    comes from the sampling generator, before x_T)."""
     model = tiny(mask_head_blocks=2, dropout=0.1)
     with torch.no_grad():  # a new block's last convolution starts at zero, which would hide its dropout
         for index, parameter in enumerate(model.parameters()):
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(index)))
-    out = model.segment(images, steps=4, ensemble=2, seed=4)
+    out = model.segment(images, steps=4, ensemble=2, seed=4, mc_dropout=True)
     assert out.probabilities.sum().item() == pytest.approx(250.676682, **CLOSE)
     assert out.ensemble_std.sum().item() == pytest.approx(19.299747, **CLOSE)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from src.checkpoint import CheckpointError, save_checkpoint
 from src.device import select_runtime
-from src.inference import OutputOptions, Predictor, PredictorOptions, run_interactive
+from src.inference import InferenceError, OutputOptions, Predictor, PredictorOptions, run_interactive
 from src.inference.cli import main
 from tests.helpers import ONE_THREAD_ENV, tiny_model, write_checkpoint, write_image
 
@@ -75,6 +75,7 @@ def test_single_image_end_to_end_keeps_size_and_stem(workspace, tmp_path):
         str(tmp_path),
         "--ensemble",
         "2",
+        "--mc-dropout",
         "--save-probs",
         "--visualize-process",
         *FAST,
@@ -94,7 +95,7 @@ def test_single_image_end_to_end_keeps_size_and_stem(workspace, tmp_path):
         assert gif.n_frames == 3  # one per DDIM step (fewer steps than the 8 frames asked)
     assert (tmp_path / "img_0_process.png").stat().st_size > 0
     assert str(tmp_path / "img_0.png") in result.stdout
-    # the banner says how the ensemble samples: today's models with dropout, each sample its own draw
+    # the banner says how the ensemble samples: with --mc-dropout, each sample its own dropout draw
     assert tiny_model().can_mc_dropout and "ensemble 2 (MC dropout), seed 0" in result.stdout
 
 
@@ -247,6 +248,17 @@ def test_an_ensemble_of_a_dropout_model_encodes_each_sample_unless_mc_dropout_is
     predictor.model.unet.register_forward_hook(lambda _module, inputs, _output: rows.append(inputs[0].shape[0]))
     predictor.predict([np.zeros((20, 20, 3), np.uint8), np.full((20, 20, 3), 90, np.uint8)])
     assert rows == ([6] if mc_dropout else [2])  # 2 images x 3 samples, each its own dropout draw; or shared
+
+
+def test_mc_dropout_is_off_by_default_applies_to_ensembles_and_needs_a_dropout_model():
+    assert not PredictorOptions(ensemble=5).samples_mc_dropout  # one shared encoding per image
+    assert PredictorOptions(ensemble=5, mc_dropout=True).samples_mc_dropout
+    assert not PredictorOptions(ensemble=1, mc_dropout=True).samples_mc_dropout  # one sample: deterministic
+    runtime = select_runtime("cpu", "fp32")
+    options = PredictorOptions(steps=2, ensemble=3, mc_dropout=True)
+    with pytest.raises(InferenceError, match="--mc-dropout needs a model trained with dropout .* dropout 0.0"):
+        Predictor(tiny_model(dropout=0.0, mask_head_blocks=1), runtime, options)
+    Predictor(tiny_model(dropout=0.0, mask_head_blocks=1), runtime, PredictorOptions(ensemble=3))  # off: fine
 
 
 def test_image_size_not_divisible_is_a_clean_error(workspace, capsys):

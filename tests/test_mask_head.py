@@ -106,16 +106,13 @@ def test_train_flag_sets_the_head():
     assert config.mask_head_blocks == 2
 
 
-def test_an_ensemble_of_a_model_with_dropout_encodes_each_sample_once_by_default():
+def test_an_ensemble_shares_one_encoding_by_default_and_encodes_each_sample_with_mc_dropout():
     model = tiny_model(mask_head_blocks=2, dropout=0.1).eval()
     unet_calls, head_calls = count_calls(model.unet), count_calls(model.mask_head)
     model.segment(torch.rand(3, 3, 16, 16), steps=4, ensemble=5, seed=0)
-    assert unet_calls == [15] and head_calls == [15] * 4  # one pass over the 3 x 5 samples, still once
-    model.segment(torch.rand(3, 3, 16, 16), steps=4, ensemble=1, seed=0)
-    assert unet_calls[1:] == [3]  # one sample: the deterministic encoding
-    assert model.uses_mc_dropout(5) and not model.uses_mc_dropout(1) and not model.uses_mc_dropout(5, False)
-    assert not tiny_model(mask_head_blocks=2, dropout=0.0).uses_mc_dropout(5)
-    assert not tiny_model(mask_head_blocks=0, dropout=0.1).uses_mc_dropout(5)
+    assert unet_calls == [3] and head_calls == [15] * 4  # one encoding per image, the head per sample and step
+    model.segment(torch.rand(3, 3, 16, 16), steps=4, ensemble=5, seed=0, mc_dropout=True)
+    assert unet_calls[1:] == [15]  # each of the 3 x 5 samples its own dropout draw, in one pass
 
 
 def test_mc_dropout_gives_each_sample_its_own_encoding_and_repeats_with_its_seed():

@@ -182,7 +182,7 @@ def run(args) -> int:
         f"{predictor.image_size[0]}x{predictor.image_size[1]} ({predictor.options.resize}) "
         f"on {predictor.runtime.describe()}; "
         f"{args.steps} DDIM steps, ensemble {args.ensemble}"
-        f"{' (MC dropout)' if predictor.model.uses_mc_dropout(args.ensemble, options.model_mc_dropout) else ''}, "
+        f"{' (MC dropout)' if options.samples_mc_dropout else ''}, "
         f"seed {args.seed}"
     )
 

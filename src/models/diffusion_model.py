@@ -147,17 +147,6 @@ class DiffusionSegmentation(nn.Module):
         """Whether this model's samples can each encode the image with dropout (member_conditioning)."""
         return self.mask_head is not None and self.config.dropout > 0
 
-    def uses_mc_dropout(self, ensemble: int, mc_dropout: bool | None = None) -> bool:
-        """`mc_dropout` as asked, or for None the default: MC dropout whenever an ensemble of
-        several samples is drawn and the model can. Chosen on images held out of the TRAIN split
-        (BENCHMARKS.md, twelfth round): at 10 steps x 5 samples it ranked error pixels better
-        (AUROC of p(1-p) higher on every seed) at a lower mean calibration error and the same Dice.
-        One sample keeps the deterministic encoding (a single dropout draw is only a worse
-        estimate), and models trained without dropout or without a mask head sample as before."""
-        if mc_dropout is None:
-            return ensemble > 1 and self.can_mc_dropout
-        return mc_dropout
-
     def member_conditioning(
         self, images: torch.Tensor, ensemble: int, mc_dropout: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -327,7 +316,7 @@ class DiffusionSegmentation(nn.Module):
         generator: torch.Generator | None = None,
         self_condition_on: str = "mean",
         ensemble: int = 1,
-        mc_dropout: bool | None = None,
+        mc_dropout: bool = False,
     ) -> Iterator[ReverseStep]:
         """The reverse process from x_T ~ N(0, I), one ReverseStep per timestep visited.
 
@@ -346,8 +335,7 @@ class DiffusionSegmentation(nn.Module):
 
         `ensemble` samples each image that many times, rows image-major (row b * ensemble + k is
         sample k of image b); the images are conditioned on once for all of their samples, or with
-        `mc_dropout` once per sample (see member_conditioning; None: when there are several
-        samples and the model can, see uses_mc_dropout).
+        with `mc_dropout` once per sample (see member_conditioning).
         """
         self.check_images(images)
         if self_condition_on not in SELF_CONDITION_SOURCES:
@@ -355,7 +343,7 @@ class DiffusionSegmentation(nn.Module):
         timesteps = self.sample_timesteps(steps, sampler)
         if generator is None and seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(seed)
-        conditioning = self.member_conditioning(images, ensemble, self.uses_mc_dropout(ensemble, mc_dropout), generator)
+        conditioning = self.member_conditioning(images, ensemble, mc_dropout, generator)
         shape = (images.shape[0] * ensemble, self.config.mask_channels, *images.shape[-2:])
         step_noise = StepNoise(shape, generator, images.device)  # forks the generator before x_T is drawn
         x_t = torch.randn(shape, generator=generator, device=images.device)
@@ -402,7 +390,7 @@ class DiffusionSegmentation(nn.Module):
         eta: float = 1.0,
         time_ensemble: bool = True,
         self_condition_on: str = "mean",
-        mc_dropout: bool | None = None,
+        mc_dropout: bool = False,
     ) -> SegmentationRun:
         """The ensemble's reverse process for `images`, to iterate step by step (figures of the
         process), or to run to its end with `.run()`; see SegmentationRun and segment()."""
@@ -439,7 +427,7 @@ class DiffusionSegmentation(nn.Module):
         eta: float = 1.0,
         time_ensemble: bool = True,
         self_condition_on: str = "mean",
-        mc_dropout: bool | None = None,
+        mc_dropout: bool = False,
     ) -> SegmentationOutput:
         """Segment images with an ensemble of `ensemble` samples each (Wolleb et al. 2021).
 
@@ -451,8 +439,8 @@ class DiffusionSegmentation(nn.Module):
         uncertainty the soft mask's predictive entropy (also with one sample), and ensemble_std
         the per-pixel std over the samples (0 when ensemble = 1). `self_condition_on`: which
         estimate each step of a self-conditioned model is handed (see reverse_process).
-        `mc_dropout`: each sample encodes the image with dropout active (see member_conditioning;
-        None: the default of uses_mc_dropout, on for an ensemble of a model trained with dropout).
+        `mc_dropout`: each sample encodes the image with dropout active (MC dropout, see
+        member_conditioning; off by default: src/inference/predictor.py, PredictorOptions.samples_mc_dropout).
         """
         return self.segmentation(
             images, steps, ensemble, threshold, seed, sampler, eta, time_ensemble, self_condition_on, mc_dropout
