@@ -261,6 +261,21 @@ def sample_step_probs(
     return probs.reshape(images.shape[0], members, *probs.shape[1:])
 
 
+def sampled_step_probs(args, model, images: torch.Tensor, runtime, start: int) -> torch.Tensor:
+    """sample_step_probs with the command line's sampling options, seeded by the batch's first index."""
+    return sample_step_probs(
+        model,
+        images,
+        runtime,
+        args.steps,
+        args.ensemble,
+        args.eta,
+        args.seed + start,
+        args.member_flips,
+        args.mc_dropout,
+    )
+
+
 def unet_probs(unet, images: torch.Tensor, runtime, flips: bool = False) -> torch.Tensor:
     """(B, h, w) the plain UNet's sigmoid, as kvasir.run_unet scores it; with `flips` its mean
     over the four flips of the image (test-time augmentation)."""
@@ -335,17 +350,7 @@ def sample_maps(args, model, unet, runtime, dataset, count: int, ensembles: list
             indices = list(range(start, min(start + 8, count)))
             images = torch.stack([dataset[i][0] for i in indices])
             clock = time.perf_counter()
-            step_probs = sample_step_probs(
-                model,
-                images,
-                runtime,
-                args.steps,
-                args.ensemble,
-                args.eta,
-                args.seed + start,
-                args.member_flips,
-                args.mc_dropout,
-            )
+            step_probs = sampled_step_probs(args, model, images, runtime, start)
             sampling_seconds += time.perf_counter() - clock
             unet_p = unet_probs(unet, images, runtime, args.unet_flips) if unet is not None else None
             components = {k: component_maps(step_probs, k) for k in ensembles}
@@ -611,19 +616,7 @@ def run_bin_check(args) -> dict:
         for start in range(0, count, 8):  # the batches and seeds of score(), so the maps are the same
             indices = list(range(start, min(start + 8, count)))
             images = torch.stack([dataset[i][0] for i in indices])
-            maps = component_maps(
-                sample_step_probs(
-                    model,
-                    images,
-                    runtime,
-                    args.steps,
-                    args.ensemble,
-                    args.eta,
-                    args.seed + start,
-                    mc_dropout=args.mc_dropout,
-                ),
-                k,
-            )
+            maps = component_maps(sampled_step_probs(args, model, images, runtime, start), k)
             for offset, index in enumerate(indices):
                 truth = dataset.load_original_mask(index)
                 full = _resize({n: maps[n][offset] for n in ("p_T", "std_T")}, truth.shape[-2:])
