@@ -256,7 +256,7 @@ def test_mc_dropout_is_off_by_default_applies_to_ensembles_and_needs_a_dropout_m
     assert not PredictorOptions(ensemble=1, mc_dropout=True).samples_mc_dropout  # one sample: deterministic
     runtime = select_runtime("cpu", "fp32")
     options = PredictorOptions(steps=2, ensemble=3, mc_dropout=True)
-    with pytest.raises(InferenceError, match="--mc-dropout needs a model trained with dropout .* dropout 0.0"):
+    with pytest.raises(InferenceError, match="--mc-dropout: MC dropout needs a model .* dropout 0.0"):
         Predictor(tiny_model(dropout=0.0, mask_head_blocks=1), runtime, options)
     Predictor(tiny_model(dropout=0.0, mask_head_blocks=1), runtime, PredictorOptions(ensemble=3))  # off: fine
 

@@ -150,5 +150,5 @@ def test_mc_dropout_leaves_the_callers_random_state_alone():
 @pytest.mark.parametrize("overrides", [dict(mask_head_blocks=2, dropout=0.0), dict(mask_head_blocks=0, dropout=0.1)])
 def test_mc_dropout_is_refused_without_dropout_or_without_a_head(overrides):
     model = tiny_model(**overrides).eval()
-    with pytest.raises(ValueError, match="mc_dropout needs"):
+    with pytest.raises(ValueError, match="MC dropout needs a model that encodes its image once"):
         model.segment(torch.rand(1, 3, 16, 16), steps=2, ensemble=2, seed=0, mc_dropout=True)

@@ -144,11 +144,11 @@ class Predictor:
         except ValueError as error:
             raise InferenceError(f"--image-size: {error}") from None
         _check_options(self.options, self.model.num_timesteps)
-        if self.options.samples_mc_dropout and not self.model.can_mc_dropout:
-            raise InferenceError(
-                "--mc-dropout needs a model trained with dropout and a mask head (train.py --dropout > 0); this "
-                f"one has dropout {self.config.dropout}, mask_head_blocks {self.config.mask_head_blocks}"
-            )
+        if self.options.samples_mc_dropout:
+            try:
+                self.model.check_mc_dropout()
+            except ValueError as error:
+                raise InferenceError(f"--mc-dropout: {error}") from None
 
     @classmethod
     def from_checkpoint(

@@ -147,6 +147,16 @@ class DiffusionSegmentation(nn.Module):
         """Whether this model's samples can each encode the image with dropout (member_conditioning)."""
         return self.mask_head is not None and self.config.dropout > 0
 
+    def check_mc_dropout(self) -> None:
+        """A ValueError saying why, unless can_mc_dropout (the one wording of this refusal: the
+        predictor prefixes it with the flag's name)."""
+        if not self.can_mc_dropout:
+            raise ValueError(
+                "MC dropout needs a model that encodes its image once and was trained with dropout "
+                "(train.py --mask-head-blocks > 0 --dropout > 0); this one has mask_head_blocks "
+                f"{self.config.mask_head_blocks}, dropout {self.config.dropout}"
+            )
+
     def member_conditioning(
         self, images: torch.Tensor, ensemble: int, mc_dropout: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -160,12 +170,7 @@ class DiffusionSegmentation(nn.Module):
         """
         if not mc_dropout:
             return self.image_conditioning(images).repeat_interleave(ensemble, dim=0)
-        if not self.can_mc_dropout:
-            raise ValueError(
-                "mc_dropout needs a model that encodes its image once and was trained with dropout "
-                f"(mask_head_blocks > 0, dropout > 0); this one has mask_head_blocks "
-                f"{self.config.mask_head_blocks}, dropout {self.config.dropout}"
-            )
+        self.check_mc_dropout()
         dropouts = [m for m in self.unet.modules() if isinstance(m, nn.Dropout)]
         modes = [m.training for m in dropouts]
         dropout_seed = int(torch.randint(2**62, (), generator=generator, device=images.device))
