@@ -1057,7 +1057,18 @@ def main() -> int:
     tenth_round = [
         load(p.name) for p in sorted(common.RESULTS.glob("kvasir_ablation_128_round10_*.json")) if "_cpu_" not in p.name
     ]
+    # the fourteenth round: dropout 0.2 on the CPU, paired with the thirteenth round's default runs
+    fourteenth_round = thirteenth_round + [
+        load(f"kvasir_ablation_128_round14_dropout02_seed{seed}.json") for seed in (45, 46)
+    ]
     sections = [
+        "## Fourteenth round, held-out TRAIN images: dropout 0.2 against today's default (0.1) "
+        "(7,164 steps each, Intel Xeon, seeds 45 and 46)\n\n"
+        + seeded_ablation_table(fourteenth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(fourteenth_round)
+        + "\n\nUncertainty of each ensemble row:\n\n"
+        + heldout_uncertainty_table(fourteenth_round, []),
         "## Thirteenth round, held-out TRAIN images: MC dropout re-tested, today's default "
         "(7,164 steps each; seeds 42-44 the twelfth round's dropout 0.1 runs on the H200, 45 and 46 on the CPU)\n\n"
         + heldout_uncertainty_table(dropout_runs + thirteenth_round, doubled_unets),

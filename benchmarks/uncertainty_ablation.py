@@ -49,6 +49,13 @@ def parse_args(argv=None):
     p.add_argument("--data", default=str(common.DEFAULT_DATA))
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--ours-checkpoint", help="our checkpoint (every mode but tables)")
+    p.add_argument(
+        "--deep-ensemble",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=[],
+        help="more of our checkpoints (comma-separated) pooled with --ours-checkpoint: each samples "
+        "--ensemble / (1 + their number) members, interleaved (a diagnostic: several trainings' budget)",
+    )
     p.add_argument("--unet-weights", default=None, help="plain UNet state dict to compare with (heldout, val)")
     p.add_argument(
         "--unet-steps",
@@ -261,19 +268,26 @@ def sample_step_probs(
     return probs.reshape(images.shape[0], members, *probs.shape[1:])
 
 
-def sampled_step_probs(args, model, images: torch.Tensor, runtime, start: int) -> torch.Tensor:
-    """sample_step_probs with the command line's sampling options, seeded by the batch's first index."""
-    return sample_step_probs(
-        model,
-        images,
-        runtime,
-        args.steps,
-        args.ensemble,
-        args.eta,
-        args.seed + start,
-        args.member_flips,
-        args.mc_dropout,
-    )
+def sampled_step_probs(args, models: list, images: torch.Tensor, runtime, start: int) -> torch.Tensor:
+    """sample_step_probs with the command line's sampling options, seeded by the batch's first index.
+    Several models (--deep-ensemble) each sample --ensemble / len(models) members, interleaved:
+    member k comes from model k % len(models), so every smaller ensemble (the first N members)
+    draws on the models evenly."""
+    per_model = [
+        sample_step_probs(
+            model,
+            images,
+            runtime,
+            args.steps,
+            args.ensemble // len(models),
+            args.eta,
+            args.seed + start,
+            args.member_flips,
+            args.mc_dropout,
+        )
+        for model in models
+    ]
+    return torch.stack(per_model, dim=2).flatten(1, 2)  # (B, K / M, M, S, h, w) -> (B, K, S, h, w)
 
 
 def unet_probs(unet, images: torch.Tensor, runtime, flips: bool = False) -> torch.Tensor:
@@ -327,8 +341,11 @@ def load_models(args):
     from src.device import select_runtime
 
     runtime = select_runtime()
-    model = runtime.prepare_model(load_model(args.ours_checkpoint, use_ema=True)).eval()
+    paths = [args.ours_checkpoint, *args.deep_ensemble]
+    models = [runtime.prepare_model(load_model(path, use_ema=True)).eval() for path in paths]
     info = {"ours_checkpoint": args.ours_checkpoint, "ours_steps": load_checkpoint(args.ours_checkpoint)["step"]}
+    if args.deep_ensemble:
+        info["deep_ensemble"] = args.deep_ensemble
     unet = None
     if args.unet_weights:
         from benchmarks import kvasir
@@ -337,10 +354,12 @@ def load_models(args):
         unet.load_state_dict(torch.load(args.unet_weights, map_location="cpu", weights_only=True))
         unet.eval()
         info["unet_weights"] = args.unet_weights
-    return model, unet, runtime, info
+    return models, unet, runtime, info
 
 
-def sample_maps(args, model, unet, runtime, dataset, count: int, ensembles: list, began: float) -> tuple[list, float]:
+def sample_maps(
+    args, models: list, unet, runtime, dataset, count: int, ensembles: list, began: float
+) -> tuple[list, float]:
     """Samples the first `count` images in batches of 8: each image's component maps per ensemble
     size (and the UNet's probability), and the seconds spent sampling."""
     per_image_maps = []
@@ -350,7 +369,7 @@ def sample_maps(args, model, unet, runtime, dataset, count: int, ensembles: list
             indices = list(range(start, min(start + 8, count)))
             images = torch.stack([dataset[i][0] for i in indices])
             clock = time.perf_counter()
-            step_probs = sampled_step_probs(args, model, images, runtime, start)
+            step_probs = sampled_step_probs(args, models, images, runtime, start)
             sampling_seconds += time.perf_counter() - clock
             unet_p = unet_probs(unet, images, runtime, args.unet_flips) if unet is not None else None
             components = {k: component_maps(step_probs, k) for k in ensembles}
@@ -464,13 +483,13 @@ def score(args, stems: list, scored_on: str) -> dict:
     """Two passes over the images: sample once and keep every member's component maps at model
     resolution (which also give the quantile bins and rank CDFs of each score), then score each
     candidate at the original mask resolution."""
-    model, unet, runtime, info = load_models(args)
+    models, unet, runtime, info = load_models(args)
     dataset = common.kvasir_dataset(args.data, stems, args.image_size)
     count = len(dataset) if args.eval_images is None else min(len(dataset), args.eval_images)
     ensembles = [k for k in args.ensembles if k <= args.ensemble]
     names = set(args.candidates) | {UNET} if args.candidates else None
     began = time.perf_counter()
-    per_image_maps, sampling_seconds = sample_maps(args, model, unet, runtime, dataset, count, ensembles, began)
+    per_image_maps, sampling_seconds = sample_maps(args, models, unet, runtime, dataset, count, ensembles, began)
 
     # pass 1 at model resolution: each score's quantiles, for its bins and the rank averages
     rank_cdfs = rank_cdfs_of(per_image_maps, ensembles)
@@ -601,7 +620,7 @@ def run_bin_check(args) -> dict:
     """On the first --eval-images val images: the AUROC of the ensemble std (K = --ensembles' first)
     and of p(1-p) of the mean, exactly (every pixel ranked), with the quantile bins used here, and
     with UncertaintyErrorStats' fixed bins over [0, upper] that kvasir.py reports."""
-    model, _, runtime, info = load_models(args)
+    models, _, runtime, info = load_models(args)
     stems = common.read_stems(args.data, "val")
     dataset = common.kvasir_dataset(args.data, stems, args.image_size)
     count = min(len(dataset), args.eval_images or len(dataset))
@@ -616,7 +635,7 @@ def run_bin_check(args) -> dict:
         for start in range(0, count, 8):  # the batches and seeds of score(), so the maps are the same
             indices = list(range(start, min(start + 8, count)))
             images = torch.stack([dataset[i][0] for i in indices])
-            maps = component_maps(sampled_step_probs(args, model, images, runtime, start), k)
+            maps = component_maps(sampled_step_probs(args, models, images, runtime, start), k)
             for offset, index in enumerate(indices):
                 truth = dataset.load_original_mask(index)
                 full = _resize({n: maps[n][offset] for n in ("p_T", "std_T")}, truth.shape[-2:])
@@ -782,6 +801,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.mode != "tables" and not args.ours_checkpoint:
         raise SystemExit(f"{args.mode} needs --ours-checkpoint")
+    models = 1 + len(args.deep_ensemble)
+    if args.ensemble % models:
+        raise SystemExit(
+            f"--ensemble {args.ensemble} is not a whole number of members for each of {models} checkpoints"
+        )
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run = {

@@ -189,6 +189,37 @@ def test_step_probs_reproduce_segment_mean_and_std():
     assert maps["std_T"].max() > 0  # the members do differ
 
 
+def test_deep_ensemble_interleaves_the_checkpoints_members():
+    """--deep-ensemble: with two models and 4 members, members 0 and 2 are the first model's two
+    samples and 1 and 3 the second's, so the first two members (a smaller ensemble) hold one of each."""
+    import argparse
+    import contextlib
+
+    from tests.helpers import tiny_model
+
+    class Runtime:
+        to_device = staticmethod(lambda x: x)
+        autocast = staticmethod(contextlib.nullcontext)
+
+    first, second = tiny_model(image_size=(32, 32)).eval(), tiny_model(image_size=(32, 32)).eval()
+    with torch.no_grad():  # tiny_model seeds its weights: make the second a different training's
+        for weight in second.parameters():
+            weight.add_(torch.randn_like(weight) * 0.1)
+    args = argparse.Namespace(steps=2, ensemble=4, eta=1.0, seed=3, member_flips=False, mc_dropout=False)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        pooled = uncertainty_ablation.sampled_step_probs(args, [first, second], images, Runtime, start=0)
+        alone = [uncertainty_ablation.sample_step_probs(m, images, Runtime, 2, 2, 1.0, 3) for m in (first, second)]
+    assert pooled.shape == (2, 4, 2, 32, 32)
+    assert torch.equal(pooled[:, 0::2], alone[0]) and torch.equal(pooled[:, 1::2], alone[1])
+    assert not torch.equal(alone[0], alone[1])
+
+
+def test_deep_ensemble_needs_whole_members_per_checkpoint():
+    with pytest.raises(SystemExit, match="--ensemble 5 is not a whole number of members for each of 2 checkpoints"):
+        uncertainty_ablation.main(["val", "--ours-checkpoint", "a.pth", "--deep-ensemble", "b.pth", "--ensemble", "5"])
+
+
 def test_quantile_error_stats_gives_the_exact_auroc():
     """Scores of errors (3, 4) against correct pixels (1, 2, 3.5): of the 6 pairs the error is
     higher in 5, so AUROC 5/6; a tie (error and correct at the same score) counts half."""
