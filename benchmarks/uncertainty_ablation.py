@@ -17,6 +17,9 @@ split, never val); the winner is then scored once on val against the headline UN
     benchmarks/.peer-venv/bin/python -m benchmarks.uncertainty_ablation val --candidates <winner> \
         --ours-checkpoint benchmarks/results/checkpoints/kvasir_ours_128_40min/last.pth \
         --unet-weights benchmarks/results/checkpoints/kvasir_unet_128_40min.pt
+    # a diagnostic: several trainings pooled as one ensemble (--deep-ensemble), members interleaved
+    benchmarks/.peer-venv/bin/python -m benchmarks.uncertainty_ablation val --ensemble 15 --ensembles 3,15 \
+        --ours-checkpoint A/last.pth --deep-ensemble B/last.pth,C/last.pth
 
 It runs under benchmarks/.peer-venv because the plain UNet (segmentation_models_pytorch) lives there.
 """

@@ -340,6 +340,15 @@ def fake_results():
     return ours, unet
 
 
+def test_confident_errors_counts_the_outer_bins_share_of_errors_and_ece():
+    """Bins at 0.01 / 0.5 / 0.99 with 10 / 5 / 10 pixels, 10 % / 40 % / 80 % of them foreground: the
+    wrong pixels are 1, 3 (0.5 counts as foreground) and 2, so the outer bins hold 3 of 6; the
+    calibration gaps 0.9, 0.5 and 1.9 give them 2.8 of 3.3 of the ECE."""
+    calibration = {"count": [10, 5, 10], "confidence": [0.01, 0.5, 0.99], "frequency": [0.1, 0.4, 0.8]}
+    errors, ece = report.confident_errors(calibration)
+    assert errors == pytest.approx(0.5) and ece == pytest.approx(2.8 / 3.3)
+
+
 def test_report_plots_are_written_from_fake_results(tmp_path):
     ours, unet = fake_results()
     reliability = report.reliability_plot(ours, unet, tmp_path / "reliability.png")
