@@ -17,9 +17,10 @@ split, never val); the winner is then scored once on val against the headline UN
     benchmarks/.peer-venv/bin/python -m benchmarks.uncertainty_ablation val --candidates <winner> \
         --ours-checkpoint benchmarks/results/checkpoints/kvasir_ours_128_40min/last.pth \
         --unet-weights benchmarks/results/checkpoints/kvasir_unet_128_40min.pt
-    # a diagnostic: several trainings pooled as one ensemble (--deep-ensemble), members interleaved
+    # a diagnostic: several trainings pooled as one ensemble (--deep-ensemble), members interleaved,
+    # against the mean of as many UNets
     benchmarks/.peer-venv/bin/python -m benchmarks.uncertainty_ablation val --ensemble 15 --ensembles 3,15 \
-        --ours-checkpoint A/last.pth --deep-ensemble B/last.pth,C/last.pth
+        --ours-checkpoint A/last.pth --deep-ensemble B/last.pth,C/last.pth --unet-weights UA.pt,UB.pt,UC.pt
 
 It runs under benchmarks/.peer-venv because the plain UNet (segmentation_models_pytorch) lives there.
 """
@@ -59,7 +60,12 @@ def parse_args(argv=None):
         help="more of our checkpoints (comma-separated) pooled with --ours-checkpoint: each samples "
         "--ensemble / (1 + their number) members, interleaved (a diagnostic: several trainings' budget)",
     )
-    p.add_argument("--unet-weights", default=None, help="plain UNet state dict to compare with (heldout, val)")
+    p.add_argument(
+        "--unet-weights",
+        default=None,
+        help="plain UNet state dict to compare with (heldout, val); several, comma-separated: "
+        "their sigmoids' mean (a deep ensemble of the UNet, to set beside --deep-ensemble)",
+    )
     p.add_argument(
         "--unet-steps",
         type=int,
@@ -305,6 +311,12 @@ def unet_probs(unet, images: torch.Tensor, runtime, flips: bool = False) -> torc
         return (flip_averaged(predict, images) if flips else predict(images)).cpu()[:, 0]
 
 
+def unets_probs(unets: list, images: torch.Tensor, runtime, flips: bool = False) -> torch.Tensor:
+    """(B, h, w) the mean of several plain UNets' probabilities (unet_probs): one UNet's own, or a
+    deep ensemble's, whose p(1-p) is then the UNet's counterpart of --deep-ensemble's."""
+    return torch.stack([unet_probs(unet, images, runtime, flips) for unet in unets]).mean(0)
+
+
 def candidate_scores(maps: dict, ensembles, rank_cdfs=None, names=None) -> dict:
     """{candidate: (probability map, score map)} for every ensemble size. maps: {f"K={k}": component
     maps, "unet": its probability}; maps may be at model or original resolution (scores are taken
@@ -349,19 +361,20 @@ def load_models(args):
     info = {"ours_checkpoint": args.ours_checkpoint, "ours_steps": load_checkpoint(args.ours_checkpoint)["step"]}
     if args.deep_ensemble:
         info["deep_ensemble"] = args.deep_ensemble
-    unet = None
+    unets = []
     if args.unet_weights:
         from benchmarks import kvasir
 
-        unet = runtime.prepare_model(kvasir.plain_unet())
-        unet.load_state_dict(torch.load(args.unet_weights, map_location="cpu", weights_only=True))
-        unet.eval()
+        for path in args.unet_weights.split(","):
+            unet = runtime.prepare_model(kvasir.plain_unet())
+            unet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            unets.append(unet.eval())
         info["unet_weights"] = args.unet_weights
-    return models, unet, runtime, info
+    return models, unets, runtime, info
 
 
 def sample_maps(
-    args, models: list, unet, runtime, dataset, count: int, ensembles: list, began: float
+    args, models: list, unets: list, runtime, dataset, count: int, ensembles: list, began: float
 ) -> tuple[list, float]:
     """Samples the first `count` images in batches of 8: each image's component maps per ensemble
     size (and the UNet's probability), and the seconds spent sampling."""
@@ -374,7 +387,7 @@ def sample_maps(
             clock = time.perf_counter()
             step_probs = sampled_step_probs(args, models, images, runtime, start)
             sampling_seconds += time.perf_counter() - clock
-            unet_p = unet_probs(unet, images, runtime, args.unet_flips) if unet is not None else None
+            unet_p = unets_probs(unets, images, runtime, args.unet_flips) if unets else None
             components = {k: component_maps(step_probs, k) for k in ensembles}
             for offset in range(len(indices)):
                 maps = {f"K={k}": {n: v[offset] for n, v in components[k].items()} for k in ensembles}
@@ -486,13 +499,13 @@ def score(args, stems: list, scored_on: str) -> dict:
     """Two passes over the images: sample once and keep every member's component maps at model
     resolution (which also give the quantile bins and rank CDFs of each score), then score each
     candidate at the original mask resolution."""
-    models, unet, runtime, info = load_models(args)
+    models, unets, runtime, info = load_models(args)
     dataset = common.kvasir_dataset(args.data, stems, args.image_size)
     count = len(dataset) if args.eval_images is None else min(len(dataset), args.eval_images)
     ensembles = [k for k in args.ensembles if k <= args.ensemble]
     names = set(args.candidates) | {UNET} if args.candidates else None
     began = time.perf_counter()
-    per_image_maps, sampling_seconds = sample_maps(args, models, unet, runtime, dataset, count, ensembles, began)
+    per_image_maps, sampling_seconds = sample_maps(args, models, unets, runtime, dataset, count, ensembles, began)
 
     # pass 1 at model resolution: each score's quantiles, for its bins and the rank averages
     rank_cdfs = rank_cdfs_of(per_image_maps, ensembles)

@@ -215,6 +215,23 @@ def test_deep_ensemble_interleaves_the_checkpoints_members():
     assert not torch.equal(alone[0], alone[1])
 
 
+def test_several_unet_weights_average_their_probabilities():
+    import contextlib
+
+    class Runtime:
+        to_device = staticmethod(lambda x: x)
+        autocast = staticmethod(contextlib.nullcontext)
+
+    torch.manual_seed(0)
+    unets = [torch.nn.Conv2d(3, 1, 1).eval() for _ in range(2)]
+    images = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        alone = [uncertainty_ablation.unet_probs(u, images, Runtime) for u in unets]
+        pooled = uncertainty_ablation.unets_probs(unets, images, Runtime)
+    assert pooled.shape == (2, 8, 8) and torch.allclose(pooled, (alone[0] + alone[1]) / 2)
+    assert torch.equal(uncertainty_ablation.unets_probs(unets[:1], images, Runtime), alone[0])
+
+
 def test_deep_ensemble_needs_whole_members_per_checkpoint():
     with pytest.raises(SystemExit, match="--ensemble 5 is not a whole number of members for each of 2 checkpoints"):
         uncertainty_ablation.main(["val", "--ours-checkpoint", "a.pth", "--deep-ensemble", "b.pth", "--ensemble", "5"])
