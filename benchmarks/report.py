@@ -937,16 +937,19 @@ def round_run(slug: str, minutes: int, seed: int, size=128):
     return load(f"kvasir_ours_{size}_{slug}fair{minutes}{'' if seed == 42 else f'_seed{seed}'}.json")
 
 
+def round_unet(unets: dict, minutes: int, seed: int, size=128):
+    """The plain UNet of one budget and seed: `unets` = {minutes: seed 42's UNet result}; the other
+    seeds' are kvasir_unet_<size>[_<minutes>min]_seed<N>.json (None if it was not run)."""
+    budget = "" if minutes == 20 else f"_{minutes}min"
+    return unets[minutes] if seed == 42 else load(f"kvasir_unet_{size}{budget}_seed{seed}.json")
+
+
 def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, unets: dict, size=128) -> list:
     """A round's val sections at each budget of equal idle-core time that it ran, from its
     round_run files (seeds ROUND_SEEDS, whichever exist): against the UNet of each seed, its steps,
     and against the `old_slug` round's runs of the same seeds where those exist (`change_title`, a
     format string of {minutes}). `unets` = {minutes: seed 42's UNet result}; the other seeds' UNets
     are kvasir_unet_<size>[_<minutes>min]_seed<N>.json."""
-
-    def unet_of(minutes, seed):
-        budget = "" if minutes == 20 else f"_{minutes}min"
-        return unets[minutes] if seed == 42 else load(f"kvasir_unet_{size}{budget}_seed{seed}.json")
 
     sections = []
     for minutes in unets:
@@ -955,7 +958,8 @@ def round_val_sections(slug: str, whose: str, old_slug: str, change_title: str, 
             continue
         title = f"{size} px, {minutes} minutes at equal idle-core time, {whose}"
         sections.append(
-            f"## Seeds, {title}\n\n" + seeds_table([(seed, ours, unet_of(minutes, seed)) for seed, ours in runs])
+            f"## Seeds, {title}\n\n"
+            + seeds_table([(seed, ours, round_unet(unets, minutes, seed, size)) for seed, ours in runs])
         )
         sections.append(f"## Steps, {title}\n\n" + steps_seeds_table(runs))
         old = [(seed, ours, round_run(old_slug, minutes, seed, size)) for seed, ours in runs]
@@ -1097,12 +1101,7 @@ def main() -> int:
         load(f"kvasir_ablation_128_round14_dropout02_seed{seed}.json") for seed in (45, 46)
     ]
     forty_minutes = [
-        (
-            seed,
-            round_run("r12", 40, seed, size),
-            unet_long if seed == 42 else load(f"kvasir_unet_{size}_40min_seed{seed}.json"),
-        )
-        for seed in ROUND_SEEDS
+        (seed, round_run("r12", 40, seed, size), round_unet({40: unet_long}, 40, seed, size)) for seed in ROUND_SEEDS
     ]
     sections = [
         "## Errors made with confidence, val, 40 minutes, today's default (probability below 1/15 or above 14/15)\n\n"

@@ -4,6 +4,7 @@ The Kvasir-SEG runs skip when ../shared/data/kvasir-seg is absent; the peer and 
 skip when benchmarks/.peer-venv (benchmarks/setup_peer.sh) is absent.
 """
 
+import contextlib
 import json
 import subprocess
 
@@ -155,12 +156,18 @@ def test_component_maps_time_and_total_variance():
     assert uncertainty_ablation.component_maps(probs, members=1)["std_T"].item() == 0.0
 
 
+class CpuRuntime:
+    """select_runtime's interface without autocast, so the benchmark's sampling and segment()
+    both compute in float32 on the CPU."""
+
+    to_device = staticmethod(lambda x: x)
+    autocast = staticmethod(contextlib.nullcontext)
+
+
 def test_step_probs_reproduce_segment_mean_and_std():
     """The benchmark consumes reverse_process itself; its members x steps, averaged as segment()
     averages them (eta 1, time-ensembling, same seed), must give segment()'s probabilities and
     uncertainty exactly, or the candidates would not be about the sampler users get."""
-    import contextlib
-
     from src.models import DiffusionConfig, DiffusionSegmentation
 
     torch.manual_seed(0)
@@ -175,12 +182,8 @@ def test_step_probs_reproduce_segment_mean_and_std():
         )
     ).eval()
 
-    class Runtime:  # no autocast, so both paths compute in float32
-        to_device = staticmethod(lambda x: x)
-        autocast = staticmethod(contextlib.nullcontext)
-
     images = torch.rand(2, 3, 32, 32)
-    probs = uncertainty_ablation.sample_step_probs(model, images, Runtime, steps=3, members=4, eta=1.0, seed=7)
+    probs = uncertainty_ablation.sample_step_probs(model, images, CpuRuntime, steps=3, members=4, eta=1.0, seed=7)
     assert probs.shape == (2, 4, 3, 32, 32)
     maps = uncertainty_ablation.component_maps(probs, members=4)
     output = model.segment(images, steps=3, ensemble=4, seed=7, eta=1.0, time_ensemble=True)
@@ -193,13 +196,8 @@ def test_deep_ensemble_interleaves_the_checkpoints_members():
     """--deep-ensemble: with two models and 4 members, members 0 and 2 are the first model's two
     samples and 1 and 3 the second's, so the first two members (a smaller ensemble) hold one of each."""
     import argparse
-    import contextlib
 
     from tests.helpers import tiny_model
-
-    class Runtime:
-        to_device = staticmethod(lambda x: x)
-        autocast = staticmethod(contextlib.nullcontext)
 
     first, second = tiny_model(image_size=(32, 32)).eval(), tiny_model(image_size=(32, 32)).eval()
     with torch.no_grad():  # tiny_model seeds its weights: make the second a different training's
@@ -208,28 +206,22 @@ def test_deep_ensemble_interleaves_the_checkpoints_members():
     args = argparse.Namespace(steps=2, ensemble=4, eta=1.0, seed=3, member_flips=False, mc_dropout=False)
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        pooled = uncertainty_ablation.sampled_step_probs(args, [first, second], images, Runtime, start=0)
-        alone = [uncertainty_ablation.sample_step_probs(m, images, Runtime, 2, 2, 1.0, 3) for m in (first, second)]
+        pooled = uncertainty_ablation.sampled_step_probs(args, [first, second], images, CpuRuntime, start=0)
+        alone = [uncertainty_ablation.sample_step_probs(m, images, CpuRuntime, 2, 2, 1.0, 3) for m in (first, second)]
     assert pooled.shape == (2, 4, 2, 32, 32)
     assert torch.equal(pooled[:, 0::2], alone[0]) and torch.equal(pooled[:, 1::2], alone[1])
     assert not torch.equal(alone[0], alone[1])
 
 
 def test_several_unet_weights_average_their_probabilities():
-    import contextlib
-
-    class Runtime:
-        to_device = staticmethod(lambda x: x)
-        autocast = staticmethod(contextlib.nullcontext)
-
     torch.manual_seed(0)
     unets = [torch.nn.Conv2d(3, 1, 1).eval() for _ in range(2)]
     images = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
-        alone = [uncertainty_ablation.unet_probs(u, images, Runtime) for u in unets]
-        pooled = uncertainty_ablation.unets_probs(unets, images, Runtime)
+        alone = [uncertainty_ablation.unet_probs(u, images, CpuRuntime) for u in unets]
+        pooled = uncertainty_ablation.unets_probs(unets, images, CpuRuntime)
     assert pooled.shape == (2, 8, 8) and torch.allclose(pooled, (alone[0] + alone[1]) / 2)
-    assert torch.equal(uncertainty_ablation.unets_probs(unets[:1], images, Runtime), alone[0])
+    assert torch.equal(uncertainty_ablation.unets_probs(unets[:1], images, CpuRuntime), alone[0])
 
 
 def test_deep_ensemble_needs_whole_members_per_checkpoint():
