@@ -7,9 +7,9 @@ Dice and IoU per image at the original mask resolution (mean and std), for
   peer      med-seg-diff-pytorch 0.3.3 (lucidrains' MedSegDiff) with its default sampler;
   ablation  short runs of ours over prediction target / schedule / Dice term, scored on a held-out
             part of the TRAIN split (never val).
-Every model gets the same data, augmentation ("medium"), resolution, batch size, optimizer recipe
-and wall-clock budget. `unet` and `peer` re-run this script under benchmarks/.peer-venv (made by
-benchmarks/setup_peer.sh), which holds their packages.
+Every model gets the same data, augmentation (--augmentation, "medium" unless told), resolution,
+batch size, optimizer recipe and wall-clock budget. `unet` and `peer` re-run this script under
+benchmarks/.peer-venv (made by benchmarks/setup_peer.sh), which holds their packages.
 
     python -m benchmarks.kvasir --model ours --image-size 128 --minutes 20
     python -m benchmarks.kvasir --model unet --image-size 128 --minutes 20
@@ -37,6 +37,7 @@ from src.training.config import TrainConfig
 from src.training.ema import EMA
 from src.training.lr_schedule import LearningRateSchedule
 from src.training.optim import build_optimizer
+from utils.augmentations import AUGMENTATION_MODES
 
 ENSEMBLE_STEPS = 10  # DDIM steps of the ensemble-of-5 row and the uncertainty statistics
 ABLATION_STEPS = (1, 10, 50)  # DDIM steps an ablation variant is scored with: do more steps help?
@@ -168,6 +169,12 @@ def parse_args(argv=None):
         type=int,
         default=None,
         help="a budget in optimizer steps instead of minutes (every model): immune to other load",
+    )
+    p.add_argument(
+        "--augmentation",
+        choices=AUGMENTATION_MODES,
+        default="medium",
+        help="training augmentation of every model (a recipe change binds them all)",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -368,7 +375,7 @@ def train_ours(args, train_stems, config, name: str):
         image_dir=str(image_dir),
         mask_dir=str(mask_dir),
         val_split=0,
-        augmentation_mode="medium",
+        augmentation_mode=args.augmentation,
         num_workers=args.num_workers,
         output_dir=str(run_dir),
         epochs=epochs,
@@ -536,8 +543,13 @@ def run_ablation(args) -> dict:
             continue
         config = model_config(args, **overrides)
         seed_tag = "" if args.seed == 42 else f"_seed{args.seed}"  # seeds of one variant side by side
+        # another recipe's run of a variant keeps the medium run's checkpoint it is paired with
+        recipe_tag = "" if args.augmentation == "medium" else f"_{args.augmentation}"
         model, runtime, info = train_ours(
-            args, fit, config, f"ablation_{args.image_size}_{index}{seed_tag}{'_smoke' if args.smoke else ''}"
+            args,
+            fit,
+            config,
+            f"ablation_{args.image_size}_{index}{recipe_tag}{seed_tag}{'_smoke' if args.smoke else ''}",
         )
         scores = evaluate_ours(model, held_set, runtime, ABLATION_STEPS, ensemble=args.ensemble, seed=args.seed)
         scores.pop("examples", None)
@@ -657,7 +669,7 @@ def run_unet(args) -> dict:
     train_stems, scored_stems = splits(args)
     if args.held_out:  # the ablation's split (run_ablation), never val
         train_stems, scored_stems = common.holdout_split(train_stems, args.ablation_holdout, seed=0)
-    train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
+    train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations=args.augmentation)
     encoder = UNET_ENCODER
     torch.manual_seed(args.seed)
     net = plain_unet()
@@ -742,7 +754,7 @@ def run_peer(args) -> dict:
         model.eval()
         info = {"loaded": str(args.peer_weights), "parameters": parameter_count(model)}
     else:
-        train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations="medium")
+        train_set = common.kvasir_dataset(args.data, train_stems, args.image_size, augmentations=args.augmentation)
         model, runtime, info = train_loop(args, peer_loss, diffusion, train_set, "peer")
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), weights)
@@ -852,6 +864,7 @@ def main(argv=None) -> int:
         budget_minutes=args.minutes,
         lr=args.lr,
         batch_size=args.batch_size,
+        augmentation=args.augmentation,
         seed=args.seed,
         max_steps=args.max_steps,
         total_minutes=clock.minutes(),

@@ -539,13 +539,16 @@ def refinement_ablation_table(ablation) -> str:
     return "\n".join(lines)
 
 
-DEFAULT_LR = 3e-4  # the benchmark's --lr: a run with another gets it in its variant names
+DEFAULT_LR = 3e-4  # the benchmark's --lr and --augmentation: a run with another recipe gets it
+DEFAULT_AUGMENTATION = "medium"  # in its variant names
 
 
 def variant_name(name: str, result: dict) -> str:
-    """An ablation variant's name as the tables show it: with its lr where the run used another."""
-    lr = result.get("lr", DEFAULT_LR)
-    return name if lr == DEFAULT_LR else f"{name}, lr {lr:g}"
+    """An ablation variant's name as the tables show it: with its lr and its augmentation where the
+    run used another than the benchmark's recipe."""
+    lr, augmentation = result.get("lr", DEFAULT_LR), result.get("augmentation", DEFAULT_AUGMENTATION)
+    lr_part = "" if lr == DEFAULT_LR else f", lr {lr:g}"
+    return name + lr_part + ("" if augmentation == DEFAULT_AUGMENTATION else f", {augmentation} augmentation")
 
 
 def seeded_ablation_table(runs: list) -> str:
@@ -644,7 +647,7 @@ def heldout_unet_table(runs: list, unets: list, variant: str = "default") -> str
     per_row = {key: [] for key in SEED_ROWS}
     for result in filter(None, runs):
         default = result["variants"].get(variant)
-        if result.get("lr", DEFAULT_LR) != DEFAULT_LR or not default or "scores" not in default:
+        if variant_name(variant, result) != variant or not default or "scores" not in default:
             continue
         seed = int(result.get("seed", 42))
         unet = unets.get(seed, next(iter(unets.values())))

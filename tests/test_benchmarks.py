@@ -438,6 +438,10 @@ def test_seeded_ablation_table_pairs_each_variant_with_the_default_of_its_seed()
     # a default run at another learning rate is a variant, named by it, not a second reference
     table = report.seeded_ablation_table([result(42, "default", 0.0), {**result(42, "default", -0.02), "lr": 1e-3}])
     assert "| default, lr 0.001 | 42 |" in table and "-0.020 [-0.020, -0.020]" in table
+    # ... and so is one trained with another augmentation
+    heavy = {**result(42, "default", 0.01), "augmentation": "heavy"}
+    table = report.seeded_ablation_table([result(42, "default", 0.0), heavy])
+    assert "| default, heavy augmentation | 42 |" in table and "+0.010 [+0.010, +0.010]" in table
     # with a default of the seed on each device, a variant is paired with the one of its own device
     on_gpu = {**result(42, "default", 0.05), "machine": {"gpu": "G"}}
     table = report.seeded_ablation_table([on_gpu, result(42, "default", 0.0), result(42, "wider", 0.01)])
