@@ -7,6 +7,7 @@ skip when benchmarks/.peer-venv (benchmarks/setup_peer.sh) is absent.
 import contextlib
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -636,6 +637,22 @@ def test_kvasir_smoke_ours_trains_the_variant_named(tmp_path):
     assert set(result["rows"]) == {"ddim1_ens1", "ddim2_ens1", "ddim10_ens2"}  # no dropout, no MC dropout row
 
 
+@needs_kvasir
+def test_kvasir_smoke_ablation_trains_with_the_augmentation_asked_for_beside_the_medium_run(tmp_path):
+    out = tmp_path / "heavy.json"
+    assert (
+        kvasir.main(
+            ["--smoke", "--model", "ablation", "--variants", "default", "--augmentation", "heavy", "--out", str(out)]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["augmentation"] == "heavy"
+    checkpoint = Path(result["variants"]["default"]["train"]["checkpoint"])
+    assert checkpoint.parent.name == "ablation_32_0_heavy_smoke"  # the medium run's folder is left alone
+    assert torch.load(checkpoint, weights_only=True)["train_config"]["augmentation_mode"] == "heavy"
+
+
 def test_ours_trains_one_variant_at_most():
     assert kvasir.ours_overrides(None) == {} and kvasir.ours_overrides(["dropout 0.1"]) == {"dropout": 0.1}
     with pytest.raises(SystemExit, match="trains one variant"):
@@ -691,6 +708,7 @@ def test_kvasir_smoke_unet_held_out_scores_train_images_never_val(tmp_path):
     assert result["scored_stems"] == common.holdout_split(train_stems, 2, seed=0)[1]  # the ablation's split
     assert not set(result["scored_stems"]) & set(common.read_stems(common.DEFAULT_DATA, "val"))
     assert result["scored_on"] == "2 held-out TRAIN images" and result["rows"]["unet"]["images"] == 2
+    assert result["augmentation"] == "medium"  # the benchmark's recipe unless told
 
 
 @needs_kvasir
