@@ -688,7 +688,7 @@ def heldout_uncertainty_table(runs: list, unets: list) -> str:
                 )
     for unet in filter(None, unets):
         lines.append(
-            f"| smp.Unet (plain), {unet.get('seed', 42)} | sigmoid | {unet['rows']['unet']['dice']:.3f} | "
+            f"| {variant_name('smp.Unet (plain)', unet)}, {unet.get('seed', 42)} | sigmoid | {unet['rows']['unet']['dice']:.3f} | "
             f"{unet['calibration']['unet']['ece']:.4f} | {unet['uncertainty_error_pq']['auroc']:.3f} | – | "
             f"{_trained_on(unet)} |"
         )
@@ -1103,10 +1103,35 @@ def main() -> int:
     fourteenth_round = thirteenth_round + [
         load(f"kvasir_ablation_128_round14_dropout02_seed{seed}.json") for seed in (45, 46)
     ]
+    # the fifteenth round: heavy augmentation (the SPEC's mode) against medium, on the CPU; ours
+    # paired with the thirteenth round's default runs, the UNet with the eighth round's held-out runs
+    fifteenth_round = thirteenth_round + [
+        load(f"kvasir_ablation_128_round15_heavy_seed{seed}.json") for seed in (45, 46)
+    ]
+    fifteenth_long = [load(f"kvasir_ablation_128_round15_long_{recipe}_seed45.json") for recipe in ("default", "heavy")]
+    heavy_unets = [load(f"kvasir_unet_{size}_heldout_round15_heavy_seed{seed}.json") for seed in (42, 44)]
+    unet_recipes = [(seed, heavy, medium) for seed, heavy, medium in zip((42, 44), heavy_unets, doubled_unets)]
     forty_minutes = [
         (seed, round_run("r12", 40, seed, size), round_unet({40: unet_long}, 40, seed, size)) for seed in ROUND_SEEDS
     ]
     sections = [
+        "## Fifteenth round, held-out TRAIN images: heavy augmentation against medium, today's default "
+        "(7,164 steps each, Intel Xeon, seeds 45 and 46; `default` = medium, the thirteenth round's runs)\n\n"
+        + seeded_ablation_table(fifteenth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(fifteenth_round)
+        + "\n\nUncertainty of each ensemble row:\n\n"
+        + heldout_uncertainty_table(fifteenth_round, []),
+        "## Fifteenth round, held-out TRAIN images at the 60-minute step budget: heavy against medium "
+        "(18,421 steps each, Intel Xeon, seed 45, side by side)\n\n"
+        + seeded_ablation_table(fifteenth_long)
+        + "\n\nUncertainty of each ensemble row:\n\n"
+        + heldout_uncertainty_table(fifteenth_long, []),
+        "## Fifteenth round, the plain UNet on held-out TRAIN images: heavy against medium "
+        "(2,644 steps each, seeds 42 and 44; new = heavy on the Intel Xeon, old = medium, the eighth round's runs)\n\n"
+        + sampler_change_table(unet_recipes, rows=("unet",))
+        + "\n\n"
+        + heldout_uncertainty_table([], doubled_unets + heavy_unets),
         "## Errors made with confidence, val, 40 minutes, today's default (probability below 1/15 or above 14/15)\n\n"
         + confident_errors_table(forty_minutes),
         "## Fourteenth round, held-out TRAIN images: dropout 0.2 against today's default (0.1) "
