@@ -41,6 +41,7 @@ from utils.augmentations import AUGMENTATION_MODES
 
 ENSEMBLE_STEPS = 10  # DDIM steps of the ensemble-of-5 row and the uncertainty statistics
 ABLATION_STEPS = (1, 10, 50)  # DDIM steps an ablation variant is scored with: do more steps help?
+RECIPE_AUGMENTATION = "medium"  # the benchmark's training augmentation unless --augmentation says otherwise
 ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results JSON records it)
     "default": {},
     "eps": {"prediction_type": "eps"},
@@ -173,7 +174,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--augmentation",
         choices=AUGMENTATION_MODES,
-        default="medium",
+        default=RECIPE_AUGMENTATION,
         help="training augmentation of every model (a recipe change binds them all)",
     )
     p.add_argument("--batch-size", type=int, default=8)
@@ -544,7 +545,7 @@ def run_ablation(args) -> dict:
         config = model_config(args, **overrides)
         seed_tag = "" if args.seed == 42 else f"_seed{args.seed}"  # seeds of one variant side by side
         # another recipe's run of a variant keeps the medium run's checkpoint it is paired with
-        recipe_tag = "" if args.augmentation == "medium" else f"_{args.augmentation}"
+        recipe_tag = "" if args.augmentation == RECIPE_AUGMENTATION else f"_{args.augmentation}"
         model, runtime, info = train_ours(
             args,
             fit,

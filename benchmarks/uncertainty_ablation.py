@@ -144,7 +144,7 @@ def train_unet(args) -> dict:
             str(args.threads),
         ]
     )
-    fit_set = common.kvasir_dataset(args.data, fit, args.image_size, augmentations="medium")
+    fit_set = common.kvasir_dataset(args.data, fit, args.image_size, augmentations=kargs.augmentation)
     torch.manual_seed(kargs.seed)  # as kvasir.main + run_unet seed it
     net = kvasir.plain_unet()
     model, _, info = kvasir.train_loop(kargs, kvasir.unet_loss, net, fit_set, f"unet_fit_{steps}")
