@@ -41,7 +41,10 @@ from utils.augmentations import AUGMENTATION_MODES
 
 ENSEMBLE_STEPS = 10  # DDIM steps of the ensemble-of-5 row and the uncertainty statistics
 ABLATION_STEPS = (1, 10, 50)  # DDIM steps an ablation variant is scored with: do more steps help?
-RECIPE_AUGMENTATION = "medium"  # the benchmark's training augmentation unless --augmentation says otherwise
+# the benchmark's recipe unless --lr / --augmentation say otherwise (report.py names a run that
+# departs from it by what it changed)
+RECIPE_LR = 3e-4
+RECIPE_AUGMENTATION = "medium"
 ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results JSON records it)
     "default": {},
     "eps": {"prediction_type": "eps"},
@@ -178,7 +181,7 @@ def parse_args(argv=None):
         help="training augmentation of every model (a recipe change binds them all)",
     )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=RECIPE_LR)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmarks import common
+from benchmarks.kvasir import RECIPE_AUGMENTATION, RECIPE_LR
 from src.models.diffusion_model import SELF_CONDITION_SOURCES
 
 IMAGES = common.ROOT / "docs" / "images"
@@ -539,16 +540,12 @@ def refinement_ablation_table(ablation) -> str:
     return "\n".join(lines)
 
 
-DEFAULT_LR = 3e-4  # the benchmark's --lr and --augmentation: a run with another recipe gets it
-DEFAULT_AUGMENTATION = "medium"  # in its variant names
-
-
 def variant_name(name: str, result: dict) -> str:
     """An ablation variant's name as the tables show it: with its lr and its augmentation where the
     run used another than the benchmark's recipe."""
-    lr, augmentation = result.get("lr", DEFAULT_LR), result.get("augmentation", DEFAULT_AUGMENTATION)
-    lr_part = "" if lr == DEFAULT_LR else f", lr {lr:g}"
-    return name + lr_part + ("" if augmentation == DEFAULT_AUGMENTATION else f", {augmentation} augmentation")
+    lr, augmentation = result.get("lr", RECIPE_LR), result.get("augmentation", RECIPE_AUGMENTATION)
+    lr_part = "" if lr == RECIPE_LR else f", lr {lr:g}"
+    return name + lr_part + ("" if augmentation == RECIPE_AUGMENTATION else f", {augmentation} augmentation")
 
 
 def seeded_ablation_table(runs: list) -> str:
