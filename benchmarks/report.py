@@ -692,6 +692,30 @@ def heldout_uncertainty_table(runs: list, unets: list) -> str:
     return "\n".join(lines) if len(lines) > 2 else "(not run)"
 
 
+def exact_uncertainty_table(runs: list) -> str:
+    """`runs` = [(label, results file of `uncertainty_ablation.py heldout --unet-weights`)]: per pair
+    of checkpoints, ours' 10 x 5 ensemble std against the plain UNet's p(1-p) on the same held-out
+    images, every pixel ranked, with the paired bootstrap intervals the script recorded."""
+    std_row, unet_row = "K=5: ens std (current)", "plain UNet: p(1-p) of its sigmoid"
+    lines = [
+        "| ours against the UNet | ours: steps, std AUROC | UNet p(1-p) AUROC | ours − UNet, AUROC [95 % CI] "
+        "| ECE ours / UNet | ours − UNet, Dice [95 % CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, name in runs:
+        result = load(name)
+        if not result or unet_row not in result["rows"]:
+            continue
+        ours, unet, paired = result["rows"][std_row], result["rows"][unet_row], result["bootstrap"][std_row]
+        auroc, dice = paired["auroc_minus_unet"], paired["dice_minus_unet"]
+        lines.append(
+            f"| {label} | {result['models']['ours_steps']:,}, {ours['auroc']:.3f} | {unet['auroc']:.3f} | "
+            f"{auroc[0]:+.3f} [{auroc[1]:+.3f}, {auroc[2]:+.3f}] | {ours['ece']:.4f} / {unet['ece']:.4f} | "
+            f"{dice[0]:+.3f} [{dice[1]:+.3f}, {dice[2]:+.3f}] |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else "(not run)"
+
+
 def averaged_differences(per_row: dict, digits: int = 3) -> list:
     """[(row key, runs, "mean [low, high]")]: per row, the per-image differences of several runs
     over the same images averaged, with the bootstrap interval over the images (so each run's own
@@ -1108,10 +1132,47 @@ def main() -> int:
     fifteenth_long = [load(f"kvasir_ablation_128_round15_long_{recipe}_seed45.json") for recipe in ("default", "heavy")]
     heavy_unets = [load(f"kvasir_unet_{size}_heldout_round15_heavy_seed{seed}.json") for seed in (42, 44)]
     unet_recipes = [(seed, heavy, medium) for seed, heavy, medium in zip((42, 44), heavy_unets, doubled_unets)]
+    # the sixteenth round: the same pair at the 60-minute step budgets, a second seed for ours and the
+    # UNet's side at its own budget, on the CPU
+    sixteenth_long = fifteenth_long + [
+        load(f"kvasir_ablation_128_round16_long_{recipe}_seed46.json") for recipe in ("default", "heavy")
+    ]
+    long_unets = [
+        load(f"kvasir_unet_{size}_heldout_round16_long_{recipe}_seed42.json") for recipe in ("medium", "heavy")
+    ]
+    exact_pairs = [
+        (
+            f"{recipe}, ours seed {seed}, UNet seed {unet_seed} ({unet_steps:,} steps)",
+            f"uncertainty_heldout_128_{name}.json",
+        )
+        for recipe, seed, unet_seed, unet_steps, name in (
+            ("medium", 45, 42, 6806, "r16_long_seed45_vs_unet42"),
+            ("medium", 46, 42, 6806, "r16_long_seed46_vs_unet42"),
+            ("heavy", 45, 42, 6806, "r16_long_heavy_seed45_vs_unet42"),
+            ("heavy", 46, 42, 6806, "r16_long_heavy_seed46_vs_unet42"),
+            ("heavy", 45, 42, 2644, "r15_heavy_seed45_vs_unet42"),
+            ("heavy", 46, 44, 2644, "r15_heavy_seed46_vs_unet44"),
+        )
+    ]
     forty_minutes = [
         (seed, round_run("r12", 40, seed, size), round_unet({40: unet_long}, 40, seed, size)) for seed in ROUND_SEEDS
     ]
     sections = [
+        "## Sixteenth round, held-out TRAIN images at the 60-minute step budget: heavy against medium, "
+        "two seeds (18,421 steps each, Intel Xeon; seed 45 the fifteenth round's pair)\n\n"
+        + seeded_ablation_table(sixteenth_long)
+        + "\n\n"
+        + seed_averaged_ablation_table(sixteenth_long)
+        + "\n\nUncertainty of each ensemble row:\n\n"
+        + heldout_uncertainty_table(sixteenth_long, []),
+        "## Sixteenth round, the plain UNet on held-out TRAIN images at its 60-minute step budget: heavy "
+        "against medium (6,806 steps each, seed 42, Intel Xeon, side by side; new = heavy, old = medium)\n\n"
+        + sampler_change_table([(42, long_unets[1], long_unets[0])], rows=("unet",))
+        + "\n\n"
+        + heldout_uncertainty_table([], long_unets),
+        "## Sixteenth round, exact-ranking uncertainty: ours' 10 x 5 std against the plain UNet's p(1-p) "
+        "on the same held-out images, each model trained with the augmentation named\n\n"
+        + exact_uncertainty_table(exact_pairs),
         "## Fifteenth round, held-out TRAIN images: heavy augmentation against medium, today's default "
         "(7,164 steps each, Intel Xeon, seeds 45 and 46; `default` = medium, the thirteenth round's runs)\n\n"
         + seeded_ablation_table(fifteenth_round)

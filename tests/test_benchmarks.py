@@ -399,6 +399,27 @@ def test_heldout_uncertainty_table_lists_each_ensemble_row_beside_the_unets():
     assert report.heldout_uncertainty_table([], []) == "(not run)"
 
 
+def test_exact_uncertainty_table_reads_the_paired_figures_of_each_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    rows = {
+        "K=5: ens std (current)": {"auroc": 0.9, "ece": 0.03},
+        "plain UNet: p(1-p) of its sigmoid": {"auroc": 0.92, "ece": 0.035},
+    }
+    paired = {"auroc_minus_unet": [-0.02, -0.04, 0.001], "dice_minus_unet": [0.01, -0.02, 0.03]}
+    result = {"models": {"ours_steps": 18421}, "rows": rows, "bootstrap": {"K=5: ens std (current)": paired}}
+    (tmp_path / "pair.json").write_text(json.dumps(result))
+    without_unet = {**result, "rows": {"K=5: ens std (current)": rows["K=5: ens std (current)"]}}
+    (tmp_path / "ours_only.json").write_text(json.dumps(without_unet))
+    table = report.exact_uncertainty_table([("heavy, 45", "pair.json"), ("x", "ours_only.json"), ("y", "absent.json")])
+    lines = table.splitlines()
+    assert len(lines) == 3  # header, separator, the one file scored against a UNet
+    assert (
+        lines[2]
+        == "| heavy, 45 | 18,421, 0.900 | 0.920 | -0.020 [-0.040, +0.001] | 0.0300 / 0.0350 | +0.010 [-0.020, +0.030] |"
+    )
+    assert report.exact_uncertainty_table([("y", "absent.json")]) == "(not run)"
+
+
 def test_seeds_table_averages_the_per_image_differences_over_seeds():
     runs = []
     for seed, shift in ((42, 0.02), (43, 0.04)):
