@@ -629,10 +629,13 @@ def seed_averaged_ablation_table(runs: list, by_device: bool = True) -> str:
     return "\n".join(lines)
 
 
-def heldout_unet_table(runs: list, unets: list, variant: str = "default") -> str:
+def heldout_unet_table(
+    runs: list, unets: list, variant: str = "default", augmentation: str = RECIPE_AUGMENTATION
+) -> str:
     """The plain UNet trained on the ablations' fit split (kvasir --model unet --held-out) against
-    `variant` in each seed's ablation run, over the same held-out TRAIN images: each run with the
-    UNet of its own seed where one ran, else with the first UNet."""
+    `variant` in each seed's ablation run trained with the recipe's lr and `augmentation`, over the
+    same held-out TRAIN images: each run with the UNet of its own seed where one ran, else with the
+    first UNet (the caller passes UNets of the same augmentation)."""
     unets = {int(u.get("seed", 42)): u for u in filter(None, unets)}
     if not unets:
         return "(not run)"
@@ -644,7 +647,8 @@ def heldout_unet_table(runs: list, unets: list, variant: str = "default") -> str
     per_row = {key: [] for key in SEED_ROWS}
     for result in filter(None, runs):
         default = result["variants"].get(variant)
-        if variant_name(variant, result) != variant or not default or "scores" not in default:
+        wanted = variant_name(variant, {"augmentation": augmentation})
+        if variant_name(variant, result) != wanted or not default or "scores" not in default:
             continue
         seed = int(result.get("seed", 42))
         unet = unets.get(seed, next(iter(unets.values())))
@@ -1164,7 +1168,12 @@ def main() -> int:
         + "\n\n"
         + seed_averaged_ablation_table(sixteenth_long)
         + "\n\nUncertainty of each ensemble row:\n\n"
-        + heldout_uncertainty_table(sixteenth_long, []),
+        + heldout_uncertainty_table(sixteenth_long, [])
+        + "\n\nAgainst the plain UNet of the same augmentation on the same held-out images (seed 42, 6,806 "
+        "steps), medium:\n\n"
+        + heldout_unet_table(sixteenth_long, long_unets[:1])
+        + "\n\nheavy:\n\n"
+        + heldout_unet_table(sixteenth_long, long_unets[1:], augmentation="heavy"),
         "## Sixteenth round, the plain UNet on held-out TRAIN images at its 60-minute step budget: heavy "
         "against medium (6,806 steps each, seed 42, Intel Xeon, side by side; new = heavy, old = medium)\n\n"
         + sampler_change_table([(42, long_unets[1], long_unets[0])], rows=("unet",))

@@ -526,6 +526,11 @@ def test_heldout_unet_table_pairs_each_default_with_the_unet_of_its_seed():
     other_images = {**unet, "scored_stems": list(reversed(unet["scored_stems"]))}
     assert report.heldout_unet_table([ablation(42, 0.0)], [other_images]).count("\n") == 1  # not paired: no rows
     assert report.heldout_unet_table([ablation(42, 0.0)], [None]) == "(not run)"
+    # a run of another augmentation is the reference only when that augmentation is asked for
+    heavy = {**ablation(44, 0.04), "augmentation": "heavy"}
+    assert "| 44 |" not in report.heldout_unet_table(runs + [heavy], [unet])
+    lines = report.heldout_unet_table(runs + [heavy], [unet], augmentation="heavy").splitlines()
+    assert len(lines) == 2 + 2 and lines[2].startswith("| 44 |") and lines[2].endswith("| +0.040 [+0.040, +0.040] |")
 
 
 def test_ours_step_time_is_the_mean_of_both_self_conditioning_branches(monkeypatch):
