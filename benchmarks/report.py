@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from benchmarks import common
 from benchmarks.kvasir import RECIPE_AUGMENTATION, RECIPE_LR
+from benchmarks.uncertainty_ablation import UNET as UNET_UNCERTAINTY_ROW
 from src.models.diffusion_model import SELF_CONDITION_SOURCES
 
 IMAGES = common.ROOT / "docs" / "images"
@@ -645,9 +646,9 @@ def heldout_unet_table(
         "|---|---|---|---|---|---|---|",
     ]
     per_row = {key: [] for key in SEED_ROWS}
+    wanted = variant_name(variant, {"augmentation": augmentation})  # the name of a run of that recipe
     for result in filter(None, runs):
         default = result["variants"].get(variant)
-        wanted = variant_name(variant, {"augmentation": augmentation})
         if variant_name(variant, result) != wanted or not default or "scores" not in default:
             continue
         seed = int(result.get("seed", 42))
@@ -700,7 +701,7 @@ def exact_uncertainty_table(runs: list) -> str:
     """`runs` = [(label, results file of `uncertainty_ablation.py heldout --unet-weights`)]: per pair
     of checkpoints, ours' 10 x 5 ensemble std against the plain UNet's p(1-p) on the same held-out
     images, every pixel ranked, with the paired bootstrap intervals the script recorded."""
-    std_row, unet_row = "K=5: ens std (current)", "plain UNet: p(1-p) of its sigmoid"
+    std_row, unet_row = "K=5: ens std (current)", UNET_UNCERTAINTY_ROW
     lines = [
         "| ours against the UNet | ours: steps, std AUROC | UNet p(1-p) AUROC | ours − UNet, AUROC [95 % CI] "
         "| ECE ours / UNet | ours − UNet, Dice [95 % CI] |",
