@@ -918,6 +918,41 @@ def seeds_table(runs) -> str:
     return "\n".join(lines)
 
 
+def recipe_gap_table(runs: list, rows=("ddim10_ens1", "ddim10_ens5")) -> str:
+    """`runs` = [(seed, ours new, ours old, UNet new, UNet old)]: two training recipes, each given to
+    both models in the same round. Per row of ours, ours − UNet under each recipe and how much the
+    new recipe widens that gap (the per-image difference of the two paired differences), per seed
+    and averaged over the seeds with its bootstrap interval over the images."""
+    runs = [run for run in runs if all(run[1:])]
+    if not runs:
+        return "(not run)"
+    lines = [
+        "| ours row | seed | ours − UNet, new recipe | ours − UNet, old recipe | gap new − gap old [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for key in rows:
+        gaps = {"new": [], "old": [], "change": []}
+        for seed, ours_new, ours_old, unet_new, unet_old in runs:
+            pairs = [
+                _paired(ours, key, unet, next(iter(unet["rows"])))
+                for ours, unet in ((ours_new, unet_new), (ours_old, unet_old))
+            ]
+            if None in pairs:
+                continue
+            new, old = (np.subtract(*pair) for pair in pairs)
+            if new.size != old.size:
+                continue
+            gaps["new"].append(new)
+            gaps["old"].append(old)
+            gaps["change"].append(new - old)
+            cells = " | ".join(mean_difference([d]) for d in (new, old, new - old))
+            lines.append(f"| {row_label(key)} | {seed} | {cells} |")
+        if len(gaps["change"]) > 1:
+            cells = " | ".join(f"**{mean_difference(gaps[part])}**" for part in ("new", "old", "change"))
+            lines.append(f"| {row_label(key)} | mean of {len(gaps['change'])} seeds | {cells} |")
+    return "\n".join(lines)
+
+
 STEP_PAIRS = (  # (row, row it is compared with) of the steps tables
     ("ddim5_ens1", "ddim1_ens1"),
     ("ddim10_ens1", "ddim1_ens1"),
@@ -1162,7 +1197,40 @@ def main() -> int:
     forty_minutes = [
         (seed, round_run("r12", 40, seed, size), round_unet({40: unet_long}, 40, seed, size)) for seed in ROUND_SEEDS
     ]
+    # the seventeenth round: val at the 60-minute step budgets with heavy augmentation for both models,
+    # paired with the same seeds' medium runs (ours: the thirteenth round's; the UNet: the eighth round's)
+    seventeenth = [
+        (
+            seed,
+            load(f"kvasir_ours_{size}_r17heavy60{tag}.json"),
+            round_run("r12", 60, seed, size),
+            load(f"kvasir_unet_{size}_60min_heavy{tag}.json"),
+            round_unet({60: unet_60}, 60, seed, size),
+        )
+        for seed, tag in ((42, ""), (43, "_seed43"))
+    ]
+    seventeenth_exact = [
+        (f"heavy, seed {seed}, UNet 6,806 steps", f"uncertainty_val_{size}_60min_r17_heavy{tag}.json")
+        for seed, tag in ((42, ""), (43, "_seed43"))
+    ]
     sections = [
+        "## Seventeenth round, val at the 60-minute step budgets: heavy augmentation for both models "
+        "(ours 18,421 steps, the UNet 6,806, seeds 42 and 43, Intel Xeon)\n\n"
+        + seeds_table([(seed, ours, unet) for seed, ours, _, unet, _ in seventeenth])
+        + "\n\nSteps:\n\n"
+        + steps_seeds_table([(seed, ours) for seed, ours, *_ in seventeenth])
+        + "\n\nUncertainty and calibration, fixed bins (kvasir.py), seed 42 then seed 43:\n\n"
+        + ("\n\n".join(calibration_table(ours, unet) for _, ours, _, unet, _ in seventeenth if ours) or "(not run)")
+        + "\n\nExact ranking (uncertainty_ablation.py val, every pixel ranked), ours' 10 x 5 std against the "
+        "UNet's p(1-p):\n\n" + exact_uncertainty_table(seventeenth_exact),
+        "## Seventeenth round, heavy against medium on val at the 60-minute step budgets (new = heavy; "
+        "old = medium, the thirteenth round's runs of ours and the eighth round's UNets of the same seeds)\n\n"
+        "Ours:\n\n"
+        + sampler_change_table([(seed, new, old) for seed, new, old, *_ in seventeenth])
+        + "\n\nThe plain UNet:\n\n"
+        + sampler_change_table([(seed, new, old) for seed, _, _, new, old in seventeenth], rows=("unet",))
+        + "\n\nOurs − the UNet under each recipe, and how much heavy widens it:\n\n"
+        + recipe_gap_table(seventeenth),
         "## Sixteenth round, held-out TRAIN images at the 60-minute step budget: heavy against medium, "
         "two seeds (18,421 steps each, Intel Xeon; seed 45 the fifteenth round's pair)\n\n"
         + seeded_ablation_table(sixteenth_long)

@@ -439,6 +439,35 @@ def test_seeds_table_averages_the_per_image_differences_over_seeds():
     assert report.seeds_table([(42, None, None)]) == "(not run)"
 
 
+def test_recipe_gap_table_gives_how_much_a_recipe_widens_ours_lead_per_seed_and_on_average():
+    def shifted(result, key, base, shift):  # every image of `key` = the UNet's `base` + shift
+        dice = [d + shift for d in base]
+        result["rows"][key] = {**result["rows"].get(key, {}), "per_image_dice": dice, "dice": float(np.mean(dice))}
+
+    runs = []
+    for seed, (lead_new, lead_old, unet_gain) in ((42, (0.05, 0.01, -0.02)), (43, (0.03, 0.01, 0.02))):
+        ours_new, unet_new = fake_results()
+        ours_old, unet_old = fake_results()
+        base = unet_old["rows"]["unet"]["per_image_dice"]
+        shifted(unet_new, "unet", base, unet_gain)
+        for key in ("ddim10_ens1", "ddim10_ens5"):
+            shifted(ours_new, key, base, unet_gain + lead_new)
+            shifted(ours_old, key, base, lead_old)
+        runs.append((seed, ours_new, ours_old, unet_new, unet_old))
+    lines = report.recipe_gap_table(runs + [(44, None, None, None, None)]).splitlines()  # seed 44 not run
+    assert len(lines) == 2 + 2 * 3  # two rows of ours, each with two seeds and their mean
+    assert lines[2].startswith("| DDIM 10, ensemble 1 | 42 | +0.050 [+0.050, +0.050] | +0.010 [+0.010, +0.010]")
+    assert lines[2].endswith("| +0.040 [+0.040, +0.040] |")
+    assert lines[4] == (
+        "| DDIM 10, ensemble 1 | mean of 2 seeds | **+0.040 [+0.040, +0.040]** | **+0.010 [+0.010, +0.010]** "
+        "| **+0.030 [+0.030, +0.030]** |"
+    )
+    runs[1][2]["scored_stems"] = list(reversed(runs[1][2]["scored_stems"]))  # seed 43's old pair: other images
+    lines = report.recipe_gap_table(runs).splitlines()
+    assert len(lines) == 2 + 2 and all("| 42 |" in line for line in lines[2:])  # one seed: no mean row
+    assert report.recipe_gap_table([(42, None, None, None, None)]) == "(not run)"
+
+
 def test_seeded_ablation_table_pairs_each_variant_with_the_default_of_its_seed():
     def result(seed, name, shift):
         ours, _ = fake_results()
