@@ -1198,7 +1198,7 @@ def main() -> int:
         (seed, round_run("r12", 40, seed, size), round_unet({40: unet_long}, 40, seed, size)) for seed in ROUND_SEEDS
     ]
     # the seventeenth round: val at the 60-minute step budgets with heavy augmentation for both models,
-    # paired with the same seeds' medium runs (ours: the thirteenth round's; the UNet: the eighth round's)
+    # paired with the same seeds' medium runs (ours: the thirteenth round's; the UNets: the third and eighth rounds')
     seventeenth = [
         (
             seed,
@@ -1224,7 +1224,8 @@ def main() -> int:
         + "\n\nExact ranking (uncertainty_ablation.py val, every pixel ranked), ours' 10 x 5 std against the "
         "UNet's p(1-p):\n\n" + exact_uncertainty_table(seventeenth_exact),
         "## Seventeenth round, heavy against medium on val at the 60-minute step budgets (new = heavy; "
-        "old = medium, the thirteenth round's runs of ours and the eighth round's UNets of the same seeds)\n\n"
+        "old = medium, the same seeds: ours the thirteenth round's runs, Intel Xeon; the UNets the 60-minute runs "
+        "they were paired with, the third and eighth rounds', AMD EPYC)\n\n"
         "Ours:\n\n"
         + sampler_change_table([(seed, new, old) for seed, new, old, *_ in seventeenth])
         + "\n\nThe plain UNet:\n\n"
