@@ -937,11 +937,9 @@ def recipe_gap_table(runs: list, rows=("ddim10_ens1", "ddim10_ens5")) -> str:
                 _paired(ours, key, unet, next(iter(unet["rows"])))
                 for ours, unet in ((ours_new, unet_new), (ours_old, unet_old))
             ]
-            if None in pairs:
+            if None in pairs or _paired(ours_new, key, ours_old, key) is None:  # each pair on the same images
                 continue
             new, old = (np.subtract(*pair) for pair in pairs)
-            if new.size != old.size:
-                continue
             gaps["new"].append(new)
             gaps["old"].append(old)
             gaps["change"].append(new - old)

@@ -465,6 +465,9 @@ def test_recipe_gap_table_gives_how_much_a_recipe_widens_ours_lead_per_seed_and_
     runs[1][2]["scored_stems"] = list(reversed(runs[1][2]["scored_stems"]))  # seed 43's old pair: other images
     lines = report.recipe_gap_table(runs).splitlines()
     assert len(lines) == 2 + 2 and all("| 42 |" in line for line in lines[2:])  # one seed: no mean row
+    reordered = list(reversed(runs[0][1]["scored_stems"]))  # seed 42's new pair: aligned, but not with its old
+    runs[0][1]["scored_stems"] = runs[0][3]["scored_stems"] = reordered
+    assert len(report.recipe_gap_table(runs).splitlines()) == 2
     assert report.recipe_gap_table([(42, None, None, None, None)]) == "(not run)"
 
 
