@@ -931,7 +931,7 @@ def recipe_gap_table(runs: list, rows=("ddim10_ens1", "ddim10_ens5")) -> str:
         "|---|---|---|---|---|",
     ]
     for key in rows:
-        gaps = {"new": [], "old": [], "change": []}
+        gaps = []  # per seed: (ours − UNet new, ours − UNet old, their difference), per image
         for seed, ours_new, ours_old, unet_new, unet_old in runs:
             pairs = [
                 _paired(ours, key, unet, next(iter(unet["rows"])))
@@ -940,14 +940,11 @@ def recipe_gap_table(runs: list, rows=("ddim10_ens1", "ddim10_ens5")) -> str:
             if None in pairs or _paired(ours_new, key, ours_old, key) is None:  # each pair on the same images
                 continue
             new, old = (np.subtract(*pair) for pair in pairs)
-            gaps["new"].append(new)
-            gaps["old"].append(old)
-            gaps["change"].append(new - old)
-            cells = " | ".join(mean_difference([d]) for d in (new, old, new - old))
-            lines.append(f"| {row_label(key)} | {seed} | {cells} |")
-        if len(gaps["change"]) > 1:
-            cells = " | ".join(f"**{mean_difference(gaps[part])}**" for part in ("new", "old", "change"))
-            lines.append(f"| {row_label(key)} | mean of {len(gaps['change'])} seeds | {cells} |")
+            gaps.append((new, old, new - old))
+            lines.append(f"| {row_label(key)} | {seed} | {' | '.join(mean_difference([d]) for d in gaps[-1])} |")
+        if len(gaps) > 1:
+            cells = " | ".join(f"**{mean_difference(list(part))}**" for part in zip(*gaps))
+            lines.append(f"| {row_label(key)} | mean of {len(gaps)} seeds | {cells} |")
     return "\n".join(lines)
 
 
@@ -993,10 +990,15 @@ def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str, mo
 ROUND_SEEDS = (42, 43, 44)
 
 
+def seed_suffix(seed: int) -> str:
+    """The results files' name suffix of a seed: none for 42 (the first run of each kind), "_seed<N>" else."""
+    return "" if seed == 42 else f"_seed{seed}"
+
+
 def round_run(slug: str, minutes: int, seed: int, size=128):
     """A round's val run of one budget and seed: kvasir_ours_<size>_<slug>fair<minutes>[_seed<N>].json,
     loaded (None if it was not run)."""
-    return load(f"kvasir_ours_{size}_{slug}fair{minutes}{'' if seed == 42 else f'_seed{seed}'}.json")
+    return load(f"kvasir_ours_{size}_{slug}fair{minutes}{seed_suffix(seed)}.json")
 
 
 def round_unet(unets: dict, minutes: int, seed: int, size=128):
@@ -1200,16 +1202,16 @@ def main() -> int:
     seventeenth = [
         (
             seed,
-            load(f"kvasir_ours_{size}_r17heavy60{tag}.json"),
+            load(f"kvasir_ours_{size}_r17heavy60{seed_suffix(seed)}.json"),
             round_run("r12", 60, seed, size),
-            load(f"kvasir_unet_{size}_60min_heavy{tag}.json"),
+            load(f"kvasir_unet_{size}_60min_heavy{seed_suffix(seed)}.json"),
             round_unet({60: unet_60}, 60, seed, size),
         )
-        for seed, tag in ((42, ""), (43, "_seed43"))
+        for seed in (42, 43)
     ]
     seventeenth_exact = [
-        (f"heavy, seed {seed}, UNet 6,806 steps", f"uncertainty_val_{size}_60min_r17_heavy{tag}.json")
-        for seed, tag in ((42, ""), (43, "_seed43"))
+        (f"heavy, seed {seed}, UNet 6,806 steps", f"uncertainty_val_{size}_60min_r17_heavy{seed_suffix(seed)}.json")
+        for seed in (42, 43)
     ]
     sections = [
         "## Seventeenth round, val at the 60-minute step budgets: heavy augmentation for both models "
@@ -1362,10 +1364,7 @@ def main() -> int:
         + steps_seeds_table(sixty),
         "## 60 minutes against 40 minutes, the same seeds, the seventh round's sampler (new = 60, old = 40)\n\n"
         + sampler_change_table(
-            [
-                (seed, run, load(f"kvasir_ours_{size}_r7fair40{'' if seed == 42 else f'_seed{seed}'}.json"))
-                for seed, run in sixty
-            ]
+            [(seed, run, load(f"kvasir_ours_{size}_r7fair40{seed_suffix(seed)}.json")) for seed, run in sixty]
         ),
         *fair_sections,
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
@@ -1389,10 +1388,7 @@ def main() -> int:
         *[
             f"## Steps, {size} px, {minutes} minutes at equal idle-core time, the seventh round's sampler\n\n"
             + steps_seeds_table(
-                [
-                    (seed, load(f"kvasir_ours_{size}_r7fair{minutes}{tag}.json"))
-                    for seed, tag in ((42, ""), (43, "_seed43"), (44, "_seed44"))
-                ]
+                [(seed, load(f"kvasir_ours_{size}_r7fair{minutes}{seed_suffix(seed)}.json")) for seed in ROUND_SEEDS]
             )
             for minutes in (20, 40)
         ],
@@ -1402,10 +1398,10 @@ def main() -> int:
                 [
                     (
                         seed,
-                        load(f"kvasir_ours_{size}_r7fair{minutes}{tag}.json"),
-                        load(f"kvasir_ours_{size}_r6fair{minutes}{tag}.json"),
+                        load(f"kvasir_ours_{size}_r7fair{minutes}{seed_suffix(seed)}.json"),
+                        load(f"kvasir_ours_{size}_r6fair{minutes}{seed_suffix(seed)}.json"),
                     )
-                    for seed, tag in ((42, ""), (43, "_seed43"))
+                    for seed in (42, 43)
                 ]
             )
             for minutes in (20, 40, 60)
