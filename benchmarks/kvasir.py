@@ -121,6 +121,9 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     "perturbed estimate": {"perturb_estimate": True},
     # Eighth round: ours falls from 40 to 60 minutes while the plain UNet rises (it sees each image
     # 170 times): does dropout pay at twice the ablation budget?
+    # Fourteenth (seeds 45, 46, CPU) and eighteenth rounds (seeds 47-49, H200): "dropout 0.2" against
+    # the twelfth round's default; the winner is today's default, so those rounds' "default" rows are
+    # what "dropout 0.1" (fourth round, above) now names.
     "dropout 0.2": {"dropout": 0.2},
     # Twelfth round: "dropout 0.1" (above) on today's default at twice the head's ablation budget,
     # its ensembles also scored with MC dropout in the image branch (evaluate_ours' "_mcdropout"

@@ -1127,7 +1127,7 @@ def main() -> int:
         # (each of these files holds one variant)
         for budget, runs in (
             (
-                "today's default, 7,164 steps (the twelfth round's dropout 0.1 runs, H200, and the "
+                "the twelfth round's default (dropout 0.1), 7,164 steps (its runs on the H200, and the "
                 "thirteenth round's seeds 45 and 46, CPU)",
                 dropout_runs + thirteenth_round,
             ),
@@ -1213,7 +1213,49 @@ def main() -> int:
         (f"heavy, seed {seed}, UNet 6,806 steps", f"uncertainty_val_{size}_60min_r17_heavy{seed_suffix(seed)}.json")
         for seed in (42, 43)
     ]
+    # the eighteenth round: dropout 0.2 against 0.1 on held-out TRAIN images, three fresh seeds on the
+    # H200, pooled with the fourteenth round's two CPU seeds (each pair on its own device); then val at
+    # 20 and 40 minutes with 0.2, today's default since, paired with the twelfth round's 0.1 runs
+    eighteenth_round = [
+        load(f"kvasir_ablation_128_round18_{slug}_seed{seed}.json")
+        for seed in (47, 48, 49)
+        for slug in ("default", "dropout02")
+    ]
+    eighteenth_val = [
+        (seed, round_run("r18", 40, seed, size), round_unet({40: unet_long}, 40, seed, size)) for seed in ROUND_SEEDS
+    ]
+    eighteenth_exact = [
+        (f"dropout {dropout}, seed {seed}", f"uncertainty_val_{size}_40min_r18{tag}{seed_suffix(seed)}.json")
+        for seed in ROUND_SEEDS
+        for dropout, tag in (("0.2", ""), ("0.1", "_dropout01"))
+    ]
     sections = [
+        "## Eighteenth round, held-out TRAIN images: dropout 0.2 against the twelfth round's default (0.1) "
+        "(7,164 steps each, seeds 47-49 on the H200; `default` = 0.1)\n\n"
+        + seeded_ablation_table(eighteenth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(eighteenth_round)
+        + "\n\nPooled with the fourteenth round's seeds 45 and 46 (Intel Xeon), each pair on its own device:\n\n"
+        + seed_averaged_ablation_table(fourteenth_round + eighteenth_round, by_device=False)
+        + "\n\nUncertainty of each ensemble row:\n\n"
+        + heldout_uncertainty_table(eighteenth_round, []),
+        *round_val_sections(
+            "r18",
+            "dropout 0.2 (the eighteenth round's default)",
+            "r12",
+            "Dropout 0.2 against 0.1, val, {minutes} minutes, the same seeds (new = 0.2, the eighteenth round's "
+            "default; old = 0.1, the twelfth round's runs)",
+            {20: unet, 40: unet_long},
+        ),
+        "## Eighteenth round, uncertainty and calibration on val at 40 minutes, dropout 0.2: fixed bins "
+        "(kvasir.py), seeds 42, 43, 44 in turn\n\n"
+        + (
+            "\n\n".join(calibration_table(ours, unet) for _, ours, unet in eighteenth_val if ours and unet)
+            or "(not run)"
+        )
+        + "\n\nExact ranking (uncertainty_ablation.py val, every pixel ranked), ours' 10 x 5 std against the "
+        "UNet's p(1-p) of the same seed, for 0.2 and for the twelfth round's 0.1 checkpoints:\n\n"
+        + exact_uncertainty_table(eighteenth_exact),
         "## Seventeenth round, val at the 60-minute step budgets: heavy augmentation for both models "
         "(ours 18,421 steps, the UNet 6,806, seeds 42 and 43, Intel Xeon)\n\n"
         + seeds_table([(seed, ours, unet) for seed, ours, _, unet, _ in seventeenth])
@@ -1252,7 +1294,7 @@ def main() -> int:
         "## Sixteenth round, exact-ranking uncertainty: ours' 10 x 5 std against the plain UNet's p(1-p) "
         "on the same held-out images, each model trained with the augmentation named\n\n"
         + exact_uncertainty_table(exact_pairs),
-        "## Fifteenth round, held-out TRAIN images: heavy augmentation against medium, today's default "
+        "## Fifteenth round, held-out TRAIN images: heavy augmentation against medium, the twelfth round's default "
         "(7,164 steps each, Intel Xeon, seeds 45 and 46; `default` = medium, the thirteenth round's runs)\n\n"
         + seeded_ablation_table(fifteenth_round)
         + "\n\n"
@@ -1269,16 +1311,16 @@ def main() -> int:
         + sampler_change_table(unet_recipes, rows=("unet",))
         + "\n\n"
         + heldout_uncertainty_table([], doubled_unets + heavy_unets),
-        "## Errors made with confidence, val, 40 minutes, today's default (probability below 1/15 or above 14/15)\n\n"
-        + confident_errors_table(forty_minutes),
-        "## Fourteenth round, held-out TRAIN images: dropout 0.2 against today's default (0.1) "
+        "## Errors made with confidence, val, 40 minutes, the twelfth round's default (dropout 0.1; probability "
+        "below 1/15 or above 14/15)\n\n" + confident_errors_table(forty_minutes),
+        "## Fourteenth round, held-out TRAIN images: dropout 0.2 against the twelfth round's default (0.1) "
         "(7,164 steps each, Intel Xeon, seeds 45 and 46)\n\n"
         + seeded_ablation_table(fourteenth_round)
         + "\n\n"
         + seed_averaged_ablation_table(fourteenth_round)
         + "\n\nUncertainty of each ensemble row:\n\n"
         + heldout_uncertainty_table(fourteenth_round, []),
-        "## Thirteenth round, held-out TRAIN images: MC dropout re-tested, today's default "
+        "## Thirteenth round, held-out TRAIN images: MC dropout re-tested, the twelfth round's default "
         "(7,164 steps each; seeds 42-44 the twelfth round's dropout 0.1 runs on the H200, 45 and 46 on the CPU)\n\n"
         + heldout_uncertainty_table(dropout_runs + thirteenth_round, doubled_unets),
         "## Twelfth round, held-out TRAIN images: dropout 0.1, and MC dropout for the ensemble "

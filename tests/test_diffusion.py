@@ -282,6 +282,23 @@ def test_bounded_x0_keeps_the_mask_in_range_and_takes_bce_on_the_logit():
     assert torch.isfinite(logit.grad).all() and (logit.grad[background] > 0).all()
 
 
+def test_train_defaults_to_dropout_0_2_and_a_checkpoint_keeps_the_dropout_it_was_trained_with(tmp_path):
+    """0.2 since the eighteenth round; a model trained with the twelfth round's 0.1 (or none) must
+    come back with its own rate, or its MC-dropout ensembles would sample another network."""
+    from src.inference import Predictor, PredictorOptions
+    from src.training.cli import build_parser, configs_from_args
+    from tests.helpers import write_checkpoint
+
+    parser = build_parser()
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic"]))
+    assert config.dropout == 0.2 == DiffusionConfig().dropout
+    for rate in (0.1, 0.0):
+        checkpoint = write_checkpoint(tiny_model(dropout=rate, mask_head_blocks=1), tmp_path / f"{rate}.pth")
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", options=PredictorOptions(steps=2))
+        rates = {module.p for module in predictor.model.modules() if isinstance(module, torch.nn.Dropout)}
+        assert predictor.model.config.dropout == rate and rates == {rate}
+
+
 def test_old_checkpoint_config_without_patch_size_or_bounded_x0_means_neither():
     values = tiny_model().config.to_dict()
     values.pop("patch_size"), values.pop("bounded_x0")
