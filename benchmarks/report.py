@@ -1221,9 +1221,14 @@ def main() -> int:
         for seed in (47, 48, 49)
         for slug in ("default", "dropout02")
     ]
-    eighteenth_val = [
-        (seed, round_run("r18", 40, seed, size), round_unet({40: unet_long}, 40, seed, size)) for seed in ROUND_SEEDS
-    ]
+    eighteenth_unets = {20: unet, 40: unet_long}
+    eighteenth_val = {
+        minutes: [
+            (round_run("r18", minutes, seed, size), round_unet(eighteenth_unets, minutes, seed, size))
+            for seed in ROUND_SEEDS
+        ]
+        for minutes in (40, 20)
+    }
     eighteenth_exact = [
         (f"dropout {dropout}, seed {seed}", f"uncertainty_val_{size}_40min_r18{tag}{seed_suffix(seed)}.json")
         for seed in ROUND_SEEDS
@@ -1245,16 +1250,18 @@ def main() -> int:
             "r12",
             "Dropout 0.2 against 0.1, val, {minutes} minutes, the same seeds (new = 0.2, the eighteenth round's "
             "default; old = 0.1, the twelfth round's runs)",
-            {20: unet, 40: unet_long},
+            eighteenth_unets,
         ),
-        "## Eighteenth round, uncertainty and calibration on val at 40 minutes, dropout 0.2: fixed bins "
-        "(kvasir.py), seeds 42, 43, 44 in turn\n\n"
-        + (
-            "\n\n".join(calibration_table(ours, unet) for _, ours, unet in eighteenth_val if ours and unet)
-            or "(not run)"
-        )
-        + "\n\nExact ranking (uncertainty_ablation.py val, every pixel ranked), ours' 10 x 5 std against the "
-        "UNet's p(1-p) of the same seed, for 0.2 and for the twelfth round's 0.1 checkpoints:\n\n"
+        *(
+            f"## Eighteenth round, uncertainty and calibration on val at {minutes} minutes, dropout 0.2: fixed "
+            "bins (kvasir.py), one table per seed run (42, 43, 44 in turn)\n\n"
+            + ("\n\n".join(calibration_table(ours, unet) for ours, unet in runs if ours and unet) or "(not run)")
+            for minutes, runs in eighteenth_val.items()
+        ),
+        "## Eighteenth round, exact ranking on val at 40 minutes (uncertainty_ablation.py val, every pixel "
+        "ranked): ours' 10 x 5 std against the UNet's p(1-p) of the same seed (seeds 42 and 43: the fourteenth "
+        "round's 40-minute UNets re-trained on the Intel Xeon, not the runs in the tables above; seed 44: the "
+        "eleventh round's), dropout 0.2 and the twelfth round's 0.1 checkpoints\n\n"
         + exact_uncertainty_table(eighteenth_exact),
         "## Seventeenth round, val at the 60-minute step budgets: heavy augmentation for both models "
         "(ours 18,421 steps, the UNet 6,806, seeds 42 and 43, Intel Xeon)\n\n"
