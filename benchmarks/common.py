@@ -34,6 +34,12 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kvasir-seg"
 MC_DROPOUT = "_mcdropout"
 
 
+def seed_suffix(seed: int) -> str:
+    """The results and checkpoint names' suffix of a seed: none for 42 (the first run of each kind),
+    "_seed<N>" else, so seeds of one run can go side by side."""
+    return "" if seed == 42 else f"_seed{seed}"
+
+
 def module_command(python, module: str, *args) -> list:
     """The command line that runs benchmarks.<module> under `python` (with module_env())."""
     return [str(python), "-m", f"benchmarks.{module}", *map(str, args)]

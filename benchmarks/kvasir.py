@@ -549,7 +549,7 @@ def run_ablation(args) -> dict:
         if args.variants and name not in args.variants:
             continue
         config = model_config(args, **overrides)
-        seed_tag = "" if args.seed == 42 else f"_seed{args.seed}"  # seeds of one variant side by side
+        seed_tag = common.seed_suffix(args.seed)  # seeds of one variant side by side
         # another recipe's run of a variant keeps the medium run's checkpoint it is paired with
         recipe_tag = "" if args.augmentation == RECIPE_AUGMENTATION else f"_{args.augmentation}"
         model, runtime, info = train_ours(

@@ -990,15 +990,10 @@ def seeds_section(title: str, ours, unet, ours_seed43: str, unet_seed43: str, mo
 ROUND_SEEDS = (42, 43, 44)
 
 
-def seed_suffix(seed: int) -> str:
-    """The results files' name suffix of a seed: none for 42 (the first run of each kind), "_seed<N>" else."""
-    return "" if seed == 42 else f"_seed{seed}"
-
-
 def round_run(slug: str, minutes: int, seed: int, size=128):
     """A round's val run of one budget and seed: kvasir_ours_<size>_<slug>fair<minutes>[_seed<N>].json,
     loaded (None if it was not run)."""
-    return load(f"kvasir_ours_{size}_{slug}fair{minutes}{seed_suffix(seed)}.json")
+    return load(f"kvasir_ours_{size}_{slug}fair{minutes}{common.seed_suffix(seed)}.json")
 
 
 def round_unet(unets: dict, minutes: int, seed: int, size=128):
@@ -1202,15 +1197,18 @@ def main() -> int:
     seventeenth = [
         (
             seed,
-            load(f"kvasir_ours_{size}_r17heavy60{seed_suffix(seed)}.json"),
+            load(f"kvasir_ours_{size}_r17heavy60{common.seed_suffix(seed)}.json"),
             round_run("r12", 60, seed, size),
-            load(f"kvasir_unet_{size}_60min_heavy{seed_suffix(seed)}.json"),
+            load(f"kvasir_unet_{size}_60min_heavy{common.seed_suffix(seed)}.json"),
             round_unet({60: unet_60}, 60, seed, size),
         )
         for seed in (42, 43)
     ]
     seventeenth_exact = [
-        (f"heavy, seed {seed}, UNet 6,806 steps", f"uncertainty_val_{size}_60min_r17_heavy{seed_suffix(seed)}.json")
+        (
+            f"heavy, seed {seed}, UNet 6,806 steps",
+            f"uncertainty_val_{size}_60min_r17_heavy{common.seed_suffix(seed)}.json",
+        )
         for seed in (42, 43)
     ]
     # the eighteenth round: dropout 0.2 against 0.1 on held-out TRAIN images, three fresh seeds on the
@@ -1230,7 +1228,7 @@ def main() -> int:
         for minutes in (40, 20)
     }
     eighteenth_exact = [
-        (f"dropout {dropout}, seed {seed}", f"uncertainty_val_{size}_40min_r18{tag}{seed_suffix(seed)}.json")
+        (f"dropout {dropout}, seed {seed}", f"uncertainty_val_{size}_40min_r18{tag}{common.seed_suffix(seed)}.json")
         for seed in ROUND_SEEDS
         for dropout, tag in (("0.2", ""), ("0.1", "_dropout01"))
     ]
@@ -1413,7 +1411,7 @@ def main() -> int:
         + steps_seeds_table(sixty),
         "## 60 minutes against 40 minutes, the same seeds, the seventh round's sampler (new = 60, old = 40)\n\n"
         + sampler_change_table(
-            [(seed, run, load(f"kvasir_ours_{size}_r7fair40{seed_suffix(seed)}.json")) for seed, run in sixty]
+            [(seed, run, load(f"kvasir_ours_{size}_r7fair40{common.seed_suffix(seed)}.json")) for seed, run in sixty]
         ),
         *fair_sections,
         *budget_sections(f"{size} px, 20 minutes (ours 1.17x the UNet's time)", ours, unet, peer, previous),
@@ -1437,7 +1435,10 @@ def main() -> int:
         *[
             f"## Steps, {size} px, {minutes} minutes at equal idle-core time, the seventh round's sampler\n\n"
             + steps_seeds_table(
-                [(seed, load(f"kvasir_ours_{size}_r7fair{minutes}{seed_suffix(seed)}.json")) for seed in ROUND_SEEDS]
+                [
+                    (seed, load(f"kvasir_ours_{size}_r7fair{minutes}{common.seed_suffix(seed)}.json"))
+                    for seed in ROUND_SEEDS
+                ]
             )
             for minutes in (20, 40)
         ],
@@ -1447,8 +1448,8 @@ def main() -> int:
                 [
                     (
                         seed,
-                        load(f"kvasir_ours_{size}_r7fair{minutes}{seed_suffix(seed)}.json"),
-                        load(f"kvasir_ours_{size}_r6fair{minutes}{seed_suffix(seed)}.json"),
+                        load(f"kvasir_ours_{size}_r7fair{minutes}{common.seed_suffix(seed)}.json"),
+                        load(f"kvasir_ours_{size}_r6fair{minutes}{common.seed_suffix(seed)}.json"),
                     )
                     for seed in (42, 43)
                 ]
