@@ -292,6 +292,9 @@ def test_train_defaults_to_dropout_0_2_and_a_checkpoint_keeps_the_dropout_it_was
     parser = build_parser()
     _, config = configs_from_args(parser, parser.parse_args(["--synthetic"]))
     assert config.dropout == 0.2 == DiffusionConfig().dropout
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got"):
+            DiffusionConfig(dropout=bad)
     for rate in (0.1, 0.0):
         checkpoint = write_checkpoint(tiny_model(dropout=rate, mask_head_blocks=1), tmp_path / f"{rate}.pth")
         predictor = Predictor.from_checkpoint(checkpoint, device="cpu", options=PredictorOptions(steps=2))

@@ -124,6 +124,8 @@ class DiffusionConfig:
         check_stem(self.stem_channels, self.patch_size)
         if not 0 < self.input_scale <= 1:
             raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")
+        if not 0 <= self.dropout < 1:  # torch's own error would come from deep inside the model
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.image_size, int):
             self.image_size = (self.image_size, self.image_size)
         self.image_size = tuple(self.image_size)
