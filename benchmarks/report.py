@@ -744,6 +744,42 @@ def mean_difference(diffs: list, digits: int = 3) -> str:
     return averaged[0][2] if averaged else "–"
 
 
+def as_default(result, variant: str):
+    """A copy of an ablation result whose `variant` row is named "default": a run of what is today's
+    default, made when that was a variant, as the reference of a later round's pairs (None stays None)."""
+    if not result:
+        return result
+    return {**result, "variants": {("default" if n == variant else n): r for n, r in result["variants"].items()}}
+
+
+def heldout_steps_gain_table(runs: list) -> str:
+    """What the steps add on the held-out TRAIN images, per variant and seed: each run's DDIM 10 −
+    DDIM 1, DDIM 50 − DDIM 10 and 10 x 5 − DDIM 1 (paired over the images), and per variant their
+    mean over seeds."""
+    gains = {}
+    for result in filter(None, runs):
+        for name, row in result["variants"].items():
+            if "scores" in row:
+                gains.setdefault(variant_name(name, result), []).append((int(result.get("seed", 42)), row["scores"]))
+    if not gains:
+        return "(not run)"
+    pairs = (("ddim10_ens1", "ddim1_ens1"), ("ddim50_ens1", "ddim10_ens1"), ("ddim10_ens5", "ddim1_ens1"))
+    lines = [
+        "| variant | seeds | "
+        + " | ".join(f"{row_label(a)} − {row_label(b)}, per seed; mean [95 % CI]" for a, b in pairs)
+        + " |",
+        "|---|---|" + "---|" * len(pairs),
+    ]
+    for name, runs_of in gains.items():
+        cells = []
+        for a, b in pairs:
+            diffs = [np.subtract(*_paired(scores, a, scores, b)) for _, scores in runs_of]
+            per_seed = " / ".join(f"{d.mean():+.4f}" for d in diffs)
+            cells.append(f"{per_seed}; {mean_difference(diffs, digits=4)}")
+        lines.append(f"| {name} | {', '.join(str(seed) for seed, _ in runs_of)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def _trained_on(result) -> str:
     machine = result.get("machine", {})
     return machine.get("gpu") or machine.get("cpu") or "?"
@@ -1232,7 +1268,24 @@ def main() -> int:
         for seed in ROUND_SEEDS
         for dropout, tag in (("0.2", ""), ("0.1", "_dropout01"))
     ]
+    # the nineteenth round: recycled self-conditioning (up to 3 chained estimate passes in training) on
+    # the CPU at equal idle-core time, paired with today's default of the same seeds: the fourteenth
+    # round's "dropout 0.2" runs (seeds 45, 46; today's default since the eighteenth) and this round's 47
+    nineteenth_round = [
+        as_default(load(f"kvasir_ablation_128_round14_dropout02_seed{seed}.json"), "dropout 0.2") for seed in (45, 46)
+    ] + [load("kvasir_ablation_128_round19_default_seed47.json")]
+    nineteenth_round += [load(f"kvasir_ablation_128_round19_passes3_seed{seed}.json") for seed in (45, 46, 47)]
     sections = [
+        "## Nineteenth round, held-out TRAIN images: recycled self-conditioning (1-3 chained estimate passes "
+        "in training) against today's default, equal idle-core time (Intel Xeon, seeds 45-47; `default` = "
+        "dropout 0.2, 7,164 steps, seeds 45 and 46 the fourteenth round's runs; the variant 7,011 steps)\n\n"
+        + seeded_ablation_table(nineteenth_round)
+        + "\n\n"
+        + seed_averaged_ablation_table(nineteenth_round)
+        + "\n\nWhat the steps add, each variant on its own:\n\n"
+        + heldout_steps_gain_table(nineteenth_round)
+        + "\n\nUncertainty of each ensemble row:\n\n"
+        + heldout_uncertainty_table(nineteenth_round, []),
         "## Eighteenth round, held-out TRAIN images: dropout 0.2 against the twelfth round's default (0.1) "
         "(7,164 steps each, seeds 47-49 on the H200; `default` = 0.1)\n\n"
         + seeded_ablation_table(eighteenth_round)

@@ -565,6 +565,25 @@ def test_heldout_unet_table_pairs_each_default_with_the_unet_of_its_seed():
     assert len(lines) == 2 + 2 and lines[2].startswith("| 44 |") and lines[2].endswith("| +0.040 [+0.040, +0.040] |")
 
 
+def test_heldout_steps_gain_pairs_each_run_with_itself_and_a_renamed_default_is_the_reference():
+    def run(seed, name, one, ten):  # per-image Dice of DDIM 1 and DDIM 10 (and 50, 10 x 5 alike)
+        rows = {
+            key: {"per_image_dice": list(dice)}
+            for key, dice in (("ddim1_ens1", one), ("ddim10_ens1", ten), ("ddim50_ens1", ten), ("ddim10_ens5", ten))
+        }
+        return {"seed": seed, "variants": {name: {"scores": {"rows": rows}}}}
+
+    old = run(45, "dropout 0.2", [0.5, 0.7], [0.6, 0.8])
+    renamed = report.as_default(old, "dropout 0.2")
+    assert list(renamed["variants"]) == ["default"] and list(old["variants"]) == ["dropout 0.2"]  # a copy
+    assert report.as_default(None, "dropout 0.2") is None
+    lines = report.heldout_steps_gain_table([renamed, run(46, "default", [0.5, 0.5], [0.5, 0.7]), None]).splitlines()
+    assert len(lines) == 3  # header, rule, one row for the default's two seeds
+    assert lines[2].startswith("| default | 45, 46 | +0.1000 / +0.1000; +0.1000 [")  # DDIM 10 − DDIM 1 per seed
+    assert "| +0.0000 / +0.0000; +0.0000 [" in lines[2]  # DDIM 50 − DDIM 10
+    assert report.heldout_steps_gain_table([None]) == "(not run)"
+
+
 def test_ours_step_time_is_the_mean_of_both_self_conditioning_branches(monkeypatch):
     # the fastest of a few random steps would time only the branch without the estimate pass
     from src.device import select_runtime
@@ -588,6 +607,8 @@ def test_ours_step_time_is_the_mean_of_both_self_conditioning_branches(monkeypat
     runtime = select_runtime("cpu", "fp32")
     assert kvasir.estimate_ours_step(args, kvasir.model_config(args), runtime) == 1.5
     assert kvasir.estimate_ours_step(args, kvasir.model_config(args, self_condition=False), runtime) == 1.0
+    # recycled: the estimate branch at 1, 2 and 3 passes (2, 3, 4 calls) equally likely, then the coin
+    assert kvasir.estimate_ours_step(args, kvasir.model_config(args, self_condition_passes=3), runtime) == 2.0
 
 
 def test_step_budget_of_other_models_never_overwrites_the_quality_budgets():

@@ -11,10 +11,11 @@ class RecordingNetwork:
     """Wraps model.network_output and records the x0 estimate each call was given."""
 
     def __init__(self, model: DiffusionSegmentation):
-        self.original, self.estimates = model.network_output, []
+        self.original, self.estimates, self.calls = model.network_output, [], []
 
     def __call__(self, x_t, t, images, x0_estimate=None):
         self.estimates.append(None if x0_estimate is None else x0_estimate.clone())
+        self.calls.append((x_t, t, images))
         return self.original(x_t, t, images, x0_estimate)
 
 
@@ -134,6 +135,65 @@ def test_the_self_conditioning_branch_can_be_forced(branch, calls):
     plain.network_output = RecordingNetwork(plain)
     plain.training_losses(images, masks, self_condition=True)  # nothing to force without self-conditioning
     assert plain.network_output.estimates == [None]
+
+
+def test_recycled_training_chains_its_estimate_passes_handing_each_the_mean_of_those_before():
+    model = tiny_model(self_condition_passes=3)
+    recorder = RecordingNetwork(model)
+    model.network_output = recorder
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    torch.manual_seed(0)
+    model.training_losses(images, masks, self_condition=True, estimate_passes=3)
+    first, second, third, graded = recorder.estimates
+    assert first is None and not third.requires_grad and not graded.requires_grad
+    # rebuild each pass's estimate from the one before: pass 2 got pass 1's, pass 3 the mean of 1 and 2
+    x_t, t, conditioning = recorder.calls[0]
+
+    def x0_given(estimate):
+        return model.output_to_x0_eps(recorder.original(x_t, t, conditioning, estimate), x_t, t)[0]
+
+    outputs = [x0_given(e) for e in (first, second, third)]
+    torch.testing.assert_close(second, outputs[0])
+    torch.testing.assert_close(third, (outputs[0] + outputs[1]) / 2)
+    torch.testing.assert_close(graded, (outputs[0] + outputs[1] + outputs[2]) / 3)
+    # drawn, the pass counts cover 1 to 3: 2, 3 or 4 network calls per estimate batch
+    counts = set()
+    for seed in range(30):
+        recorder.estimates.clear()
+        torch.manual_seed(seed)
+        model.training_losses(images, masks, self_condition=True)
+        counts.add(len(recorder.estimates))
+    assert counts == {2, 3, 4}
+
+
+def test_one_estimate_pass_leaves_the_default_training_stream_as_it_was():
+    # the pass count is drawn only when there is a choice, so a default run draws what it drew
+    # before recycling existed (its losses and every later random number)
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    for passes, same in ((1, True), (3, False)):
+        model = tiny_model(self_condition_passes=passes)
+        torch.manual_seed(5)
+        drawn = model.training_losses(images, masks, self_condition=True)["loss"]
+        after_drawn = torch.rand(3)
+        torch.manual_seed(5)
+        forced = model.training_losses(images, masks, self_condition=True, estimate_passes=1)["loss"]
+        after_forced = torch.rand(3)
+        assert torch.equal(after_drawn, after_forced) is same
+        if same:
+            torch.testing.assert_close(drawn, forced, rtol=0, atol=0)
+
+
+def test_self_condition_passes_flag_validation_and_old_checkpoints():
+    from src.training.cli import build_parser, configs_from_args
+
+    parser = build_parser()
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--self-condition-passes", "3"]))
+    assert config.self_condition_passes == 3
+    values = tiny_model().config.to_dict()
+    values.pop("self_condition_passes")
+    assert DiffusionConfig.from_dict(values).self_condition_passes == 1
+    with pytest.raises(ValueError, match="self_condition_passes must be >= 1, got 0"):
+        DiffusionConfig(self_condition_passes=0)
 
 
 def test_loss_backpropagates_through_the_second_pass_only():

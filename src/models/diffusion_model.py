@@ -236,6 +236,7 @@ class DiffusionSegmentation(nn.Module):
         t: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         self_condition: bool | None = None,
+        estimate_passes: int | None = None,
     ) -> dict:
         """MSE on the prediction target, plus `dice_weight` x (soft Dice + BCE) on the predicted x0.
 
@@ -244,6 +245,8 @@ class DiffusionSegmentation(nn.Module):
         self_condition: for a self-conditioned model, None tosses training's coin for the batch
         (see _self_condition_estimate); True / False force the branch with / without the estimate
         pass (a step timing that must cover both branches, tests).
+        estimate_passes: how many chained passes make the estimate (None: drawn from 1 to the
+        config's self_condition_passes; a step timing covers each count).
         """
         self.check_images(images)
         if valid is not None:
@@ -259,7 +262,7 @@ class DiffusionSegmentation(nn.Module):
         x_t = self.process.q_sample(z0, t, noise)
         # once per batch: with a mask head, the estimate pass below re-runs the head only
         conditioning = self.image_conditioning(images)
-        estimate = self._self_condition_estimate(x_t, t, conditioning, self_condition)
+        estimate = self._self_condition_estimate(x_t, t, conditioning, self_condition, estimate_passes)
         if estimate is not None and self.config.refine_from_estimate:
             x_t = self.process.q_sample(estimate * self.config.input_scale, t, noise)
         output = self.network_output(x_t, t, conditioning, estimate)
@@ -289,20 +292,35 @@ class DiffusionSegmentation(nn.Module):
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 
-    def _self_condition_estimate(self, x_t, t, conditioning, use: bool | None = None) -> torch.Tensor | None:
+    def _self_condition_estimate(
+        self, x_t, t, conditioning, use: bool | None = None, passes: int | None = None
+    ) -> torch.Tensor | None:
         """Analog Bits' training rule: on half of the batches, first estimate x0 with no estimate
         given, and feed that (without gradient) back in; on the other half, give none. The network
         so learns both to segment from scratch (the first sampling step) and to refine an estimate
-        (every later step). `use` True / False decides the coin's side (None: toss it)."""
+        (every later step). `use` True / False decides the coin's side (None: toss it).
+
+        With config.self_condition_passes N > 1 the estimate is made by `passes` chained passes
+        (None: drawn from 1 to N), each handed the mean of the estimates before it, as sampling
+        hands them (reverse_process, self_condition_on "mean"), so training also shows the network
+        estimates that were already refined: what every sampling step after the second gets.
+        """
         if not self.config.self_condition:
             return None
         if use is None:
             use = bool(torch.rand(()) >= 0.5)
         if not use:
             return None
+        if passes is None:  # no draw at N = 1: a default run's random stream stays as it was
+            n = self.config.self_condition_passes
+            passes = int(torch.randint(1, n + 1, ())) if n > 1 else 1
+        estimate, estimate_sum = None, 0.0
         with torch.no_grad():
-            x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, conditioning), x_t, t)
-        return perturb_estimates(x0) if self.config.perturb_estimate else x0
+            for i in range(passes):
+                x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, conditioning, estimate), x_t, t)
+                estimate_sum = estimate_sum + x0
+                estimate = estimate_sum / (i + 1)
+        return perturb_estimates(estimate) if self.config.perturb_estimate else estimate
 
     # -- sampling -------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "num_res_blocks",
         "num_heads",
         "patch_size",
+        "self_condition_passes",
     ):
         config_flag(model, DiffusionConfig, name, type=positive_int)
     for name in ("stem_channels", "mask_head_blocks"):
