@@ -752,32 +752,17 @@ def as_default(result, variant: str):
     return {**result, "variants": {("default" if n == variant else n): r for n, r in result["variants"].items()}}
 
 
-def heldout_steps_gain_table(runs: list) -> str:
-    """What the steps add on the held-out TRAIN images, per variant and seed: each run's DDIM 10 −
-    DDIM 1, DDIM 50 − DDIM 10 and 10 x 5 − DDIM 1 (paired over the images), and per variant their
-    mean over seeds."""
-    gains = {}
+def seeded_scores_by_variant(runs: list) -> dict:
+    """{variant name: [(seed, scores)]} of an ablation round's results files, for steps_seeds_table:
+    what each variant's steps add on the held-out TRAIN images, seed by seed."""
+    by_variant = {}
     for result in filter(None, runs):
         for name, row in result["variants"].items():
             if "scores" in row:
-                gains.setdefault(variant_name(name, result), []).append((int(result.get("seed", 42)), row["scores"]))
-    if not gains:
-        return "(not run)"
-    pairs = (("ddim10_ens1", "ddim1_ens1"), ("ddim50_ens1", "ddim10_ens1"), ("ddim10_ens5", "ddim1_ens1"))
-    lines = [
-        "| variant | seeds | "
-        + " | ".join(f"{row_label(a)} − {row_label(b)}, per seed; mean [95 % CI]" for a, b in pairs)
-        + " |",
-        "|---|---|" + "---|" * len(pairs),
-    ]
-    for name, runs_of in gains.items():
-        cells = []
-        for a, b in pairs:
-            diffs = [np.subtract(*_paired(scores, a, scores, b)) for _, scores in runs_of]
-            per_seed = " / ".join(f"{d.mean():+.4f}" for d in diffs)
-            cells.append(f"{per_seed}; {mean_difference(diffs, digits=4)}")
-        lines.append(f"| {name} | {', '.join(str(seed) for seed, _ in runs_of)} | {' | '.join(cells)} |")
-    return "\n".join(lines)
+                by_variant.setdefault(variant_name(name, result), []).append(
+                    (int(result.get("seed", 42)), row["scores"])
+                )
+    return by_variant
 
 
 def _trained_on(result) -> str:
@@ -1283,7 +1268,10 @@ def main() -> int:
         + "\n\n"
         + seed_averaged_ablation_table(nineteenth_round)
         + "\n\nWhat the steps add, each variant on its own:\n\n"
-        + heldout_steps_gain_table(nineteenth_round)
+        + "\n\n".join(
+            f"{name}:\n\n" + steps_seeds_table(runs)
+            for name, runs in seeded_scores_by_variant(nineteenth_round).items()
+        )
         + "\n\nUncertainty of each ensemble row:\n\n"
         + heldout_uncertainty_table(nineteenth_round, []),
         "## Eighteenth round, held-out TRAIN images: dropout 0.2 against the twelfth round's default (0.1) "

@@ -565,7 +565,7 @@ def test_heldout_unet_table_pairs_each_default_with_the_unet_of_its_seed():
     assert len(lines) == 2 + 2 and lines[2].startswith("| 44 |") and lines[2].endswith("| +0.040 [+0.040, +0.040] |")
 
 
-def test_heldout_steps_gain_pairs_each_run_with_itself_and_a_renamed_default_is_the_reference():
+def test_heldout_steps_of_each_variant_pair_each_run_with_itself_and_a_renamed_default_is_the_reference():
     def run(seed, name, one, ten):  # per-image Dice of DDIM 1 and DDIM 10 (and 50, 10 x 5 alike)
         rows = {
             key: {"per_image_dice": list(dice)}
@@ -577,11 +577,13 @@ def test_heldout_steps_gain_pairs_each_run_with_itself_and_a_renamed_default_is_
     renamed = report.as_default(old, "dropout 0.2")
     assert list(renamed["variants"]) == ["default"] and list(old["variants"]) == ["dropout 0.2"]  # a copy
     assert report.as_default(None, "dropout 0.2") is None
-    lines = report.heldout_steps_gain_table([renamed, run(46, "default", [0.5, 0.5], [0.5, 0.7]), None]).splitlines()
-    assert len(lines) == 3  # header, rule, one row for the default's two seeds
-    assert lines[2].startswith("| default | 45, 46 | +0.1000 / +0.1000; +0.1000 [")  # DDIM 10 − DDIM 1 per seed
-    assert "| +0.0000 / +0.0000; +0.0000 [" in lines[2]  # DDIM 50 − DDIM 10
-    assert report.heldout_steps_gain_table([None]) == "(not run)"
+    by_variant = report.seeded_scores_by_variant([renamed, run(46, "default", [0.5, 0.5], [0.5, 0.7]), None])
+    assert list(by_variant) == ["default"] and [seed for seed, _ in by_variant["default"]] == [45, 46]
+    lines = report.steps_seeds_table(by_variant["default"]).splitlines()
+    assert lines[0] == "| comparison | seed 45 | seed 46 | mean over seeds [95 % CI] |"
+    assert lines[2].startswith("| DDIM 10, ensemble 1 − DDIM 1, ensemble 1 | +0.1000 | +0.1000 | +0.1000 [")
+    assert lines[3].startswith("| DDIM 50, ensemble 1 − DDIM 10, ensemble 1 | +0.0000 | +0.0000 | +0.0000 [")
+    assert report.seeded_scores_by_variant([None]) == {}
 
 
 def test_ours_step_time_is_the_mean_of_both_self_conditioning_branches(monkeypatch):
