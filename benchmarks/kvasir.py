@@ -240,6 +240,12 @@ def parse_args(argv=None):
         "the one variant to train instead of today's default",
         None,
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each of this command's trainings from its run folder's last.pth (a run cut off, "
+        "e.g. by a closed session); the other flags must be the ones it was started with",
+    )
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kvasir_<model>_<size>.json)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run: tiny models, 4 images, 2 steps")
     return _settle(p.parse_args(argv))
@@ -371,20 +377,58 @@ def estimate_ours_step(args, config, runtime) -> float:
     return float(np.mean([with_estimate, seconds(False)]))
 
 
+# what must match for --resume to continue a run rather than start another one
+RESUME_MUST_MATCH = ("seed", "batch_size", "lr", "warmup_steps", "max_steps", "augmentation_mode")
+
+
+def resumable_run(args, run_dir: Path, config) -> dict | None:
+    """With --resume, what run_dir/last.pth holds of a run this same command started (None: start
+    fresh, also when there is no last.pth yet, as for a variant the cut-off command never reached).
+    A checkpoint of another model or recipe is an error, not a silent fresh start."""
+    if not args.resume:
+        return None
+    from src.checkpoint import load_checkpoint
+    from src.models import DiffusionConfig
+
+    path = run_dir / "last.pth"
+    if not path.is_file():
+        print(f"[{run_dir.name}] --resume: no {path} yet, starting fresh", flush=True)
+        return None
+    state = load_checkpoint(path)
+    saved = state.get("train_config") or {}
+    wanted = {"seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps}
+    wanted.update(max_steps=args.max_steps, augmentation_mode=args.augmentation)
+    differ = [
+        f"{key} {saved.get(key)!r} (now {wanted[key]!r})" for key in RESUME_MUST_MATCH if saved.get(key) != wanted[key]
+    ]
+    if DiffusionConfig.from_dict(dict(state["model_config"])) != config:
+        differ.append("the model's settings (another --variants?)")
+    if differ:
+        raise SystemExit(f"kvasir.py: error: --resume: {path} was trained with other settings: {'; '.join(differ)}")
+    print(f"[{run_dir.name}] resuming at step {state['step']} from {path}", flush=True)
+    return {"path": path, "step": state["step"], "epochs": saved["epochs"]}
+
+
 def train_ours(args, train_stems, config, name: str):
     """src.training.train on `train_stems` only (no validation during training). Returns (model, info)."""
     from src.training import train
 
     runtime = select_runtime()
     steps_per_epoch = math.ceil(len(train_stems) / args.batch_size)
-    if args.max_steps:
+    run_dir = common.CHECKPOINTS / name
+    resume = resumable_run(args, run_dir, config)
+    if resume:  # the epochs it was planned with (with --minutes, from a step time measured then)
+        step_seconds, epochs = None, resume["epochs"]
+    elif args.max_steps:
         step_seconds, epochs = None, math.ceil(args.max_steps / steps_per_epoch)
     else:
         step_seconds = estimate_ours_step(args, config, runtime)
         epochs = epochs_for_budget(step_seconds, args.minutes, steps_per_epoch)
-    run_dir = common.CHECKPOINTS / name
     image_dir, mask_dir = common.linked_subset(args.data, train_stems, run_dir / "data")
-    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.minutes} min ({step_seconds:.2f} s/step measured)"
+    if args.max_steps or step_seconds is None:
+        budget = f"{args.max_steps} steps" if args.max_steps else f"{args.minutes} min in all"
+    else:
+        budget = f"{args.minutes} min ({step_seconds:.2f} s/step measured)"
     print(f"[{name}] {epochs} epochs x {steps_per_epoch} steps, budget {budget}", flush=True)
     train_config = TrainConfig(
         image_dir=str(image_dir),
@@ -403,11 +447,13 @@ def train_ours(args, train_stems, config, name: str):
         save_every=10_000,
         progress=False,
         overwrite=True,  # a rerun replaces its own run folder
+        resume=str(resume["path"]) if resume else None,
     )
     clock = common.Stopwatch()
     result = train(train_config, config)
     info = {
         "train_minutes": clock.minutes(),
+        "resumed_from_step": resume["step"] if resume else None,
         "optimizer_steps": result.steps,
         "planned_epochs": epochs,
         "estimated_step_seconds": step_seconds,

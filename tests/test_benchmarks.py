@@ -734,6 +734,45 @@ def test_kvasir_smoke_ablation_trains_with_the_augmentation_asked_for_beside_the
     assert torch.load(checkpoint, weights_only=True)["train_config"]["augmentation_mode"] == "heavy"
 
 
+@needs_kvasir
+def test_kvasir_resume_continues_a_cut_off_run_exactly(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from src.training import trainer as trainer_module
+    from src.training.interrupt import Interrupted
+
+    def run(checkpoints, *flags):
+        monkeypatch.setattr(common, "CHECKPOINTS", tmp_path / checkpoints)
+        out = tmp_path / checkpoints / "run.json"  # one name: --resume finds the run by it
+        assert kvasir.main(["--smoke", "--model", "ours", "--max-steps", "6", "--out", str(out), *flags]) == 0
+        return json.loads(out.read_text())
+
+    full = run("full")
+    original = trainer_module._Trainer._train_step
+
+    def step_then_closed(self, images, masks):
+        loss = original(self, images, masks)
+        if self.progress.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a closed session ends the command, mid-run
+        return loss
+
+    monkeypatch.setattr(trainer_module._Trainer, "_train_step", step_then_closed)
+    with pytest.raises(Interrupted):
+        run("cut")
+    monkeypatch.setattr(trainer_module._Trainer, "_train_step", original)
+    with pytest.raises(SystemExit, match=r"--resume: .*last.pth was trained with other settings: seed 42 \(now 7\)"):
+        run("cut", "--resume", "--seed", "7")
+    resumed = run("cut", "--resume")
+    assert "resuming at step 3" in capsys.readouterr().out
+    assert resumed["train"]["resumed_from_step"] == 3 and full["train"]["resumed_from_step"] is None
+    assert resumed["train"]["optimizer_steps"] == full["train"]["optimizer_steps"] == 6
+    for key, row in full["rows"].items():  # the same weights, so the same masks on every image
+        assert resumed["rows"][key]["per_image_dice"] == row["per_image_dice"], key
+    # nothing to continue yet (a run the cut-off command never reached) starts fresh
+    assert run("other", "--resume")["train"]["resumed_from_step"] is None
+
+
 def test_ours_trains_one_variant_at_most():
     assert kvasir.ours_overrides(None) == {} and kvasir.ours_overrides(["dropout 0.1"]) == {"dropout": 0.1}
     with pytest.raises(SystemExit, match="trains one variant"):

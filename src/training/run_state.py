@@ -22,6 +22,9 @@ class Progress:
     history: list = field(default_factory=list)
     epoch_loss_sum: float = 0.0  # over the batches of `epoch` trained so far, so a resumed epoch's mean is exact
     elapsed_seconds: float = 0.0  # wall-clock time of the run so far, over all its resumes (--max-minutes counts it)
+    # the state of the data loader's own generator (its shuffle, its workers' seeds) as `epoch` began;
+    # None when the loader has none (its order then comes from the per-epoch seeding)
+    loader_rng: object = None
 
 
 def resumable_state(trainer) -> dict:
@@ -46,6 +49,7 @@ def resumable_state(trainer) -> dict:
         "epoch_loss_sum": progress.epoch_loss_sum,
         "history": progress.history,
         "rng": capture_rng_state(),
+        "loader_rng": progress.loader_rng,
         "train_config": trainer.config.to_dict(),
         "data_split": trainer.data.split,
     }
@@ -84,6 +88,8 @@ def restore_state(trainer, state: dict) -> None:
         progress.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))
         progress.elapsed_seconds = float(state.get("scheduler", {}).get("elapsed_seconds", 0.0))
         trainer.resume_rng = state["rng"]
+        # None in a checkpoint from before it was saved: the trainer then replays the past epochs' draws
+        progress.loader_rng = state.get("loader_rng")
     except (KeyError, RuntimeError, ValueError) as error:
         raise CheckpointError(
             f"{trainer.config.resume}: cannot resume from it: {str(error).splitlines()[0][:200]}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -183,6 +184,10 @@ class _Trainer:
     def _train_epoch(self):
         """Train the rest of the current epoch; returns (mean loss, whether a budget stopped it)."""
         config, progress, loader = self.config, self.progress, self.data.train_loader
+        if self.resume_rng is not None:  # the first epoch of a resumed run (before the seeding: a replay draws)
+            self._restore_loader_generator()
+        if loader.generator is not None:
+            progress.loader_rng = loader.generator.get_state()
         seed_everything(epoch_seed(config.seed, progress.epoch, self.context.rank))
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(progress.epoch)
@@ -222,6 +227,24 @@ class _Trainer:
         bar.close()
         self.last_images_per_second = seen / max(time.monotonic() - epoch_start, 1e-9)
         return progress.epoch_loss_sum / progress.batch_in_epoch, False
+
+    def _restore_loader_generator(self) -> None:
+        """The loader's own generator where an uninterrupted run has it as this epoch begins: the
+        per-epoch seeding does not reach it, and each epoch draws its shuffle and its workers' seeds
+        from it, so a fresh one would repeat epoch 1's order."""
+        loader, progress = self.data.train_loader, self.progress
+        if loader.generator is None:
+            return
+        if progress.loader_rng is not None:
+            loader.generator.set_state(progress.loader_rng)
+            return
+        # a checkpoint from before the state was saved: draw what each past epoch drew (without
+        # workers: the base seed, then the sampler's shuffle and its empty remainder), indexing a
+        # range through the same batch sampler instead of loading the data
+        shadow = DataLoader(range(len(loader.dataset)), batch_sampler=loader.batch_sampler, generator=loader.generator)
+        for _ in range(progress.epoch):
+            for _ in shadow:
+                pass
 
     def _train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
         config, progress = self.config, self.progress
