@@ -248,7 +248,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/kvasir_<model>_<size>.json)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run: tiny models, 4 images, 2 steps")
-    return _settle(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.resume and args.model in ("unet", "peer"):
+        p.error(
+            "--resume continues trainings of ours (--model ours or ablation); the UNet and the peer keep no run folder"
+        )
+    return _settle(args)
 
 
 def _settle(args):
@@ -377,10 +382,6 @@ def estimate_ours_step(args, config, runtime) -> float:
     return float(np.mean([with_estimate, seconds(False)]))
 
 
-# what must match for --resume to continue a run rather than start another one
-RESUME_MUST_MATCH = ("seed", "batch_size", "lr", "warmup_steps", "max_steps", "augmentation_mode")
-
-
 def resumable_run(args, run_dir: Path, config) -> dict | None:
     """With --resume, what run_dir/last.pth holds of a run this same command started (None: start
     fresh, also when there is no last.pth yet, as for a variant the cut-off command never reached).
@@ -396,11 +397,15 @@ def resumable_run(args, run_dir: Path, config) -> dict | None:
         return None
     state = load_checkpoint(path)
     saved = state.get("train_config") or {}
-    wanted = {"seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps}
-    wanted.update(max_steps=args.max_steps, augmentation_mode=args.augmentation)
-    differ = [
-        f"{key} {saved.get(key)!r} (now {wanted[key]!r})" for key in RESUME_MUST_MATCH if saved.get(key) != wanted[key]
-    ]
+    wanted = dict(  # what makes it the same run (--minutes alone does not: the saved plan is kept)
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps,
+        augmentation_mode=args.augmentation,
+    )
+    differ = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in wanted.items() if saved.get(key) != value]
     if DiffusionConfig.from_dict(dict(state["model_config"])) != config:
         differ.append("the model's settings (another --variants?)")
     if differ:

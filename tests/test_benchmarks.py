@@ -771,6 +771,9 @@ def test_kvasir_resume_continues_a_cut_off_run_exactly(tmp_path, monkeypatch, ca
         assert resumed["rows"][key]["per_image_dice"] == row["per_image_dice"], key
     # nothing to continue yet (a run the cut-off command never reached) starts fresh
     assert run("other", "--resume")["train"]["resumed_from_step"] is None
+    with pytest.raises(SystemExit):
+        kvasir.parse_args(["--model", "unet", "--resume"])
+    assert "--resume continues trainings of ours" in capsys.readouterr().err
 
 
 def test_ours_trains_one_variant_at_most():
