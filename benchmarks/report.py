@@ -752,6 +752,23 @@ def as_default(result, variant: str):
     return {**result, "variants": {("default" if n == variant else n): r for n, r in result["variants"].items()}}
 
 
+def heldout_round_section(title: str, runs: list) -> str:
+    """A held-out round of variants against today's default, paired per seed: the per-seed and
+    seed-averaged tables, what the steps add for each variant on its own, and the uncertainty rows."""
+    return (
+        f"{title}\n\n"
+        + seeded_ablation_table(runs)
+        + "\n\n"
+        + seed_averaged_ablation_table(runs)
+        + "\n\nWhat the steps add, each variant on its own:\n\n"
+        + "\n\n".join(
+            f"{name}:\n\n" + steps_seeds_table(seeded) for name, seeded in seeded_scores_by_variant(runs).items()
+        )
+        + "\n\nUncertainty of each ensemble row:\n\n"
+        + heldout_uncertainty_table(runs, [])
+    )
+
+
 def seeded_scores_by_variant(runs: list) -> dict:
     """{variant name: [(seed, scores)]} of an ablation round's results files, for steps_seeds_table:
     what each variant's steps add on the held-out TRAIN images, seed by seed."""
@@ -1260,20 +1277,25 @@ def main() -> int:
         as_default(load(f"kvasir_ablation_128_round14_dropout02_seed{seed}.json"), "dropout 0.2") for seed in (45, 46)
     ] + [load("kvasir_ablation_128_round19_default_seed47.json")]
     nineteenth_round += [load(f"kvasir_ablation_128_round19_passes3_seed{seed}.json") for seed in (45, 46, 47)]
+    # the twentieth round: the mask head with a view of the whole estimate (GlobalContext), seeds 47-49
+    # on the H200, paired with the eighteenth round's H200 runs of today's default
+    twentieth_round = [
+        as_default(load(f"kvasir_ablation_128_round18_dropout02_seed{seed}.json"), "dropout 0.2")
+        for seed in (47, 48, 49)
+    ] + [load(f"kvasir_ablation_128_round20_context_seed{seed}.json") for seed in (47, 48, 49)]
     sections = [
-        "## Nineteenth round, held-out TRAIN images: recycled self-conditioning (1-3 chained estimate passes "
-        "in training) against today's default, equal idle-core time (Intel Xeon, seeds 45-47; `default` = "
-        "dropout 0.2, 7,164 steps, seeds 45 and 46 the fourteenth round's runs; the variant 7,011 steps)\n\n"
-        + seeded_ablation_table(nineteenth_round)
-        + "\n\n"
-        + seed_averaged_ablation_table(nineteenth_round)
-        + "\n\nWhat the steps add, each variant on its own:\n\n"
-        + "\n\n".join(
-            f"{name}:\n\n" + steps_seeds_table(runs)
-            for name, runs in seeded_scores_by_variant(nineteenth_round).items()
-        )
-        + "\n\nUncertainty of each ensemble row:\n\n"
-        + heldout_uncertainty_table(nineteenth_round, []),
+        heldout_round_section(
+            "## Twentieth round, held-out TRAIN images: the mask head with a view of the whole estimate "
+            "(`--mask-head-context`) against today's default, equal idle-core time (NVIDIA H200, seeds 47-49; "
+            "`default` = dropout 0.2, the eighteenth round's runs, 7,164 steps; the variant 6,953 steps)",
+            twentieth_round,
+        ),
+        heldout_round_section(
+            "## Nineteenth round, held-out TRAIN images: recycled self-conditioning (1-3 chained estimate passes "
+            "in training) against today's default, equal idle-core time (Intel Xeon, seeds 45-47; `default` = "
+            "dropout 0.2, 7,164 steps, seeds 45 and 46 the fourteenth round's runs; the variant 7,011 steps)",
+            nineteenth_round,
+        ),
         "## Eighteenth round, held-out TRAIN images: dropout 0.2 against the twelfth round's default (0.1) "
         "(7,164 steps each, seeds 47-49 on the H200; `default` = 0.1)\n\n"
         + seeded_ablation_table(eighteenth_round)

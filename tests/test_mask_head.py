@@ -152,3 +152,49 @@ def test_mc_dropout_is_refused_without_dropout_or_without_a_head(overrides):
     model = tiny_model(**overrides).eval()
     with pytest.raises(ValueError, match="MC dropout needs a model that encodes its image once"):
         model.segment(torch.rand(1, 3, 16, 16), steps=2, ensemble=2, seed=0, mc_dropout=True)
+
+
+def test_a_context_head_starts_as_the_plain_head_and_then_sees_the_whole_estimate():
+    from src.models.mask_head import MaskHead
+
+    def head(global_context):
+        torch.manual_seed(0)
+        return MaskHead(2, 1, width=8, num_blocks=2, patch_size=2, global_context=global_context).eval()
+
+    plain, context = head(False), head(True)
+    masks, features, t = torch.zeros(1, 2, 64, 64), torch.randn(1, 8, 32, 32), torch.tensor([10])
+    # the modules both have draw the same weights, and the context's way back starts at zero
+    assert all(torch.equal(value, context.state_dict()[name]) for name, value in plain.state_dict().items())
+    torch.testing.assert_close(context(masks, features, t), plain(masks, features, t))
+
+
+def test_the_global_context_carries_a_change_in_one_corner_to_the_opposite_one():
+    from src.models.mask_head import GlobalContext
+
+    torch.manual_seed(0)
+    context = GlobalContext(8).eval()
+    h = torch.randn(1, 8, 32, 32)
+    moved = h.clone()
+    # the corner's values mirrored: every group's mean and variance stay the same, so GroupNorm
+    # carries nothing to the far corner, and the strided convolutions reach 10 positions at most
+    moved[..., :8, :8] = h[..., :8, :8].flip(-1)
+
+    def far_change():
+        return (context(moved) - context(h))[..., -8:, -8:].abs().max()
+
+    torch.nn.init.normal_(context.up.weight)
+    assert far_change() < 1e-5  # the attention's way out still at zero: local only
+    torch.nn.init.normal_(context.attention.to_out.weight)  # as training makes it
+    assert far_change() > 1e-2
+
+
+def test_the_context_head_is_a_flag_and_older_checkpoints_have_none():
+    from src.training.cli import build_parser, configs_from_args
+
+    assert DiffusionConfig().mask_head_context is False and LEGACY_DEFAULTS["mask_head_context"] is False
+    parser = build_parser()
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--mask-head-context"]))
+    assert config.mask_head_context is True
+    model = tiny_model(mask_head_blocks=2, mask_head_context=True).eval()
+    images = torch.rand(2, 3, 32, 32)
+    assert model.segment(images, steps=3, ensemble=2, seed=0).probabilities.shape == (2, 1, 32, 32)

@@ -79,6 +79,7 @@ class DiffusionSegmentation(nn.Module):
                 config.mask_head_blocks,
                 config.patch_size,
                 config.dropout,
+                config.mask_head_context,
             )
         self.process = GaussianDiffusion(config.schedule, config.timesteps)
         self._zero_init_inputs()

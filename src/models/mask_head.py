@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResnetBlock, group_norm, time_embedding_mlp
+from .blocks import Downsample, ResnetBlock, SelfAttention, group_norm, time_embedding_mlp
 
 
 class MaskHead(nn.Module):
@@ -27,6 +27,7 @@ class MaskHead(nn.Module):
         num_blocks: int,
         patch_size: int,
         dropout: float = 0.0,
+        global_context: bool = False,
     ):
         super().__init__()
         if num_blocks < 1:
@@ -39,12 +40,36 @@ class MaskHead(nn.Module):
         self.output = nn.Sequential(
             group_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels * patch_size**2, 3, padding=1)
         )
+        # built last, so the modules above draw the same initial weights with or without it
+        self.context = GlobalContext(width) if global_context else None
 
     def forward(self, masks: torch.Tensor, features: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         folded = F.pixel_unshuffle(masks, self.patch_size) if self.patch_size > 1 else masks
         h = features + self.input_conv(folded)
         time_emb = self.time_embedding(timesteps)
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
             h = block(h, time_emb)
+            if index == 0 and self.context is not None:  # the later blocks see the whole estimate's shape
+                h = self.context(h)
         out = self.output(h)
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+
+
+class GlobalContext(nn.Module):
+    """The head's features at a quarter of its resolution, attending over every position, added
+    back (residual; zero-initialised, so a new head starts as one without it). The head's blocks
+    see about 13 positions across (52 px at patch size 4): a step can then judge its estimate
+    locally only, while a false blob or a missed half of a large polyp is a matter of the whole
+    mask's shape."""
+
+    def __init__(self, width: int, num_heads: int = 4):
+        super().__init__()
+        self.down = nn.Sequential(Downsample(width), nn.SiLU(), Downsample(width))
+        self.attention = SelfAttention(width, num_heads)
+        self.up = nn.Conv2d(width, width, 3, padding=1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        context = self.attention(self.down(h))
+        return h + self.up(F.interpolate(context, size=h.shape[-2:], mode="nearest"))
