@@ -7,6 +7,8 @@ split); checkpoint_epoch_N.pth holds what inference needs (config and EMA weight
 
 from dataclasses import dataclass, field
 
+import torch
+
 from src.checkpoint import CheckpointError
 from src.training.rng import capture_rng_state
 
@@ -24,7 +26,7 @@ class Progress:
     elapsed_seconds: float = 0.0  # wall-clock time of the run so far, over all its resumes (--max-minutes counts it)
     # the state of the data loader's own generator (its shuffle, its workers' seeds) as `epoch` began;
     # None when the loader has none (its order then comes from the per-epoch seeding)
-    loader_rng: object = None
+    loader_rng: torch.Tensor | None = None
 
 
 def resumable_state(trainer) -> dict:
