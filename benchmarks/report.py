@@ -1257,13 +1257,13 @@ def main() -> int:
         for seed in (47, 48, 49)
         for slug in ("default", "dropout02")
     ]
-    eighteenth_unets = {20: unet, 40: unet_long}
+    eighteenth_unets = {20: unet, 40: unet_long, 60: unet_60}  # 60 minutes: run in the twentieth round
     eighteenth_val = {
         minutes: [
             (round_run("r18", minutes, seed, size), round_unet(eighteenth_unets, minutes, seed, size))
             for seed in ROUND_SEEDS
         ]
-        for minutes in (40, 20)
+        for minutes in (40, 20, 60)
     }
     eighteenth_exact = [
         (f"dropout {dropout}, seed {seed}", f"uncertainty_val_{size}_40min_r18{tag}{common.seed_suffix(seed)}.json")
@@ -1289,6 +1289,15 @@ def main() -> int:
             "(`--mask-head-context`) against today's default, equal idle-core time (NVIDIA H200, seeds 47-49; "
             "`default` = dropout 0.2, the eighteenth round's runs, 7,164 steps; the variant 6,953 steps)",
             twentieth_round,
+        ),
+        "## Twentieth round, exact ranking on val at 60 minutes (uncertainty_ablation.py val, every pixel ranked): "
+        "ours' 10 x 5 std against the UNet's p(1-p), seed 44 (the only 60-minute UNet with saved weights), "
+        "dropout 0.2 (this round) and 0.1 (the fourteenth round's run)\n\n"
+        + exact_uncertainty_table(
+            [
+                (f"dropout {dropout}, seed 44", f"uncertainty_val_{size}_60min_{tag}_seed44.json")
+                for dropout, tag in (("0.2", "r18"), ("0.1", "r13"))
+            ]
         ),
         heldout_round_section(
             "## Nineteenth round, held-out TRAIN images: recycled self-conditioning (1-3 chained estimate passes "
