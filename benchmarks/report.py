@@ -1291,11 +1291,17 @@ def main() -> int:
             twentieth_round,
         ),
         "## Twentieth round, exact ranking on val at 60 minutes (uncertainty_ablation.py val, every pixel ranked): "
-        "ours' 10 x 5 std against the UNet's p(1-p), seed 44 (the only 60-minute UNet with saved weights), "
-        "dropout 0.2 (this round) and 0.1 (the fourteenth round's run)\n\n"
+        "ours' 10 x 5 std against the UNet's p(1-p) of the same seed (seeds 42 and 43: 60-minute UNets re-trained "
+        "on the Intel Xeon in this round, kvasir_unet_128_60min_intel_seed{42,43}, not the runs in the val tables, "
+        "which kept no weights; seed 44: the fourteenth round's), dropout 0.2 (this round) and 0.1 (the "
+        "fourteenth round's run of seed 44)\n\n"
         + exact_uncertainty_table(
             [
-                (f"dropout {dropout}, seed 44", f"uncertainty_val_{size}_60min_{tag}_seed44.json")
+                (
+                    f"dropout {dropout}, seed {seed}",
+                    f"uncertainty_val_{size}_60min_{tag}{common.seed_suffix(seed)}.json",
+                )
+                for seed in ROUND_SEEDS
                 for dropout, tag in (("0.2", "r18"), ("0.1", "r13"))
             ]
         ),
