@@ -392,14 +392,17 @@ def resumable_run(args, run_dir: Path, config) -> dict | None:
     A checkpoint of another model or recipe is an error, not a silent fresh start."""
     if not args.resume:
         return None
-    from src.checkpoint import load_checkpoint
+    from src.checkpoint import CheckpointError, load_checkpoint
     from src.models import DiffusionConfig
 
     path = run_dir / "last.pth"
     if not path.is_file():
         print(f"[{run_dir.name}] --resume: no {path} yet, starting fresh", flush=True)
         return None
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as error:  # e.g. cut short while it was written: say so, leave it in place
+        raise SystemExit(f"kvasir.py: error: --resume: {error}") from None
     saved = state.get("train_config") or {}
     wanted = dict(  # what makes it the same run (--minutes alone does not: the saved plan is kept)
         seed=args.seed,

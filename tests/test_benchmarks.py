@@ -769,6 +769,12 @@ def test_kvasir_resume_continues_a_cut_off_run_exactly(tmp_path, monkeypatch, ca
     assert resumed["train"]["optimizer_steps"] == full["train"]["optimizer_steps"] == 6
     for key, row in full["rows"].items():  # the same weights, so the same masks on every image
         assert resumed["rows"][key]["per_image_dice"] == row["per_image_dice"], key
+    last = tmp_path / "cut" / "run" / "last.pth"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # a checkpoint cut short is a one-line error, and stays
+    with pytest.raises(SystemExit, match=r"--resume: .*last.pth: not a readable checkpoint"):
+        run("cut", "--resume")
+    assert last.stat().st_size == len(data) // 2
     # nothing to continue yet (a run the cut-off command never reached) starts fresh
     assert run("other", "--resume")["train"]["resumed_from_step"] is None
     with pytest.raises(SystemExit):
