@@ -26,6 +26,7 @@ from utils.augmentations import (
 from utils.errors import DatasetError, DatasetWarning, Issue
 from utils.image_io import IMAGE_EXTENSIONS
 from utils.pairing import MASK_SUFFIXES, Pair, find_pairs, read_split_file, split_pairs
+from utils.sample_keys import SampleKeySampler
 from utils.segmentation_dataset import SegmentationDataset, discover_pairs
 from utils.synthetic import SyntheticSegmentationDataset, make_synthetic_pair, synthetic_split, write_synthetic_dataset
 
@@ -70,8 +71,12 @@ def _make_loader(
     distributed: bool = False,
 ) -> DataLoader:
     """A DataLoader with a seeded order; with ``distributed`` a DistributedSampler shuffles
-    instead (the trainer calls ``loader.sampler.set_epoch(epoch)``)."""
+    instead (the trainer calls ``loader.sampler.set_epoch(epoch)``). With workers, the sampler
+    hands each sample its own augmentation seed (utils/sample_keys.py), so the batches depend on
+    neither the worker count nor a resume; without, the process's seeded stream augments."""
     sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last) if distributed else None
+    if num_workers > 0:
+        sampler = SampleKeySampler(len(dataset), shuffle, seed, sampler)
     if drop_last and len(dataset) < batch_size:
         warnings.warn(
             f"{len(dataset)} samples < batch_size {batch_size} with drop_last: no batches", DatasetWarning, stacklevel=3

@@ -33,6 +33,7 @@ from utils.errors import DatasetError, DatasetWarning, Issue, display_path, form
 from utils.image_io import as_size, label_dtype, load_image, load_labels, void_label
 from utils.pairing import Pair, find_pairs
 from utils.resize import RESIZE_MODES, fit_image, letterbox, letterbox_box, resize_labels
+from utils.sample_keys import SampleKey, seeded, split_key
 
 VOID = -1  # the mask value of pixels that belong to no class, in the tensors a dataset returns
 # Use at most this share of the currently available memory for the in-memory cache.
@@ -278,7 +279,9 @@ class SegmentationDataset(Dataset):
 
     # ---- items ----------------------------------------------------------------------------
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, idx: int | SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample idx, augmented; a SampleKey (a loader with workers) augments under its own seed."""
+        idx, augmentation_seed = split_key(idx)
         image_array, label_array = self._sample(idx)
         if self._unreported:
             warnings.warn(format_issues(self._unreported), DatasetWarning, stacklevel=2)
@@ -286,7 +289,8 @@ class SegmentationDataset(Dataset):
         image = tv_tensors.Image(torch.from_numpy(image_array))  # (C, H, W) uint8
         mask = tv_tensors.Mask(torch.from_numpy(label_array))  # (H, W)
         if self.transform is not None:
-            image, mask = self.transform(image, mask)
+            with seeded(augmentation_seed):
+                image, mask = self.transform(image, mask)
         # Both conversions copy, so the cache is never modified.
         image = image.as_subclass(torch.Tensor).float().div_(255.0)
         mask = mask.as_subclass(torch.Tensor)

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from utils.image_io import as_size
+from utils.sample_keys import SampleKey, split_key
 
 SHAPE_KINDS = ("ellipse", "rectangle", "triangle")
 
@@ -166,8 +167,8 @@ class SyntheticSegmentationDataset(Dataset):
             )
         return self._cache[idx]
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self._arrays(idx)
+    def __getitem__(self, idx: int | SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._arrays(split_key(idx)[0])  # nothing random to seed
         return torch.from_numpy(image.copy()), torch.from_numpy(mask.copy())
 
     def load_original_mask(self, idx: int) -> np.ndarray:

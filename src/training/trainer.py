@@ -38,6 +38,7 @@ from src.training.run_folder import RunFolderError, check_writable, claim_output
 from src.training.run_state import Progress, restore_state, resumable_state, weights_state
 from src.training.tracking import NullTracker, WandbTracker
 from src.training.validation import evaluate
+from utils.sample_keys import SampleKeySampler
 
 
 class TrainingError(RuntimeError):
@@ -238,6 +239,8 @@ class _Trainer:
         if progress.loader_rng is not None:
             loader.generator.set_state(progress.loader_rng)
             return
+        if isinstance(loader.sampler, SampleKeySampler):
+            return  # with workers the order is a function of the epoch: the generator only seeds workers
         # a checkpoint from before the state was saved: draw what each past epoch drew (without
         # workers: the base seed, then the sampler's shuffle and its empty remainder), indexing a
         # range through the same batch sampler instead of loading the data
