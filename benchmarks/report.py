@@ -1283,7 +1283,20 @@ def main() -> int:
         as_default(load(f"kvasir_ablation_128_round18_dropout02_seed{seed}.json"), "dropout 0.2")
         for seed in (47, 48, 49)
     ] + [load(f"kvasir_ablation_128_round20_context_seed{seed}.json") for seed in (47, 48, 49)]
+    # the twenty-first round: the estimate pass also takes the loss, and dropout 0.3; every arm on the
+    # AMD EPYC, seeds 47-49
+    twenty_first_round = [
+        load(f"kvasir_ablation_128_round21_{arm}_seed{seed}.json")
+        for arm in ("default_amd", "estimate_pass", "dropout03")
+        for seed in (47, 48, 49)
+    ]
     sections = [
+        heldout_round_section(
+            "## Twenty-first round, held-out TRAIN images: the estimate pass also takes the loss "
+            "(`--estimate-pass-loss`), and dropout 0.3, against today's default (dropout 0.2), 7,164 steps "
+            "each (no measurable step-time difference), every arm on the AMD EPYC (seeds 47-49)",
+            twenty_first_round,
+        ),
         heldout_round_section(
             "## Twentieth round, held-out TRAIN images: the mask head with a view of the whole estimate "
             "(`--mask-head-context`) against today's default, equal idle-core time (NVIDIA H200, seeds 47-49; "

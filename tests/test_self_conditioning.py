@@ -272,14 +272,64 @@ def test_perturb_estimate_changes_only_the_training_estimate():
     )
 
 
-def test_perturb_estimate_flag_and_old_checkpoints():
+@pytest.mark.parametrize("field", ["perturb_estimate", "estimate_pass_loss"])
+def test_training_switches_of_the_estimate_and_old_checkpoints(field):
     from src.training.cli import build_parser, configs_from_args
 
     parser = build_parser()
-    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--perturb-estimate"]))
-    assert config.perturb_estimate is True
+    flag = "--" + field.replace("_", "-")
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", flag]))
+    assert getattr(config, field) is True
     _, config = configs_from_args(parser, parser.parse_args(["--synthetic"]))
-    assert config.perturb_estimate is False
+    assert getattr(config, field) is False
     values = tiny_model().config.to_dict()
-    values.pop("perturb_estimate")
-    assert DiffusionConfig.from_dict(values).perturb_estimate is False
+    values.pop(field)
+    assert getattr(DiffusionConfig.from_dict(values), field) is False
+
+
+def _grads(model) -> list:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_estimate_pass_loss_trains_the_first_pass_as_the_no_estimate_branch_does():
+    """Its estimate batch's loss is the plain estimate batch's plus the no-estimate batch's, on the
+    same draws, and so is its gradient: the first pass is trained, its estimate still handed over
+    detached (the refining pass's gradient is the plain model's)."""
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    t = torch.tensor([3, 700])
+    flagged, plain = tiny_model(estimate_pass_loss=True), tiny_model()
+    assert all(torch.equal(a, b) for a, b in zip(flagged.state_dict().values(), plain.state_dict().values()))
+    terms = {}
+    for name, model, branch in (("both", flagged, True), ("refine", plain, True), ("first", plain, False)):
+        model.zero_grad()
+        torch.manual_seed(7)
+        losses = model.training_losses(images, masks, t=t, self_condition=branch)
+        losses["loss"].backward()
+        terms[name] = (losses, _grads(model))
+    both, refine, first = terms["both"][0], terms["refine"][0], terms["first"][0]
+    torch.testing.assert_close(both["estimate_pass"], first["loss"])
+    torch.testing.assert_close(both["loss"], refine["loss"] + first["loss"])
+    assert "estimate_pass" not in refine
+    for g_both, g_refine, g_first in zip(terms["both"][1], terms["refine"][1], terms["first"][1]):
+        torch.testing.assert_close(g_both, g_refine + g_first)
+    assert any(not torch.allclose(a, b) for a, b in zip(terms["both"][1], terms["refine"][1]))
+
+
+def test_estimate_pass_loss_leaves_the_no_estimate_branch_and_the_estimate_as_they_were():
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    flagged, plain = tiny_model(estimate_pass_loss=True), tiny_model()
+    given = {}
+    for name, model in (("flagged", flagged), ("plain", plain)):
+        recorder = RecordingNetwork(model)
+        model.network_output = recorder
+        torch.manual_seed(3)
+        losses = model.training_losses(images, masks, self_condition=False)
+        assert set(losses) == {"mse", "bce", "dice", "loss"}
+        torch.manual_seed(3)
+        model.training_losses(images, masks, self_condition=True)
+        given[name] = recorder.estimates[-1]
+        after = torch.rand(3)  # the same draws as the plain model's
+        given[name + " after"] = after
+    assert not given["flagged"].requires_grad
+    torch.testing.assert_close(given["flagged"], given["plain"], rtol=0, atol=0)
+    torch.testing.assert_close(given["flagged after"], given["plain after"], rtol=0, atol=0)

@@ -263,11 +263,17 @@ class DiffusionSegmentation(nn.Module):
         x_t = self.process.q_sample(z0, t, noise)
         # once per batch: with a mask head, the estimate pass below re-runs the head only
         conditioning = self.image_conditioning(images)
-        estimate = self._self_condition_estimate(x_t, t, conditioning, self_condition, estimate_passes)
+        estimate, first_output = self._self_condition_estimate(x_t, t, conditioning, self_condition, estimate_passes)
+        if first_output is not None:  # estimate_pass_loss: the estimate pass is trained too
+            first_losses = self._losses(first_output, x0, z0, x_t, t, noise, valid)
         if estimate is not None and self.config.refine_from_estimate:
             x_t = self.process.q_sample(estimate * self.config.input_scale, t, noise)
         output = self.network_output(x_t, t, conditioning, estimate)
-        return self._losses(output, x0, z0, x_t, t, noise, valid)
+        losses = self._losses(output, x0, z0, x_t, t, noise, valid)
+        if first_output is not None:
+            losses["estimate_pass"] = first_losses["loss"]
+            losses["loss"] = losses["loss"] + first_losses["loss"]
+        return losses
 
     def _losses(self, output, x0, z0, x_t, t, noise, valid) -> dict:
         """The loss terms of one batch's network output (see training_losses)."""
@@ -293,35 +299,43 @@ class DiffusionSegmentation(nn.Module):
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 
-    def _self_condition_estimate(
-        self, x_t, t, conditioning, use: bool | None = None, passes: int | None = None
-    ) -> torch.Tensor | None:
-        """Analog Bits' training rule: on half of the batches, first estimate x0 with no estimate
-        given, and feed that (without gradient) back in; on the other half, give none. The network
-        so learns both to segment from scratch (the first sampling step) and to refine an estimate
-        (every later step). `use` True / False decides the coin's side (None: toss it).
+    def _self_condition_estimate(self, x_t, t, conditioning, use: bool | None = None, passes: int | None = None):
+        """(estimate, first pass's output): Analog Bits' training rule: on half of the batches,
+        first estimate x0 with no estimate given, and feed that (without gradient) back in; on the
+        other half, give none (None, None). The network so learns both to segment from scratch (the
+        first sampling step) and to refine an estimate (every later step). `use` True / False
+        decides the coin's side (None: toss it).
 
         With config.self_condition_passes N > 1 the estimate is made by `passes` chained passes
         (None: drawn from 1 to N), each handed the mean of the estimates before it, as sampling
         hands them (reverse_process, self_condition_on "mean"), so training also shows the network
         estimates that were already refined: what every sampling step after the second gets.
+
+        With config.estimate_pass_loss the first pass keeps its graph and its raw output is
+        returned for the loss; otherwise the output is None and no pass has a graph.
         """
         if not self.config.self_condition:
-            return None
+            return None, None
         if use is None:
             use = bool(torch.rand(()) >= 0.5)
         if not use:
-            return None
+            return None, None
         if passes is None:  # no draw at N = 1: a default run's random stream stays as it was
             n = self.config.self_condition_passes
             passes = int(torch.randint(1, n + 1, ())) if n > 1 else 1
+        first_output = None
+        if self.config.estimate_pass_loss:
+            first_output = self.network_output(x_t, t, conditioning, None)
         estimate, estimate_sum = None, 0.0
         with torch.no_grad():
             for i in range(passes):
-                x0, _ = self.output_to_x0_eps(self.network_output(x_t, t, conditioning, estimate), x_t, t)
+                output = first_output.detach() if i == 0 and first_output is not None else None
+                if output is None:
+                    output = self.network_output(x_t, t, conditioning, estimate)
+                x0, _ = self.output_to_x0_eps(output, x_t, t)
                 estimate_sum = estimate_sum + x0
                 estimate = estimate_sum / (i + 1)
-        return perturb_estimates(estimate) if self.config.perturb_estimate else estimate
+        return (perturb_estimates(estimate) if self.config.perturb_estimate else estimate), first_output
 
     # -- sampling -------------------------------------------------------------------------------
 

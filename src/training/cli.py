@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "self_condition",
         "refine_from_estimate",
         "perturb_estimate",
+        "estimate_pass_loss",
         "mask_head_context",
         "zero_init_noisy_input",
         "zero_init_time_film",
