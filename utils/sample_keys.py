@@ -63,6 +63,7 @@ class SampleKeySampler(Sampler):
 
     def __iter__(self) -> Iterator[SampleKey]:
         rank = self.distributed.rank if self.distributed is not None else 0
+        # the mix of src/training/rng.epoch_seed (utils imports nothing from src)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 9_973 + rank * 101)
         if self.distributed is not None:
             order = list(self.distributed)
