@@ -93,3 +93,12 @@ def test_the_order_and_seeds_are_a_function_of_the_epoch(shuffle):
     assert epochs[0][0] == epochs[0][1] and epochs[0][0] != epochs[1][0]
     indices = [k.index for k in epochs[1][0]]
     assert sorted(indices) == list(range(8)) and (indices != list(range(8))) is shuffle
+
+
+def test_skip_next_leaves_out_the_first_keys_of_one_pass_only():
+    sampler = SampleKeySampler(8, True, 1)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.skip_next(3)
+    assert list(sampler) == whole[3:]
+    assert list(sampler) == whole

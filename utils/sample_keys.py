@@ -51,12 +51,17 @@ class SampleKeySampler(Sampler):
 
     def __init__(self, num_samples: int, shuffle: bool, seed: int, distributed: DistributedSampler | None = None):
         self.num_samples, self.shuffle, self.seed, self.distributed = num_samples, shuffle, seed, distributed
-        self.epoch = 0
+        self.epoch, self._skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if self.distributed is not None:
             self.distributed.set_epoch(epoch)
+
+    def skip_next(self, count: int) -> None:
+        """The next pass over the epoch leaves out its first `count` keys: a run resumed mid-epoch
+        starts past the batches it trained before the cut without loading them again."""
+        self._skip = count
 
     def __len__(self) -> int:
         return len(self.distributed) if self.distributed is not None else self.num_samples
@@ -72,4 +77,5 @@ class SampleKeySampler(Sampler):
         else:
             order = list(range(self.num_samples))
         seeds = torch.randint(2**62, (len(order),), generator=generator).tolist()
-        return iter([SampleKey(index, seed) for index, seed in zip(order, seeds)])
+        skip, self._skip = self._skip, 0
+        return iter([SampleKey(index, seed) for index, seed in zip(order, seeds)][skip:])

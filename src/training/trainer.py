@@ -192,9 +192,14 @@ class _Trainer:
         seed_everything(epoch_seed(config.seed, progress.epoch, self.context.rank))
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(progress.epoch)
+        skipped = 0
+        if progress.batch_in_epoch and isinstance(loader.sampler, SampleKeySampler):
+            # with workers the keys are a function of the epoch: start past the trained batches
+            skipped = progress.batch_in_epoch
+            loader.sampler.skip_next(skipped * loader.batch_size)
         batches = iter(loader)
         if progress.batch_in_epoch:  # resumed mid-epoch: replay the shuffle, then the saved RNG
-            for _ in range(progress.batch_in_epoch):
+            for _ in range(progress.batch_in_epoch - skipped):
                 next(batches)
             # the state saved after those batches: the next augmentation and noise draws match
             restore_rng_state(self.resume_rng)
