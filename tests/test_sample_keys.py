@@ -37,6 +37,15 @@ def test_the_batches_do_not_depend_on_the_worker_count(tiny_dataset):
     assert not same_batches(epoch_batches(one, 0), epoch_batches(one, 1))  # a new order and new augmentations
 
 
+def test_a_loader_looped_without_set_epoch_draws_a_new_epoch_each_pass(tiny_dataset):
+    # load_dataset's users (the SPEC's "Advanced Configuration") loop over the loader and call nothing
+    looped, stepped = augmented_loader(tiny_dataset, 2), augmented_loader(tiny_dataset, 2)
+    passes = [[(i.clone(), m.clone()) for i, m in looped] for _ in range(2)]
+    assert not same_batches(passes[0], passes[1])
+    assert same_batches(passes[0], epoch_batches(stepped, 0))
+    assert same_batches(passes[1], epoch_batches(stepped, 1))
+
+
 def test_a_fresh_loader_set_to_an_epoch_gives_what_a_long_lived_one_gives(tiny_dataset):
     # what a resumed run relies on: its workers are new, the uninterrupted run's have served earlier epochs
     long_lived, fresh = augmented_loader(tiny_dataset, 2), augmented_loader(tiny_dataset, 2)
@@ -77,8 +86,9 @@ def test_keys_of_distributed_ranks_split_the_epoch_and_draw_their_own_seeds():
     for rank in (0, 1):
         sampler = SampleKeySampler(10, True, 3, DistributedSampler(range(10), num_replicas=2, rank=rank, seed=3))
         sampler.set_epoch(4)
-        keys.append(list(sampler))
         assert sampler.distributed.epoch == 4 and len(sampler) == 5
+        keys.append(list(sampler))
+        assert sampler.distributed.epoch == 5  # the pass moved both on to the next epoch
     assert sorted(k.index for k in keys[0] + keys[1]) == list(range(10))
     assert {k.seed for k in keys[0]}.isdisjoint(k.seed for k in keys[1])
 
@@ -99,6 +109,8 @@ def test_skip_next_leaves_out_the_first_keys_of_one_pass_only():
     sampler = SampleKeySampler(8, True, 1)
     sampler.set_epoch(2)
     whole = list(sampler)
+    sampler.set_epoch(2)  # as the trainer does before each epoch
     sampler.skip_next(3)
     assert list(sampler) == whole[3:]
+    sampler.set_epoch(2)
     assert list(sampler) == whole

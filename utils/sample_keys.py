@@ -47,7 +47,8 @@ class SampleKeySampler(Sampler):
     """One epoch's indices as SampleKeys. The order is a seeded shuffle of (seed, epoch) (or, with
     `distributed`, this rank's share from the DistributedSampler it wraps, itself a function of
     seed and epoch), the keys' seeds a function of (seed, epoch, rank): nothing depends on what an
-    earlier epoch drew, so `set_epoch(k)` alone puts a fresh loader where a long-lived one is."""
+    earlier epoch drew, so `set_epoch(k)` alone puts a fresh loader where a long-lived one is. Each
+    pass moves on to the next epoch by itself, as a plain shuffling loader draws a new order."""
 
     def __init__(self, num_samples: int, shuffle: bool, seed: int, distributed: DistributedSampler | None = None):
         self.num_samples, self.shuffle, self.seed, self.distributed = num_samples, shuffle, seed, distributed
@@ -78,4 +79,6 @@ class SampleKeySampler(Sampler):
             order = list(range(self.num_samples))
         seeds = torch.randint(2**62, (len(order),), generator=generator).tolist()
         skip, self._skip = self._skip, 0
+        # a loop that never calls set_epoch (load_dataset's own users) still gets a new epoch each pass
+        self.set_epoch(self.epoch + 1)
         return iter([SampleKey(index, seed) for index, seed in zip(order, seeds)][skip:])
