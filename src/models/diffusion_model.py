@@ -329,8 +329,9 @@ class DiffusionSegmentation(nn.Module):
         estimate, estimate_sum = None, 0.0
         with torch.no_grad():
             for i in range(passes):
-                output = first_output.detach() if i == 0 and first_output is not None else None
-                if output is None:
+                if i == 0 and first_output is not None:
+                    output = first_output.detach()
+                else:
                     output = self.network_output(x_t, t, conditioning, estimate)
                 x0, _ = self.output_to_x0_eps(output, x_t, t)
                 estimate_sum = estimate_sum + x0
