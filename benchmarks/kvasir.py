@@ -166,6 +166,10 @@ ABLATIONS = {  # name -> overrides of the default DiffusionConfig (the results J
     # gradient), every batch trains it, for one more head backward. (Three seeds on the CPU: DDIM 10
     # -0.007, 10 x 5 -0.006, DDIM 1 itself -0.006; not adopted.)
     "estimate pass loss": {"estimate_pass_loss": True},
+    # twenty-second round: the refining pass's gradient reaches the estimate pass (unrolled refiner)
+    "unrolled estimate": {"unrolled_estimate": True},
+    # twenty-second round: 3/4 of the training t above T / 2, where the image must carry the mask
+    "t density rising": {"train_t_exponent": 2.0},
 }
 
 

@@ -1290,7 +1290,22 @@ def main() -> int:
         for arm in ("default_amd", "estimate_pass", "dropout03")
         for seed in (47, 48, 49)
     ]
+    # the twenty-second round: the estimate handed over with its gradient (unrolled), and training t
+    # drawn with a density rising in t; seeds 47-49 on the AMD EPYC, paired with the twenty-first
+    # round's AMD runs of today's default
+    twenty_second_round = [
+        load(f"kvasir_ablation_128_round{run}_seed{seed}.json")
+        for run in ("21_default_amd", "22_unrolled", "22_t_rising")
+        for seed in (47, 48, 49)
+    ]
     sections = [
+        heldout_round_section(
+            "## Twenty-second round, held-out TRAIN images: the estimate handed over with its gradient "
+            "(`--unrolled-estimate`, 7,014 steps: equal idle-core time) and training t with a density rising in "
+            "t (`--train-t-exponent 2`, 7,164 steps: the same step) against today's default, every arm on the "
+            "AMD EPYC (seeds 47-49; `default` = the twenty-first round's runs, 7,164 steps)",
+            twenty_second_round,
+        ),
         heldout_round_section(
             "## Twenty-first round, held-out TRAIN images: the estimate pass also takes the loss "
             "(`--estimate-pass-loss`), and dropout 0.3, against today's default (dropout 0.2), 7,164 steps "

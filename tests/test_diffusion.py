@@ -266,6 +266,28 @@ def test_old_checkpoint_config_without_input_scale_means_no_scaling():
         DiffusionConfig(input_scale=0)
 
 
+def test_train_t_exponent_moves_the_training_timesteps_up_and_keeps_the_uniform_stream():
+    from src.training.cli import build_parser, configs_from_args
+
+    uniform, rising = tiny_model(), tiny_model(train_t_exponent=2.0)
+    torch.manual_seed(5)
+    drawn = uniform.training_timesteps(64, "cpu")
+    torch.manual_seed(5)
+    torch.testing.assert_close(drawn, torch.randint(0, 1000, (64,)), rtol=0, atol=0)  # k = 1: randint's draws
+    t = rising.training_timesteps(40_000, "cpu")
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
+    assert (t >= 500).float().mean().item() == pytest.approx(0.75, abs=0.01)  # P(t <= x) = (x / T)^2
+    assert (t < 100).float().mean().item() == pytest.approx(0.01, abs=0.003)
+    parser = build_parser()
+    _, config = configs_from_args(parser, parser.parse_args(["--synthetic", "--train-t-exponent", "2"]))
+    assert config.train_t_exponent == 2.0
+    values = uniform.config.to_dict()
+    values.pop("train_t_exponent")
+    assert DiffusionConfig.from_dict(values).train_t_exponent == 1.0  # an old checkpoint trained uniform
+    with pytest.raises(ValueError, match="train_t_exponent must be > 0, got 0"):
+        DiffusionConfig(train_t_exponent=0)
+
+
 def test_bounded_x0_keeps_the_mask_in_range_and_takes_bce_on_the_logit():
     model = tiny_model(prediction_type="x0", bounded_x0=True)
     masks = (torch.rand(2, 1, 16, 16) > 0.5).float()

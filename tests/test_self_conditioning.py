@@ -272,7 +272,7 @@ def test_perturb_estimate_changes_only_the_training_estimate():
     )
 
 
-@pytest.mark.parametrize("field", ["perturb_estimate", "estimate_pass_loss"])
+@pytest.mark.parametrize("field", ["perturb_estimate", "estimate_pass_loss", "unrolled_estimate"])
 def test_training_switches_of_the_estimate_and_old_checkpoints(field):
     from src.training.cli import build_parser, configs_from_args
 
@@ -333,3 +333,33 @@ def test_estimate_pass_loss_leaves_the_no_estimate_branch_and_the_estimate_as_th
     assert not given["flagged"].requires_grad
     torch.testing.assert_close(given["flagged"], given["plain"], rtol=0, atol=0)
     torch.testing.assert_close(given["flagged after"], given["plain after"], rtol=0, atol=0)
+
+
+def test_unrolled_estimate_trains_the_estimate_pass_through_the_estimate():
+    """Same draws, same loss as Analog Bits' detached estimate; the gradient is the plain one plus
+    the refining loss's gradient carried back through the estimate into the pass that made it."""
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    t = torch.tensor([3, 700])
+    unrolled, plain = tiny_model(unrolled_estimate=True), tiny_model()
+    params = list(unrolled.parameters())
+    handed, network_output = [], unrolled.network_output
+    unrolled.network_output = lambda x_t, t, c, x0_estimate=None: (
+        handed.append(x0_estimate) or network_output(x_t, t, c, x0_estimate)
+    )
+    torch.manual_seed(7)
+    losses = unrolled.training_losses(images, masks, t=t, self_condition=True)
+    loss, estimate = losses["loss"], handed[-1]
+    assert estimate.requires_grad and "estimate_pass" not in losses  # no loss of its own on the first pass
+    through_estimate = torch.autograd.grad(loss, estimate, retain_graph=True)[0]
+    via_estimate = torch.autograd.grad(estimate, params, through_estimate, retain_graph=True, allow_unused=True)
+    unrolled_grads = torch.autograd.grad(loss, params, allow_unused=True)
+    torch.manual_seed(7)
+    plain_loss = plain.training_losses(images, masks, t=t, self_condition=True)["loss"]
+    plain_grads = torch.autograd.grad(plain_loss, list(plain.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+    zero = torch.zeros(())
+    for total, direct, extra in zip(unrolled_grads, plain_grads, via_estimate):
+        torch.testing.assert_close(
+            zero if total is None else total, (zero if direct is None else direct) + (zero if extra is None else extra)
+        )
+    assert any(g is not None and g.abs().sum() > 0 for g in via_estimate)

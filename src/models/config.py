@@ -32,6 +32,8 @@ LEGACY_DEFAULTS = {
     "self_condition_passes": 1,
     "mask_head_context": False,
     "estimate_pass_loss": False,
+    "unrolled_estimate": False,
+    "train_t_exponent": 1.0,
 }
 
 
@@ -79,6 +81,11 @@ class DiffusionConfig:
     # steps no better (DDIM 10 - DDIM 1 -0.003 against +0.001): not adopted.
     mask_head_context: bool = option(False, "with a mask head: its blocks also see the whole estimate (self-attention)")
     timesteps: int = option(1000, "diffusion timesteps T")
+    # Training draws t with P(t <= x) = (x / T)^k. Uniform (k = 1) spends half of training below
+    # T / 2, where x_t holds most of the mask and the network learns to read it; sampling's first step
+    # (t = T - 1), which makes almost all of the final mask, reads the image alone. k = 2 (a density
+    # rising linearly with t) puts 3/4 of the draws above T / 2, where the image must carry the mask.
+    train_t_exponent: float = option(1.0, "training draws t with P(t <= x) = (x/T)^k: 1 uniform, > 1 favours high t")
     # linear spends more of its steps at low SNR than cosine, where the image, not x_t, must carry the mask
     schedule: str = option("linear", "noise schedule")
     prediction_type: str = option("x0", "what the network predicts")
@@ -131,6 +138,14 @@ class DiffusionConfig:
     estimate_pass_loss: bool = option(
         False, "self-conditioned training also takes the loss on the estimate pass (with gradient)"
     )
+    # With self-conditioning: the estimate is handed over WITH its gradient, so the refining pass's
+    # loss also trains the estimate pass through it: the two passes are trained as one unrolled
+    # network (a recurrent refiner's training), the first learning to make an estimate the second
+    # can improve, not only a mask on its own. Analog Bits stops this gradient to save the backward
+    # pass; with the image encoded once, only the head's backward is added.
+    unrolled_estimate: bool = option(
+        False, "self-conditioned training passes the refining pass's gradient back through the estimate"
+    )
 
     # At a small input_scale (0.05 when this was chosen), x_t is noise at almost every t, and with
     # the default init it makes about half of the first features' mean square: the network must
@@ -153,6 +168,8 @@ class DiffusionConfig:
         if self.mask_head_blocks < 0:
             raise ValueError(f"mask_head_blocks must be >= 0, got {self.mask_head_blocks}")
         check_stem(self.stem_channels, self.patch_size)
+        if not self.train_t_exponent > 0:
+            raise ValueError(f"train_t_exponent must be > 0, got {self.train_t_exponent}")
         if not 0 < self.input_scale <= 1:
             raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")
         if not 0 <= self.dropout < 1:  # torch's own error would come from deep inside the model

@@ -258,7 +258,7 @@ class DiffusionSegmentation(nn.Module):
             x0 = x0 * valid  # 0, "no class", under ignored pixels: x_t there holds noise only
         z0 = x0 * self.config.input_scale  # what is noised
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+            t = self.training_timesteps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.process.q_sample(z0, t, noise)
         # once per batch: with a mask head, the estimate pass below re-runs the head only
@@ -274,6 +274,14 @@ class DiffusionSegmentation(nn.Module):
             losses["estimate_pass"] = first_losses["loss"]
             losses["loss"] = losses["loss"] + first_losses["loss"]
         return losses
+
+    def training_timesteps(self, batch: int, device) -> torch.Tensor:
+        """A batch's training timesteps, P(t <= x) = (x / T)^k for config.train_t_exponent k
+        (inverse-CDF draws; k = 1 keeps the uniform randint draw, and so a default run's stream)."""
+        k, T = self.config.train_t_exponent, self.num_timesteps
+        if k == 1:
+            return torch.randint(0, T, (batch,), device=device)
+        return (T * torch.rand(batch, device=device) ** (1 / k)).long().clamp(max=T - 1)
 
     def _losses(self, output, x0, z0, x_t, t, noise, valid) -> dict:
         """The loss terms of one batch's network output (see training_losses)."""
@@ -312,7 +320,9 @@ class DiffusionSegmentation(nn.Module):
         estimates that were already refined: what every sampling step after the second gets.
 
         With config.estimate_pass_loss the first pass keeps its graph and its raw output is
-        returned for the loss; otherwise the output is None and no pass has a graph.
+        returned for the loss; otherwise the output is None. With config.unrolled_estimate the first
+        pass keeps its graph and its estimate is handed over with it (the refining pass's loss then
+        trains the estimate pass too); otherwise the estimate is handed over without gradient.
         """
         if not self.config.self_condition:
             return None, None
@@ -323,20 +333,24 @@ class DiffusionSegmentation(nn.Module):
         if passes is None:  # no draw at N = 1: a default run's random stream stays as it was
             n = self.config.self_condition_passes
             passes = int(torch.randint(1, n + 1, ())) if n > 1 else 1
+        unrolled = self.config.unrolled_estimate
         first_output = None
-        if self.config.estimate_pass_loss:
+        if self.config.estimate_pass_loss or unrolled:
             first_output = self.network_output(x_t, t, conditioning, None)
         estimate, estimate_sum = None, 0.0
-        with torch.no_grad():
-            for i in range(passes):
-                if i == 0 and first_output is not None:
-                    output = first_output.detach()
-                else:
-                    output = self.network_output(x_t, t, conditioning, estimate)
+        for i in range(passes):
+            if i == 0 and first_output is not None:
+                output = first_output if unrolled else first_output.detach()
                 x0, _ = self.output_to_x0_eps(output, x_t, t)
-                estimate_sum = estimate_sum + x0
-                estimate = estimate_sum / (i + 1)
-        return (perturb_estimates(estimate) if self.config.perturb_estimate else estimate), first_output
+            else:
+                with torch.no_grad():
+                    output = self.network_output(x_t, t, conditioning, estimate)
+                    x0, _ = self.output_to_x0_eps(output, x_t, t)
+            estimate_sum = estimate_sum + x0
+            estimate = estimate_sum / (i + 1)
+        if self.config.perturb_estimate:
+            estimate = perturb_estimates(estimate)
+        return estimate, (first_output if self.config.estimate_pass_loss else None)
 
     # -- sampling -------------------------------------------------------------------------------
 

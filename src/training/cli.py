@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         config_flag(model, DiffusionConfig, name, type=int)
     config_flag(model, DiffusionConfig, "schedule", choices=SCHEDULES)
     config_flag(model, DiffusionConfig, "prediction_type", choices=PREDICTION_TYPES)
-    for name in ("dice_weight", "input_scale", "dropout"):
+    for name in ("dice_weight", "input_scale", "dropout", "train_t_exponent"):
         config_flag(model, DiffusionConfig, name, type=float)
     switches = (
         "bounded_x0",
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "refine_from_estimate",
         "perturb_estimate",
         "estimate_pass_loss",
+        "unrolled_estimate",
         "mask_head_context",
         "zero_init_noisy_input",
         "zero_init_time_film",
