@@ -1291,19 +1291,19 @@ def main() -> int:
         for seed in (47, 48, 49)
     ]
     # the twenty-second round: the estimate handed over with its gradient (unrolled), and training t
-    # drawn with a density rising in t; seeds 47-49 on the AMD EPYC, paired with the twenty-first
+    # drawn with a density rising in t (k = 2 and 3); seeds 47-49 on the AMD EPYC, paired with the twenty-first
     # round's AMD runs of today's default
     twenty_second_round = [
         load(f"kvasir_ablation_128_round{run}_seed{seed}.json")
-        for run in ("21_default_amd", "22_unrolled", "22_t_rising")
+        for run in ("21_default_amd", "22_unrolled", "22_t_rising", "22_t_rising_k3")
         for seed in (47, 48, 49)
     ]
     sections = [
         heldout_round_section(
             "## Twenty-second round, held-out TRAIN images: the estimate handed over with its gradient "
             "(`--unrolled-estimate`, 7,014 steps: equal idle-core time) and training t with a density rising in "
-            "t (`--train-t-exponent 2`, 7,164 steps: the same step) against today's default, every arm on the "
-            "AMD EPYC (seeds 47-49; `default` = the twenty-first round's runs, 7,164 steps)",
+            "t (`--train-t-exponent 2` and 3, 7,164 steps: the same step) against today's default, every arm on "
+            "the AMD EPYC (seeds 47-49; `default` = the twenty-first round's runs, 7,164 steps)",
             twenty_second_round,
         ),
         heldout_round_section(

@@ -8,13 +8,15 @@ from tests.helpers import tiny_model
 
 
 class RecordingNetwork:
-    """Wraps model.network_output and records the x0 estimate each call was given."""
+    """Wraps model.network_output and records the x0 estimate each call was given (a copy, or with
+    `keep=True` the tensor itself, so a test can take gradients with respect to it)."""
 
-    def __init__(self, model: DiffusionSegmentation):
-        self.original, self.estimates, self.calls = model.network_output, [], []
+    def __init__(self, model: DiffusionSegmentation, keep: bool = False):
+        self.original, self.estimates, self.calls, self.keep = model.network_output, [], [], keep
 
     def __call__(self, x_t, t, images, x0_estimate=None):
-        self.estimates.append(None if x0_estimate is None else x0_estimate.clone())
+        kept = x0_estimate if self.keep or x0_estimate is None else x0_estimate.clone()
+        self.estimates.append(kept)
         self.calls.append((x_t, t, images))
         return self.original(x_t, t, images, x0_estimate)
 
@@ -342,13 +344,11 @@ def test_unrolled_estimate_trains_the_estimate_pass_through_the_estimate():
     t = torch.tensor([3, 700])
     unrolled, plain = tiny_model(unrolled_estimate=True), tiny_model()
     params = list(unrolled.parameters())
-    handed, network_output = [], unrolled.network_output
-    unrolled.network_output = lambda x_t, t, c, x0_estimate=None: (
-        handed.append(x0_estimate) or network_output(x_t, t, c, x0_estimate)
-    )
+    recorder = RecordingNetwork(unrolled, keep=True)
+    unrolled.network_output = recorder
     torch.manual_seed(7)
     losses = unrolled.training_losses(images, masks, t=t, self_condition=True)
-    loss, estimate = losses["loss"], handed[-1]
+    loss, estimate = losses["loss"], recorder.estimates[-1]
     assert estimate.requires_grad and "estimate_pass" not in losses  # no loss of its own on the first pass
     through_estimate = torch.autograd.grad(loss, estimate, retain_graph=True)[0]
     via_estimate = torch.autograd.grad(estimate, params, through_estimate, retain_graph=True, allow_unused=True)
@@ -357,8 +357,8 @@ def test_unrolled_estimate_trains_the_estimate_pass_through_the_estimate():
     plain_loss = plain.training_losses(images, masks, t=t, self_condition=True)["loss"]
     plain_grads = torch.autograd.grad(plain_loss, list(plain.parameters()), allow_unused=True)
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
-    zero = torch.zeros(())
-    for total, direct, extra in zip(unrolled_grads, plain_grads, via_estimate):
+    for total, direct, extra, param in zip(unrolled_grads, plain_grads, via_estimate, params):
+        zero = torch.zeros_like(param)  # a parameter no path reaches (allow_unused gives None)
         torch.testing.assert_close(
             zero if total is None else total, (zero if direct is None else direct) + (zero if extra is None else extra)
         )
