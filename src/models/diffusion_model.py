@@ -264,7 +264,9 @@ class DiffusionSegmentation(nn.Module):
         # once per batch: with a mask head, the estimate pass below re-runs the head only
         conditioning = self.image_conditioning(images)
         estimate, first_output = self._self_condition_estimate(x_t, t, conditioning, self_condition, estimate_passes)
-        if first_output is not None:  # estimate_pass_loss: the estimate pass is trained too
+        # estimate_pass_loss: the estimate pass is trained too (its loss taken here, on the x_t it
+        # saw, before refine_from_estimate may rebuild x_t from the estimate)
+        if first_output is not None:
             first_losses = self._losses(first_output, x0, z0, x_t, t, noise, valid)
         if estimate is not None and self.config.refine_from_estimate:
             x_t = self.process.q_sample(estimate * self.config.input_scale, t, noise)
@@ -341,11 +343,10 @@ class DiffusionSegmentation(nn.Module):
         for i in range(passes):
             if i == 0 and first_output is not None:
                 output = first_output if unrolled else first_output.detach()
-                x0, _ = self.output_to_x0_eps(output, x_t, t)
             else:
                 with torch.no_grad():
                     output = self.network_output(x_t, t, conditioning, estimate)
-                    x0, _ = self.output_to_x0_eps(output, x_t, t)
+            x0, _ = self.output_to_x0_eps(output, x_t, t)  # with a graph only where output has one
             estimate_sum = estimate_sum + x0
             estimate = estimate_sum / (i + 1)
         if self.config.perturb_estimate:
