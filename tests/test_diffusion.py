@@ -101,7 +101,7 @@ def oracle_for(model: DiffusionSegmentation, x0: torch.Tensor):
 
     z0 = x0 * model.config.input_scale  # the mask as the model noises it
 
-    def predict(x_t, t, images, x0_estimate=None):
+    def predict(x_t, t, images, x0_estimate=None, generator=None):
         eps = model.process.predict_eps_from_x0(x_t, t, z0)
         kind = model.config.prediction_type
         # with bounded_x0 the network answers a logit: 20 is far enough that tanh(20) == 1 in float32

@@ -14,11 +14,11 @@ class RecordingNetwork:
     def __init__(self, model: DiffusionSegmentation, keep: bool = False):
         self.original, self.estimates, self.calls, self.keep = model.network_output, [], [], keep
 
-    def __call__(self, x_t, t, images, x0_estimate=None):
+    def __call__(self, x_t, t, images, x0_estimate=None, generator=None):
         kept = x0_estimate if self.keep or x0_estimate is None else x0_estimate.clone()
         self.estimates.append(kept)
         self.calls.append((x_t, t, images))
-        return self.original(x_t, t, images, x0_estimate)
+        return self.original(x_t, t, images, x0_estimate, generator=generator)
 
 
 @pytest.mark.parametrize("mask_head_blocks, image_channels", [(0, 3), (2, 0)])
@@ -274,7 +274,7 @@ def test_perturb_estimate_changes_only_the_training_estimate():
     )
 
 
-@pytest.mark.parametrize("field", ["perturb_estimate", "estimate_pass_loss", "unrolled_estimate"])
+@pytest.mark.parametrize("field", ["perturb_estimate", "estimate_pass_loss", "unrolled_estimate", "crps_samples"])
 def test_training_switches_of_the_estimate_and_old_checkpoints(field):
     from src.training.cli import build_parser, configs_from_args
 
@@ -287,6 +287,19 @@ def test_training_switches_of_the_estimate_and_old_checkpoints(field):
     values = tiny_model().config.to_dict()
     values.pop(field)
     assert getattr(DiffusionConfig.from_dict(values), field) is False
+
+
+def test_crps_dice_weight_flag_and_old_checkpoints():
+    from src.training.cli import build_parser, configs_from_args
+
+    parser = build_parser()
+    _, config = configs_from_args(
+        parser, parser.parse_args(["--synthetic", "--crps-samples", "--crps-dice-weight", "1"])
+    )
+    assert config.crps_samples is True and config.crps_dice_weight == 1.0
+    values = tiny_model().config.to_dict()
+    values.pop("crps_dice_weight")
+    assert DiffusionConfig.from_dict(values).crps_dice_weight == 0.0
 
 
 def _grads(model) -> list:

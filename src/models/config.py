@@ -34,6 +34,8 @@ LEGACY_DEFAULTS = {
     "estimate_pass_loss": False,
     "unrolled_estimate": False,
     "train_t_exponent": 1.0,
+    "crps_samples": False,
+    "crps_dice_weight": 0.0,
 }
 
 
@@ -151,6 +153,23 @@ class DiffusionConfig:
     unrolled_estimate: bool = option(
         False, "self-conditioned training passes the refining pass's gradient back through the estimate"
     )
+    # With a mask head and the x0 target: MSE, Dice and BCE are scores of a mean, so the head learns
+    # the posterior mean of the mask and makes it at the first step; every later step can only
+    # repeat it. With this the head also reads a channel of fresh Gaussian noise and is trained with
+    # the fair CRPS (Gneiting & Raftery 2007; Ferro 2014) over two draws of that noise sharing the
+    # image, x_t, estimate and t: (|X1 - y| + |X2 - y|) / 2 - |X1 - X2| / 2 per pixel, a strictly
+    # proper score of samples, in place of MSE + Dice + BCE. Each call then gives a sample of the
+    # mask, the steps' time-ensemble averages fresh samples, and the ensemble's spread is the
+    # samples' own. x0 is the head's raw output (no tanh: the score keeps it in [-1, 1], and a
+    # saturated tanh would stop the gradient of a sample on the wrong side); the head has no dropout
+    # (its randomness is the noise channel, in training and sampling alike).
+    crps_samples: bool = option(
+        False, "with a mask head: it reads fresh noise and is trained with the fair CRPS, so each step gives a sample"
+    )
+    # With crps_samples: the CRPS is a proper score, which MSE + BCE are too; the default's loss adds
+    # soft Dice, which aims at the metric. This adds soft Dice of the two draws' mean (an estimate
+    # of the head's mean mask) at this weight.
+    crps_dice_weight: float = option(0.0, "with crps_samples: weight of soft Dice on the mean of the two draws")
 
     # At a small input_scale (0.05 when this was chosen), x_t is noise at almost every t, and with
     # the default init it makes about half of the first features' mean square: the network must
@@ -173,6 +192,13 @@ class DiffusionConfig:
         if self.mask_head_blocks < 0:
             raise ValueError(f"mask_head_blocks must be >= 0, got {self.mask_head_blocks}")
         check_stem(self.stem_channels, self.patch_size)
+        if self.crps_samples and (self.mask_head_blocks < 1 or self.prediction_type != "x0"):
+            raise ValueError(
+                "crps_samples needs a mask head and the x0 target (mask_head_blocks > 0, prediction_type x0), "
+                f"got mask_head_blocks {self.mask_head_blocks}, prediction_type {self.prediction_type!r}"
+            )
+        if self.crps_dice_weight < 0 or (self.crps_dice_weight > 0 and not self.crps_samples):
+            raise ValueError(f"crps_dice_weight must be >= 0 and needs crps_samples, got {self.crps_dice_weight}")
         if not self.train_t_exponent > 0:
             raise ValueError(f"train_t_exponent must be > 0, got {self.train_t_exponent}")
         if not 0 < self.input_scale <= 1:

@@ -22,12 +22,13 @@ from .blocks import ResnetBlock
 from .config import DiffusionConfig
 from .estimate_perturbation import perturb_estimates
 from .gaussian_diffusion import GaussianDiffusion, StepNoise
-from .losses import bce_on_logits, bce_on_probabilities, masked_mean, soft_dice_loss
+from .losses import bce_on_logits, bce_on_probabilities, fair_crps, masked_mean, soft_dice_loss
 from .mask_head import MaskHead
 from .segmentation import SegmentationOutput, SegmentationRun
 from .unet import UNet
 
 SELF_CONDITION_SOURCES = ("mean", "last")
+SAMPLE_NOISE_CHANNELS = 1  # what a crps_samples head reads beside x_t: fresh N(0, 1) per call, full resolution
 
 
 class ReverseStep(NamedTuple):
@@ -56,6 +57,7 @@ class DiffusionSegmentation(nn.Module):
             config = DiffusionConfig(**{**config.to_dict(), **overrides})
         self.config = config
         mask_inputs = config.mask_channels * (2 if config.self_condition else 1)  # x_t (and the estimate)
+        mask_inputs += SAMPLE_NOISE_CHANNELS if config.crps_samples else 0
         encodes_once = config.mask_head_blocks > 0
         self.unet = UNet(
             in_channels=config.in_channels if encodes_once else mask_inputs + config.in_channels,
@@ -78,7 +80,7 @@ class DiffusionSegmentation(nn.Module):
                 self.unet.feature_channels,
                 config.mask_head_blocks,
                 config.patch_size,
-                config.dropout,
+                0.0 if config.crps_samples else config.dropout,  # a sampler's randomness is its noise channel
                 config.mask_head_context,
             )
         self.process = GaussianDiffusion(config.schedule, config.timesteps)
@@ -188,17 +190,26 @@ class DiffusionSegmentation(nn.Module):
                 module.train(mode)
 
     def network_output(
-        self, x_t: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor, x0_estimate: torch.Tensor | None = None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: torch.Tensor,
+        x0_estimate: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Raw network output for noisy masks x_t, in float32; `conditioning` is
         image_conditioning(images) of the images they belong to.
 
         With self-conditioning, `x0_estimate` is the previous estimate of the mask in [-1, 1]
-        (None: no estimate yet, given to the network as zeros).
+        (None: no estimate yet, given to the network as zeros). With crps_samples, the head also
+        reads fresh noise, drawn here (from `generator`, or torch's global one): each call a sample.
         """
         parts = [x_t]
         if self.config.self_condition:
             parts.append(torch.zeros_like(x_t) if x0_estimate is None else x0_estimate.to(x_t.dtype))
+        if self.config.crps_samples:
+            shape = (x_t.shape[0], SAMPLE_NOISE_CHANNELS, *x_t.shape[-2:])
+            parts.append(torch.randn(shape, generator=generator, device=x_t.device, dtype=x_t.dtype))
         if self.mask_head is not None:
             return self.mask_head(torch.cat(parts, dim=1), conditioning, t).float()
         x_in = torch.cat([*parts, conditioning], dim=1)
@@ -215,7 +226,7 @@ class DiffusionSegmentation(nn.Module):
         if kind == "eps":
             x0 = process.predict_x0_from_eps(x_t, t, output) / scale
         elif kind == "x0":
-            x0 = torch.tanh(output) if self.config.bounded_x0 else output
+            x0 = torch.tanh(output) if self.config.bounded_x0 and not self.config.crps_samples else output
         else:
             x0 = process.predict_x0_from_v(x_t, t, output) / scale
         if clip:
@@ -270,8 +281,11 @@ class DiffusionSegmentation(nn.Module):
             first_losses = self._losses(first_output, x0, z0, x_t, t, noise, valid)
         if estimate is not None and self.config.refine_from_estimate:
             x_t = self.process.q_sample(estimate * self.config.input_scale, t, noise)
-        output = self.network_output(x_t, t, conditioning, estimate)
-        losses = self._losses(output, x0, z0, x_t, t, noise, valid)
+        if self.config.crps_samples:
+            losses = self._crps_losses(x_t, t, conditioning, estimate, x0, valid)
+        else:
+            output = self.network_output(x_t, t, conditioning, estimate)
+            losses = self._losses(output, x0, z0, x_t, t, noise, valid)
         if first_output is not None:
             losses["estimate_pass"] = first_losses["loss"]
             losses["loss"] = losses["loss"] + first_losses["loss"]
@@ -307,6 +321,25 @@ class DiffusionSegmentation(nn.Module):
                 losses["bce"] = bce_on_probabilities(probs, truth, valid)
             losses["dice"] = soft_dice_loss(probs, truth, valid)
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
+        return losses
+
+    def _crps_losses(self, x_t, t, conditioning, estimate, x0, valid) -> dict:
+        """crps_samples' loss: the fair CRPS (losses.fair_crps) of two samples, two draws of the
+        head's noise in one batched head call, on the same x_t, estimate and t: least when the
+        samples are distributed as the mask is, given what the head sees. With crps_dice_weight,
+        plus soft Dice of the two draws' mean."""
+
+        def pair(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.cat([x, x])
+
+        output = self.network_output(pair(x_t), pair(t), pair(conditioning), pair(estimate))
+        first, second = self.output_to_x0_eps(output, pair(x_t), pair(t), clip=False)[0].chunk(2)
+        crps = fair_crps(first, second, x0, valid)
+        losses = {"crps": crps, "loss": crps}
+        if self.config.crps_dice_weight > 0:
+            mean = self.x0_to_probabilities((first + second) / 2)
+            losses["dice"] = soft_dice_loss(mean, (x0 + 1) / 2, valid)
+            losses["loss"] = crps + self.config.crps_dice_weight * losses["dice"]
         return losses
 
     def _self_condition_estimate(self, x_t, t, conditioning, use: bool | None = None, passes: int | None = None):
@@ -404,7 +437,8 @@ class DiffusionSegmentation(nn.Module):
         estimate, estimate_sum = None, 0.0
         for i, step in enumerate(timesteps):
             t = torch.full((shape[0],), step, device=images.device, dtype=torch.long)
-            x0, eps = self.output_to_x0_eps(self.network_output(x_t, t, conditioning, estimate), x_t, t)
+            output = self.network_output(x_t, t, conditioning, estimate, generator=generator)
+            x0, eps = self.output_to_x0_eps(output, x_t, t)
             estimate_sum = estimate_sum + x0
             estimate = estimate_sum / (i + 1) if self_condition_on == "mean" else x0
             z0 = x0 * self.config.input_scale

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         config_flag(model, DiffusionConfig, name, type=int)
     config_flag(model, DiffusionConfig, "schedule", choices=SCHEDULES)
     config_flag(model, DiffusionConfig, "prediction_type", choices=PREDICTION_TYPES)
-    for name in ("dice_weight", "input_scale", "dropout", "train_t_exponent"):
+    for name in ("dice_weight", "input_scale", "dropout", "train_t_exponent", "crps_dice_weight"):
         config_flag(model, DiffusionConfig, name, type=float)
     switches = (
         "bounded_x0",
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "perturb_estimate",
         "estimate_pass_loss",
         "unrolled_estimate",
+        "crps_samples",
         "mask_head_context",
         "zero_init_noisy_input",
         "zero_init_time_film",
