@@ -342,6 +342,56 @@ def reliability_plot(ours, unet, path=None):
     return path
 
 
+def sampler_heldout_plot(arms: list, path) -> Path | None:
+    """Two panels from sampler_ablation.py --settings sources runs on held-out TRAIN images: Dice
+    against DDIM steps (ensemble 1, the 10 x 5 point starred), and the reliability of the 10 x 5
+    mean probability, pixels of every image and seed pooled. `arms`: [(label, [runs of its seeds])];
+    an arm with no run on disk is left out. Returns the path written, or None without any run."""
+    arms = [(label, [run for run in runs if run]) for label, runs in arms]
+    arms = [(label, runs) for label, runs in arms if runs]
+    if not arms:
+        return None
+    fig = Figure(figsize=(11, 4.2))
+    steps_ax, reliability_ax = fig.subplots(1, 2)
+    for index, (label, runs) in enumerate(arms):
+        colour = f"C{index}"
+        settings = runs[0]["rows"]  # every run of an arm scored the same settings, in this order
+        dice = [np.mean([run["rows"][i]["dice"] for run in runs]) for i in range(len(settings))]
+        single = [i for i, row in enumerate(settings) if row["ensemble"] == 1]
+        ensembled = [i for i, row in enumerate(settings) if row["ensemble"] > 1]
+        steps = [settings[i]["steps"] for i in single]
+        steps_ax.plot(steps, [dice[i] for i in single], marker="o", color=colour, label=f"{label}, ensemble 1")
+        for i in ensembled:
+            steps_ax.plot([settings[i]["steps"]], [dice[i]], marker="*", markersize=12, color=colour, linestyle="none")
+        bins = np.concatenate([run["rows"][ensembled[-1]]["per_image_calibration_bins"] for run in runs])
+        count, sum_p, sum_y = np.asarray(bins, dtype=np.float64).sum(axis=0)
+        filled = count > 0
+        ece = common.pooled_ece(bins)
+        reliability_ax.plot(
+            sum_p[filled] / count[filled],
+            sum_y[filled] / count[filled],
+            marker="o",
+            color=colour,
+            label=f"{label}: ECE {ece:.3f}",
+        )
+    steps_ax.set_xscale("log")
+    steps_ax.set_xticks(steps, [str(s) for s in steps])
+    steps_ax.set_xlabel("DDIM steps (eta 1, time-ensembled; star: 10 steps x 5 samples)")
+    steps_ax.set_ylabel("mean Dice, 100 held-out TRAIN images")
+    steps_ax.legend(fontsize=8)
+    reliability_ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    reliability_ax.set_xlabel("mean probability in bin (10 steps x 5 samples)")
+    reliability_ax.set_ylabel("fraction of foreground pixels")
+    reliability_ax.legend(fontsize=8)
+    seeds = sorted({run.get("checkpoint", "").split("seed")[-1].split("/")[0] for _, runs in arms for run in runs})
+    fig.suptitle(f"Held-out TRAIN images, seeds {', '.join(seeds)} averaged", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def steps_plot(ours, unet, path=None):
     """Dice against DDIM steps of ours's ensemble-1 rows (± s.e.m.), the plain UNet as a horizontal
     line. Returns the path written, or None without ours."""
@@ -1298,7 +1348,21 @@ def main() -> int:
         for run in ("21_default_amd", "22_unrolled", "22_t_rising", "22_t_rising_k3")
         for seed in (47, 48, 49)
     ]
+    # the twenty-third round: the head trained as a sampler (noise channel, fair CRPS of two draws);
+    # seeds 47-49 on the AMD EPYC, paired with the twenty-first round's AMD runs of today's default
+    twenty_third_round = [
+        load(f"kvasir_ablation_128_round{run}_seed{seed}.json")
+        for run in ("21_default_amd", "23_crps", "23_crps_dice", "23_crps_dice03")
+        for seed in (47, 48, 49)
+    ]
     sections = [
+        heldout_round_section(
+            "## Twenty-third round, held-out TRAIN images: the mask head trained as a sampler (`--crps-samples`: "
+            "a noise channel, the fair CRPS of two draws in place of MSE + Dice + BCE), alone and with soft Dice of "
+            "the draws' mean (`--crps-dice-weight 1` and 0.3), 6,481 steps each (equal idle-core time), against today's default, both on the AMD EPYC (seeds 47-49; `default` = the "
+            "twenty-first round's runs, 7,164 steps)",
+            twenty_third_round,
+        ),
         heldout_round_section(
             "## Twenty-second round, held-out TRAIN images: the estimate handed over with its gradient "
             "(`--unrolled-estimate`, 7,014 steps: equal idle-core time) and training t with a density rising in "
@@ -1662,6 +1726,20 @@ def main() -> int:
     for written in (reliability_plot(main_ours, main_unet), steps_plot(main_ours, main_unet)):
         if written:
             print(f"wrote {written}")
+    # the twenty-third round: the mask head trained as a sampler, against today's default
+    written = sampler_heldout_plot(
+        [
+            (label, [load(f"sampler_sources_round{run}_seed{seed}.json") for seed in (47, 48)])
+            for label, run in (
+                ("default", "22_default_amd"),
+                ("crps samples", "23_crps"),
+                ("crps samples + Dice on the mean", "23_crps_dice"),
+            )
+        ],
+        IMAGES / "sampler_heldout_round23.png",
+    )
+    if written:
+        print(f"wrote {written}")
     if speed:
         speed_plot(speed)
     return 0
