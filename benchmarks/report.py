@@ -1359,8 +1359,9 @@ def main() -> int:
         heldout_round_section(
             "## Twenty-third round, held-out TRAIN images: the mask head trained as a sampler (`--crps-samples`: "
             "a noise channel, the fair CRPS of two draws in place of MSE + Dice + BCE), alone and with soft Dice of "
-            "the draws' mean (`--crps-dice-weight 1` and 0.3), 6,481 steps each (equal idle-core time), against today's default, both on the AMD EPYC (seeds 47-49; `default` = the "
-            "twenty-first round's runs, 7,164 steps)",
+            "the draws' mean (`--crps-dice-weight 1` and 0.3), 6,481 steps each (equal idle-core time), against "
+            "today's default, every arm on the AMD EPYC (seeds 47-49; `default` = the twenty-first round's runs, "
+            "7,164 steps)",
             twenty_third_round,
         ),
         heldout_round_section(
