@@ -9,6 +9,19 @@ from src.models.losses import fair_crps, soft_dice_loss
 from tests.helpers import tiny_model
 
 
+def record_calls(model) -> list:
+    """Wraps model.network_output; returns the list it fills with (x_t, t, x0_estimate, output) per call."""
+    calls, original = [], model.network_output
+
+    def recording(x_t, t, conditioning, x0_estimate=None, generator=None):
+        output = original(x_t, t, conditioning, x0_estimate, generator=generator)
+        calls.append((x_t, t, x0_estimate, output))
+        return output
+
+    model.network_output = recording
+    return calls
+
+
 def test_fair_crps_is_least_for_samples_distributed_as_the_truth():
     """A pixel that is foreground in 30 % of cases alike: samples that are +1 30 % of the time score
     0.42, the mode (-1 always) 0.6 and the mean (-0.4 always, what MSE teaches) 0.84."""
@@ -63,15 +76,7 @@ def test_each_call_is_a_fresh_sample_that_a_generator_repeats():
 @pytest.mark.parametrize("self_condition", [False, True])
 def test_training_scores_two_draws_on_the_same_inputs_with_the_fair_crps(self_condition):
     model = tiny_model(crps_samples=True)
-    calls = []
-    original = model.network_output
-
-    def recording(x_t, t, conditioning, x0_estimate=None, generator=None):
-        output = original(x_t, t, conditioning, x0_estimate, generator=generator)
-        calls.append((x_t, t, x0_estimate, output))
-        return output
-
-    model.network_output = recording
+    calls = record_calls(model)
     images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
     losses = model.training_losses(images, masks, t=torch.tensor([5, 900]), self_condition=self_condition)
     assert set(losses) == {"crps", "loss"}
@@ -90,16 +95,9 @@ def test_training_scores_two_draws_on_the_same_inputs_with_the_fair_crps(self_co
 def test_crps_dice_weight_adds_soft_dice_of_the_two_draws_mean():
     images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
     model = tiny_model(crps_samples=True, crps_dice_weight=0.5)
-    outputs = []
-    original = model.network_output
-
-    def recording(x_t, t, conditioning, x0_estimate=None, generator=None):
-        outputs.append(original(x_t, t, conditioning, x0_estimate, generator=generator))
-        return outputs[-1]
-
-    model.network_output = recording
+    calls = record_calls(model)
     losses = model.training_losses(images, masks, t=torch.tensor([5, 900]), self_condition=False)
-    first, second = outputs[-1].chunk(2)
+    first, second = calls[-1][-1].chunk(2)
     mean = ((first + second) / 4 + 0.5).clamp(0, 1)  # the draws' mean as a probability
     torch.testing.assert_close(losses["dice"], soft_dice_loss(mean, masks, None))
     torch.testing.assert_close(losses["loss"], losses["crps"] + 0.5 * losses["dice"])
