@@ -101,9 +101,9 @@ def test_crps_dice_weight_adds_soft_dice_of_the_two_draws_mean():
     mean = ((first + second) / 4 + 0.5).clamp(0, 1)  # the draws' mean as a probability
     torch.testing.assert_close(losses["dice"], soft_dice_loss(mean, masks, None))
     torch.testing.assert_close(losses["loss"], losses["crps"] + 0.5 * losses["dice"])
-    with pytest.raises(ValueError, match="crps_dice_weight must be >= 0 and needs crps_samples, got -1"):
+    with pytest.raises(ValueError, match="must be >= 0 and needs crps_samples or sampler_head, got -1"):
         DiffusionConfig(crps_samples=True, crps_dice_weight=-1)
-    with pytest.raises(ValueError, match="needs crps_samples, got 0.5"):
+    with pytest.raises(ValueError, match="needs crps_samples or sampler_head, got 0.5"):
         DiffusionConfig(crps_dice_weight=0.5)
 
 

@@ -274,7 +274,9 @@ def test_perturb_estimate_changes_only_the_training_estimate():
     )
 
 
-@pytest.mark.parametrize("field", ["perturb_estimate", "estimate_pass_loss", "unrolled_estimate", "crps_samples"])
+@pytest.mark.parametrize(
+    "field", ["perturb_estimate", "estimate_pass_loss", "unrolled_estimate", "crps_samples", "sampler_head"]
+)
 def test_training_switches_of_the_estimate_and_old_checkpoints(field):
     from src.training.cli import build_parser, configs_from_args
 

@@ -28,12 +28,14 @@ from .segmentation import SegmentationOutput, SegmentationRun
 from .unet import UNet
 
 SELF_CONDITION_SOURCES = ("mean", "last")
-SAMPLE_NOISE_CHANNELS = 1  # what a crps_samples head reads beside x_t: fresh N(0, 1) per call, full resolution
+SAMPLE_NOISE_CHANNELS = 1  # what a sampler (crps_samples, sampler_head) reads beside x_t: fresh N(0, 1) per call
 
 
 class ReverseStep(NamedTuple):
     """One step of the reverse process: at timestep t the network estimated x0 ((B, K, H, W) in
-    [-1, 1]), and the step moved to x_t for the next timestep (input_scale x mask, plus noise)."""
+    [-1, 1]), and the step moved to x_t for the next timestep (input_scale x mask, plus noise).
+    With a sampler head (config.sampler_head) x0 is its draw, while x_t and the estimates handed
+    on follow the mean head's x0, as without one."""
 
     t: int
     x_t: torch.Tensor
@@ -84,6 +86,18 @@ class DiffusionSegmentation(nn.Module):
                 config.mask_head_context,
             )
         self.process = GaussianDiffusion(config.schedule, config.timesteps)
+        # built last, so the modules above draw the same initial weights with or without it
+        self.sampler_head = None
+        if config.sampler_head:
+            self.sampler_head = MaskHead(
+                mask_inputs + SAMPLE_NOISE_CHANNELS + config.mask_channels,  # and the mean head's x0
+                config.mask_channels,
+                self.unet.feature_channels,
+                config.mask_head_blocks,
+                config.patch_size,
+            )
+            nn.init.zeros_(self.sampler_head.output[-1].weight)  # a new sampler draws the mean head's x0
+            nn.init.zeros_(self.sampler_head.output[-1].bias)
         self._zero_init_inputs()
 
     @torch.no_grad()
@@ -204,16 +218,39 @@ class DiffusionSegmentation(nn.Module):
         (None: no estimate yet, given to the network as zeros). With crps_samples, the head also
         reads fresh noise, drawn here (from `generator`, or torch's global one): each call a sample.
         """
-        parts = [x_t]
-        if self.config.self_condition:
-            parts.append(torch.zeros_like(x_t) if x0_estimate is None else x0_estimate.to(x_t.dtype))
-        if self.config.crps_samples:
-            shape = (x_t.shape[0], SAMPLE_NOISE_CHANNELS, *x_t.shape[-2:])
-            parts.append(torch.randn(shape, generator=generator, device=x_t.device, dtype=x_t.dtype))
+        parts = self._head_inputs(x_t, x0_estimate, self.config.crps_samples, generator)
         if self.mask_head is not None:
             return self.mask_head(torch.cat(parts, dim=1), conditioning, t).float()
         x_in = torch.cat([*parts, conditioning], dim=1)
         return self.unet(x_in.to(memory_format=torch.channels_last) if _is_channels_last(self) else x_in, t).float()
+
+    def sampler_draw(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: torch.Tensor,
+        x0_estimate: torch.Tensor | None,
+        mean_x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """A sample of the mask in x0's space (float32, unclamped) from the sampler head
+        (config.sampler_head), for the same inputs as network_output and the mean head's x0 of
+        them, `mean_x0`: that x0 plus the head's residual, which reads fresh noise (drawn from
+        `generator`, or torch's global one)."""
+        parts = self._head_inputs(x_t, x0_estimate, True, generator)
+        parts.append(mean_x0.to(x_t.dtype))
+        return mean_x0.float() + self.sampler_head(torch.cat(parts, dim=1), conditioning, t).float()
+
+    def _head_inputs(self, x_t, x0_estimate, with_noise: bool, generator) -> list:
+        """What a head reads beside the image's features: x_t, the estimate (self-conditioning;
+        zeros when there is none yet) and, for a sampler, a channel of fresh N(0, 1) noise."""
+        parts = [x_t]
+        if self.config.self_condition:
+            parts.append(torch.zeros_like(x_t) if x0_estimate is None else x0_estimate.to(x_t.dtype))
+        if with_noise:
+            shape = (x_t.shape[0], SAMPLE_NOISE_CHANNELS, *x_t.shape[-2:])
+            parts.append(torch.randn(shape, generator=generator, device=x_t.device, dtype=x_t.dtype))
+        return parts
 
     def output_to_x0_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: bool = True):
         """Turn the network output into (x0, eps) whatever the prediction type.
@@ -282,10 +319,18 @@ class DiffusionSegmentation(nn.Module):
         if estimate is not None and self.config.refine_from_estimate:
             x_t = self.process.q_sample(estimate * self.config.input_scale, t, noise)
         if self.config.crps_samples:
-            losses = self._crps_losses(x_t, t, conditioning, estimate, x0, valid)
+            losses = self._crps_losses(self._head_draw, (x_t, t, conditioning, estimate), x0, valid)
         else:
             output = self.network_output(x_t, t, conditioning, estimate)
             losses = self._losses(output, x0, z0, x_t, t, noise, valid)
+        if self.sampler_head is not None:  # trained on what the mean head saw and made, without gradient
+            mean_x0 = self.output_to_x0_eps(output, x_t, t)[0].detach()
+            inputs = (x_t, t, conditioning.detach(), estimate, mean_x0)
+            sampler = self._crps_losses(self.sampler_draw, inputs, x0, valid)
+            losses["crps"] = sampler["crps"]
+            if "dice" in sampler:
+                losses["sampler_dice"] = sampler["dice"]
+            losses["loss"] = losses["loss"] + sampler["loss"]
         if first_output is not None:
             losses["estimate_pass"] = first_losses["loss"]
             losses["loss"] = losses["loss"] + first_losses["loss"]
@@ -323,17 +368,16 @@ class DiffusionSegmentation(nn.Module):
             losses["loss"] = mse + self.config.dice_weight * (losses["dice"] + losses["bce"])
         return losses
 
-    def _crps_losses(self, x_t, t, conditioning, estimate, x0, valid) -> dict:
-        """crps_samples' loss: the fair CRPS (losses.fair_crps) of two samples, two draws of the
-        head's noise in one batched head call, on the same x_t, estimate and t: least when the
-        samples are distributed as the mask is, given what the head sees. With crps_dice_weight,
-        plus soft Dice of the two draws' mean."""
+    def _head_draw(self, x_t, t, conditioning, estimate) -> torch.Tensor:
+        """crps_samples' draw: the head's x0 for fresh noise (its raw output, no tanh)."""
+        return self.output_to_x0_eps(self.network_output(x_t, t, conditioning, estimate), x_t, t, clip=False)[0]
 
-        def pair(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else torch.cat([x, x])
-
-        output = self.network_output(pair(x_t), pair(t), pair(conditioning), pair(estimate))
-        first, second = self.output_to_x0_eps(output, pair(x_t), pair(t), clip=False)[0].chunk(2)
+    def _crps_losses(self, draw, inputs: tuple, x0, valid) -> dict:
+        """A sampler's loss: the fair CRPS (losses.fair_crps) of two samples, two draws of its
+        noise in one batched `draw(*inputs)` call (crps_samples: _head_draw; sampler_head:
+        sampler_draw), on the same inputs: least when the samples are distributed as the mask is,
+        given what the head sees. With crps_dice_weight, plus soft Dice of the two draws' mean."""
+        first, second = draw(*(None if x is None else torch.cat([x, x]) for x in inputs)).chunk(2)
         crps = fair_crps(first, second, x0, valid)
         losses = {"crps": crps, "loss": crps}
         if self.config.crps_dice_weight > 0:
@@ -439,6 +483,9 @@ class DiffusionSegmentation(nn.Module):
             t = torch.full((shape[0],), step, device=images.device, dtype=torch.long)
             output = self.network_output(x_t, t, conditioning, estimate, generator=generator)
             x0, eps = self.output_to_x0_eps(output, x_t, t)
+            shown = x0  # what the step reports as its estimate (with a sampler head, its draw)
+            if self.sampler_head is not None:
+                shown = self.sampler_draw(x_t, t, conditioning, estimate, x0, generator).clamp(-1, 1)
             estimate_sum = estimate_sum + x0
             estimate = estimate_sum / (i + 1) if self_condition_on == "mean" else x0
             z0 = x0 * self.config.input_scale
@@ -449,7 +496,7 @@ class DiffusionSegmentation(nn.Module):
                 x_t = self.process.ddim_step(
                     z0, eps, step, prev_step, eta, step_noise() if eta > 0 and prev_step >= 0 else None
                 )
-            yield ReverseStep(step, x_t, x0)
+            yield ReverseStep(step, x_t, shown)
 
     def sample(
         self,
@@ -461,7 +508,8 @@ class DiffusionSegmentation(nn.Module):
         generator: torch.Generator | None = None,
         self_condition_on: str = "mean",
     ) -> torch.Tensor:
-        """Run the reverse process to its end: the mask estimate x0, (B, K, H, W) float32 in [-1, 1]."""
+        """Run the reverse process to its end: the mask estimate x0, (B, K, H, W) float32 in [-1, 1]
+        (with a sampler head, where the mean head's trajectory lands; segment() averages the draws)."""
         x_t = None
         for _, x_t, _ in self.reverse_process(images, steps, sampler, eta, seed, generator, self_condition_on):
             pass

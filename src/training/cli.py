@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "estimate_pass_loss",
         "unrolled_estimate",
         "crps_samples",
+        "sampler_head",
         "mask_head_context",
         "zero_init_noisy_input",
         "zero_init_time_film",
