@@ -833,8 +833,11 @@ def seeded_scores_by_variant(runs: list) -> dict:
 
 
 def _trained_on(result) -> str:
+    """The device a result was trained on: its GPU, or its CPU model without the clock some hosts
+    append ("Intel(R) Xeon(R) Processor @ 2.80GHz" is the machine kind the earlier rounds name
+    without it, and runs are paired by kind)."""
     machine = result.get("machine", {})
-    return machine.get("gpu") or machine.get("cpu") or "?"
+    return machine.get("gpu") or (machine.get("cpu") or "?").split(" @ ")[0]
 
 
 def sampler_table(sampler) -> str:
@@ -1355,7 +1358,20 @@ def main() -> int:
         for run in ("21_default_amd", "23_crps", "23_crps_dice", "23_crps_dice03")
         for seed in (47, 48, 49)
     ]
+    # the twenty-fourth round: a sampler head beside today's head (fair CRPS + Dice of the draws' mean),
+    # seeds 45-47 on the Intel Xeon, paired with the nineteenth round's Intel runs of today's default
+    twenty_fourth_round = nineteenth_round[:3] + [
+        load(f"kvasir_ablation_128_round24_sampler_head_seed{seed}.json") for seed in (45, 46, 47)
+    ]
     sections = [
+        heldout_round_section(
+            "## Twenty-fourth round, held-out TRAIN images: a sampler head beside today's mask head "
+            "(`--sampler-head --crps-dice-weight 1`: a second head draws each step's x0 around the first head's, "
+            "trained with the fair CRPS of two draws + soft Dice of their mean, on the encoding without gradient), "
+            "5,571 steps (equal idle-core time), against today's default, every arm on the Intel Xeon "
+            "(seeds 45-47; `default` = the fourteenth and nineteenth rounds' runs, 7,164 steps)",
+            twenty_fourth_round,
+        ),
         heldout_round_section(
             "## Twenty-third round, held-out TRAIN images: the mask head trained as a sampler (`--crps-samples`: "
             "a noise channel, the fair CRPS of two draws in place of MSE + Dice + BCE), alone and with soft Dice of "
