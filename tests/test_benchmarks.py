@@ -959,3 +959,21 @@ def test_sampler_ablation_scores_dice_and_per_image_calibration_bins_for_each_so
     assert scored["mean"][1] != scored["last"][1]  # the source reaches the sampler
     with pytest.raises(SystemExit):
         sampler_ablation.main(["--checkpoint", "c.pth", "--self-condition-on", "mean,first"])
+
+
+def test_sampler_spread_measures_how_far_the_draws_lie_from_the_mean_heads_x0(tiny_dataset):
+    from benchmarks import sampler_spread
+    from tests.helpers import tiny_model
+    from utils.data_utils import SegmentationDataset
+
+    dataset = SegmentationDataset(tiny_dataset / "images", tiny_dataset / "masks", image_size=(16, 16))
+    fresh = tiny_model(sampler_head=True).eval()  # its output layer at zero: it draws the mean head's x0
+    result = sampler_spread.draw_spread(fresh, dataset, steps=3, seed=0)
+    assert result["mean_abs_draw_minus_x0"] == 0 and result["other_side_share"] == 0
+    assert result["dice_draws"] == result["dice_mean_head"] and result["images"] == len(dataset)
+    torch.nn.init.normal_(fresh.sampler_head.output[-1].weight, std=0.5)  # as if trained
+    result = sampler_spread.draw_spread(fresh, dataset, steps=3, seed=0)
+    assert result["mean_abs_draw_minus_x0"] > 0 and 0 < result["other_side_share"] < 1
+    assert "sampler_draw" not in vars(fresh)  # the recording wrapper is gone
+    with pytest.raises(ValueError, match="no sampler head"):
+        sampler_spread.draw_spread(tiny_model().eval(), dataset)
